@@ -1,0 +1,8 @@
+//! walferry: native PostgreSQL physical WAL shipping.
+//!
+//! The library holds all the work; `src/main.rs` and `src/commands/` only turn options into
+//! calls here. Data flows one way: socket -> frames -> archive writer (fsync) -> ack.
+
+pub mod conninfo;
+pub mod protocol;
+pub mod wal;
