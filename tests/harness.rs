@@ -187,7 +187,7 @@ fn each_role_authenticates_with_its_method_over_tcp() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("password authentication failed"));
 
-    // On a cluster without TLS the ssl-only role has no pg_hba line at all.
+    // On a cluster without TLS the ssl-only role is always rejected.
     let sslonly = psql_conn(
         &pg.conninfo(roles::SSL_ONLY),
         Some(&password(roles::SSL_ONLY)),
@@ -195,10 +195,16 @@ fn each_role_authenticates_with_its_method_over_tcp() {
     );
     assert_eq!(sslonly.status.code(), Some(2));
     assert!(
-        stderr(&sslonly).contains("no pg_hba.conf entry"),
+        stderr(&sslonly).contains("pg_hba.conf rejects connection"),
         "{}",
         stderr(&sslonly)
     );
+    let nossl = psql_conn(
+        &pg.conninfo(roles::NO_SSL),
+        Some(&password(roles::NO_SSL)),
+        "SELECT current_user",
+    );
+    assert!(nossl.status.success(), "{}", stderr(&nossl));
 }
 
 #[test]
@@ -262,7 +268,8 @@ fn ssl_cluster_accepts_verify_full() {
     );
     assert_eq!(plain_sslonly.status.code(), Some(2));
     assert!(
-        stderr(&plain_sslonly).contains("no encryption"),
+        stderr(&plain_sslonly).contains("pg_hba.conf rejects connection")
+            && stderr(&plain_sslonly).contains("no encryption"),
         "{}",
         stderr(&plain_sslonly)
     );
@@ -272,6 +279,11 @@ fn ssl_cluster_accepts_verify_full() {
         "SELECT 1",
     );
     assert_eq!(ssl_nossl.status.code(), Some(2));
+    assert!(
+        stderr(&ssl_nossl).contains("pg_hba.conf rejects connection"),
+        "{}",
+        stderr(&ssl_nossl)
+    );
     let plain_nossl = psql_conn(
         &format!("{} sslmode=disable", pg.conninfo(roles::NO_SSL)),
         Some(&password(roles::NO_SSL)),
@@ -475,4 +487,18 @@ fn tempdir_is_writable_by_postgres() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "ok\n");
     assert!(common::pg_bin("pg_receivewal").exists());
     assert!(common::walferry_bin().exists());
+}
+
+#[test]
+fn first_start_moves_off_a_taken_port() {
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let pg = PgCluster::builder().port(taken).start();
+    assert_ne!(pg.port(), taken);
+    assert_eq!(pg.psql("SHOW port"), pg.port().to_string());
+    assert!(pg
+        .server_log()
+        .contains("could not bind IPv4 address \"127.0.0.1\""));
+    let ok = psql_conn(&pg.conninfo(roles::TRUST), None, "SELECT 1");
+    assert!(ok.status.success(), "{}", stderr(&ok));
 }

@@ -60,9 +60,10 @@ pub mod roles {
     pub const SCRAM: &str = "walferry_scram";
     /// Clear-text `password` method over TCP (verifier stored as SCRAM).
     pub const PASSWORD: &str = "walferry_pw";
-    /// Only over TLS (`hostssl`, scram-sha-256); no line at all on a cluster without ssl.
+    /// Only over TLS (`hostssl`, scram-sha-256); rejected otherwise, so always on a cluster
+    /// without ssl.
     pub const SSL_ONLY: &str = "walferry_sslonly";
-    /// Only without TLS (`hostnossl`, scram-sha-256).
+    /// Only without TLS (`hostnossl`, scram-sha-256); rejected over TLS.
     pub const NO_SSL: &str = "walferry_nossl";
     /// Every role created by the harness, superuser first.
     pub const ALL: [&str; 7] = [SUPERUSER, TRUST, MD5, SCRAM, PASSWORD, SSL_ONLY, NO_SSL];
@@ -200,6 +201,7 @@ pub fn chown_to_postgres(path: &Path) {
 
 /// A fresh temp dir (e.g. a WAL archive) that `postgres` may write too. Removed on drop.
 pub fn tempdir() -> TempDir {
+    process_setup();
     let dir = tempfile::Builder::new()
         .prefix("walferry-test-")
         .tempdir()
@@ -510,6 +512,7 @@ pub struct PgClusterBuilder {
     ssl: bool,
     auth: String,
     hba: Vec<String>,
+    port: Option<u16>,
 }
 
 impl Default for PgClusterBuilder {
@@ -520,6 +523,7 @@ impl Default for PgClusterBuilder {
             ssl: false,
             auth: "trust".to_string(),
             hba: Vec::new(),
+            port: None,
         }
     }
 }
@@ -553,6 +557,13 @@ impl PgClusterBuilder {
     /// An extra pg_hba.conf line placed before all harness TCP lines (first match wins).
     pub fn hba(mut self, line: impl Into<String>) -> Self {
         self.hba.push(line.into());
+        self
+    }
+
+    /// First choice of port instead of a random free one. Like a random one, it is replaced by
+    /// a free port if the first start cannot bind it: read the outcome from `port()`.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -677,7 +688,7 @@ impl PgCluster {
             log_path: root_path.join("server.log"),
             root_path,
             data_dir,
-            port: free_port(),
+            port: opts.port.unwrap_or_else(free_port),
             fsync: opts.fsync,
             extra_conf: opts.conf,
             ssl,
@@ -1270,6 +1281,9 @@ fn render_hba(extra: &[String], auth: &str, ssl: bool) -> String {
         // Without ssl=on a hostssl line can never match (and the server warns about it).
         per_role.push(("hostssl", roles::SSL_ONLY, "scram-sha-256"));
     }
+    // Whatever the TLS-restricted roles' own lines did not admit, the catch-all must not.
+    per_role.push(("host", roles::SSL_ONLY, "reject"));
+    per_role.push(("host", roles::NO_SSL, "reject"));
     for (kind, role, method) in per_role {
         for db in ["all", "replication"] {
             hba.push_str(&format!("{kind:9} {db:12} {role:17} {HOST}/32 {method}\n"));
