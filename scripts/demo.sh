@@ -9,6 +9,7 @@
 #   DEMO_WAL_MB=64 bash scripts/demo.sh  # more WAL
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$(pwd)
 
 PG_BIN=${WALFERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
 WAL_MB=${DEMO_WAL_MB:-40}
@@ -38,14 +39,14 @@ ARCHIVE=$WORK/archive
 LOG=$WORK/server.log
 cleanup() {
     local rc=$?
+    if [ "$rc" -ne 0 ] && [ -f "$LOG" ]; then
+        echo "---- server log (last 40 lines) ----" >&2
+        tail -n 40 "$LOG" >&2 || true
+    fi
     if [ -n "${PM_JOB:-}" ]; then
         as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 ||
             kill -9 "$PM_JOB" 2>/dev/null || true
         wait "$PM_JOB" 2>/dev/null || true
-    fi
-    if [ "$rc" -ne 0 ] && [ -f "$LOG" ]; then
-        echo "---- server log (last 40 lines) ----" >&2
-        tail -n 40 "$LOG" >&2 || true
     fi
     rm -rf "$WORK"
     exit "$rc"
@@ -123,7 +124,7 @@ echo "==> WAL now at $END_LSN"
 
 CONNINFO="host=127.0.0.1 port=$PORT user=postgres"
 if [ "$RECEIVER" = walferry ]; then
-    RECV=("$OLDPWD/target/release/walferry" receive)
+    RECV=("$REPO/target/release/walferry" receive)
 else
     RECV=("$PG_BIN/pg_receivewal")
 fi
