@@ -3,6 +3,7 @@
 //! The library holds all the work; `src/main.rs` and `src/commands/` only turn options into
 //! calls here. Data flows one way: socket -> frames -> archive writer (fsync) -> ack.
 
+pub mod archive;
 pub mod conninfo;
 pub mod protocol;
 pub mod wal;

@@ -60,7 +60,8 @@ mod tests {
 
     #[test]
     fn parses_a_real_history_file() {
-        let text = "1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tat restore point \"rp\"\n";
+        let text =
+            "1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tat restore point \"rp\"\n";
         let entries = parse_history(text).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].tli, TimeLineId(1));
@@ -71,8 +72,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed_lines() {
-        assert_eq!(parse_history("x\t0/1\tr"), Err(HistoryError::Syntax { line: 1 }));
-        assert_eq!(parse_history("1\tnope\tr"), Err(HistoryError::Syntax { line: 1 }));
+        assert_eq!(
+            parse_history("x\t0/1\tr"),
+            Err(HistoryError::Syntax { line: 1 })
+        );
+        assert_eq!(
+            parse_history("1\tnope\tr"),
+            Err(HistoryError::Syntax { line: 1 })
+        );
         assert_eq!(
             parse_history("2\t0/1\ta\n1\t0/2\tb"),
             Err(HistoryError::NotIncreasing { line: 2 })

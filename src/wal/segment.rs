@@ -200,14 +200,23 @@ mod tests {
             let parsed = WalFileName::parse(name, SEG).unwrap();
             assert_eq!(parsed.file_name(SEG), name);
         }
-        assert_eq!(WalFileName::parse("000000010000000000000001.bz2", SEG), None);
-        assert_eq!(WalFileName::parse("000000010000000000000001.partial.gz", SEG), None);
+        assert_eq!(
+            WalFileName::parse("000000010000000000000001.bz2", SEG),
+            None
+        );
+        assert_eq!(
+            WalFileName::parse("000000010000000000000001.partial.gz", SEG),
+            None
+        );
     }
 
     #[test]
     fn history_names() {
         assert_eq!(history_file_name(TimeLineId(0x1A)), "0000001A.history");
-        assert_eq!(parse_history_file_name("0000001A.history"), Some(TimeLineId(0x1A)));
+        assert_eq!(
+            parse_history_file_name("0000001A.history"),
+            Some(TimeLineId(0x1A))
+        );
         assert_eq!(parse_history_file_name("1A.history"), None);
     }
 }

@@ -1,0 +1,268 @@
+//! The segment store: a directory of WAL segment files laid out the way pg_receivewal lays
+//! them out, so either tool can resume the other's directory.
+//!
+//! Durability discipline (as Neon's `crashsafe::durable_rename`): a segment is written as
+//! `NAME[.gz|.lz4|.zst].partial`, fsynced, renamed to its final name, and the directory is
+//! fsynced. A segment's final name therefore always denotes a complete, durable segment.
+//!
+//! How an uncompressed `.partial` stays recognisable without pg_receivewal's zero
+//! pre-padding: the file is created at its full segment size with `fallocate(2)`, which
+//! reserves the blocks as *unwritten extents* (they read as zeros and cost no write). Its
+//! size is the segment size, which is what pg_receivewal's resume checks for, and a full
+//! disk is detected when the segment is created, before any WAL goes into it. On file
+//! systems without `fallocate` the file is extended sparsely with `ftruncate`.
+//! Both tools restart streaming at the start of a `.partial` segment, so the bytes beyond
+//! the last write (zeros) are never trusted.
+
+mod compress;
+mod scan;
+mod segment_file;
+
+pub use compress::{CompressionSpec, SegmentReader};
+pub use scan::{ArchiveScan, ScannedFile};
+pub use segment_file::SegmentWriter;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::wal::{history_file_name, Lsn, SegNo, SegmentName, TimeLineId};
+
+/// Errors of the segment store. `path` always names the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive disk is full while writing \"{path}\"")]
+    DiskFull { path: PathBuf },
+    #[error("could not {op} \"{path}\": {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("\"{path}\" already exists with different contents; refusing to overwrite it")]
+    Conflict { path: PathBuf },
+    #[error("archive directory \"{path}\" holds WAL of database system {found}, but the server is system {expected}")]
+    SystemMismatch {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("WAL stream gap in \"{path}\": expected data at {expected}, got {got}")]
+    Gap {
+        path: PathBuf,
+        expected: Lsn,
+        got: Lsn,
+    },
+}
+
+impl ArchiveError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            return ArchiveError::DiskFull {
+                path: path.to_path_buf(),
+            };
+        }
+        ArchiveError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, ArchiveError::DiskFull { .. })
+    }
+}
+
+/// An archive directory of WAL segments.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    dir: PathBuf,
+    seg_size: u64,
+    compression: CompressionSpec,
+    /// `--no-sync`: skip every fsync (tests, or a file system with its own guarantees).
+    no_sync: bool,
+}
+
+impl Archive {
+    /// Open an existing directory. It is not created: a typo in `-D` should be an error,
+    /// as it is for pg_receivewal.
+    pub fn open(
+        dir: &Path,
+        seg_size: u64,
+        compression: CompressionSpec,
+        no_sync: bool,
+    ) -> Result<Self, ArchiveError> {
+        let meta = fs::metadata(dir).map_err(|e| ArchiveError::io("access directory", dir, e))?;
+        if !meta.is_dir() {
+            return Err(ArchiveError::io(
+                "use directory",
+                dir,
+                io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            ));
+        }
+        Ok(Archive {
+            dir: dir.to_path_buf(),
+            seg_size,
+            compression,
+            no_sync,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn seg_size(&self) -> u64 {
+        self.seg_size
+    }
+
+    pub fn compression(&self) -> CompressionSpec {
+        self.compression
+    }
+
+    pub fn no_sync(&self) -> bool {
+        self.no_sync
+    }
+
+    pub fn path_of(&self, file_name: &str) -> PathBuf {
+        self.dir.join(file_name)
+    }
+
+    /// List the WAL and history files in the directory.
+    pub fn scan(&self) -> Result<ArchiveScan, ArchiveError> {
+        ArchiveScan::read(&self.dir, self.seg_size)
+    }
+
+    /// Where streaming should start, as pg_receivewal's FindStreamingStart: after the newest
+    /// complete segment, or at the start of the newest `.partial` one.
+    pub fn streaming_start(&self) -> Result<Option<(Lsn, TimeLineId)>, ArchiveError> {
+        Ok(self.scan()?.streaming_start(self.seg_size))
+    }
+
+    /// The database system identifier recorded in the newest readable segment's long page
+    /// header, if the directory holds any WAL.
+    pub fn system_identifier(&self) -> Result<Option<u64>, ArchiveError> {
+        let scan = self.scan()?;
+        for file in scan.segments_newest_first() {
+            let path = self.dir.join(&file.name);
+            let mut header = [0u8; 40];
+            let read = SegmentReader::open(&path, file.wal.compression)
+                .and_then(|mut r| read_up_to(&mut r, &mut header));
+            match read {
+                Ok(40) => {
+                    // A zero page is an unwritten (fallocated) .partial: look further back.
+                    if header[..2] == [0, 0] {
+                        continue;
+                    }
+                    return Ok(Some(u64::from_le_bytes(
+                        header[24..32].try_into().expect("8 bytes"),
+                    )));
+                }
+                Ok(_) => continue,
+                Err(e) => return Err(ArchiveError::io("read", &path, e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Refuse to mix clusters: the directory's WAL must come from `expected`.
+    pub fn check_system_identifier(&self, expected: u64) -> Result<(), ArchiveError> {
+        match self.system_identifier()? {
+            Some(found) if found != expected => Err(ArchiveError::SystemMismatch {
+                path: self.dir.clone(),
+                found,
+                expected,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn has_history(&self, tli: TimeLineId) -> bool {
+        self.dir.join(history_file_name(tli)).exists()
+    }
+
+    /// Store a timeline history file durably. Storing identical contents again is a no-op;
+    /// different contents under the same name are an error, never an overwrite.
+    pub fn write_history(&self, tli: TimeLineId, content: &[u8]) -> Result<(), ArchiveError> {
+        let name = history_file_name(tli);
+        self.write_file_durably(&name, content)
+    }
+
+    /// Write a small whole file durably: `NAME.tmp`, fsync, rename, fsync the directory.
+    pub fn write_file_durably(&self, name: &str, content: &[u8]) -> Result<(), ArchiveError> {
+        let path = self.dir.join(name);
+        match fs::read(&path) {
+            Ok(existing) if existing == content => return Ok(()),
+            Ok(_) => return Err(ArchiveError::Conflict { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ArchiveError::io("read", &path, e)),
+        }
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(|e| ArchiveError::io("create", &tmp, e))?;
+            f.write_all(content)
+                .map_err(|e| ArchiveError::io("write", &tmp, e))?;
+            if !self.no_sync {
+                f.sync_all()
+                    .map_err(|e| ArchiveError::io("fsync", &tmp, e))?;
+            }
+            self.durable_rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Start writing a segment (as `.partial`).
+    pub fn create_segment(&self, segment: SegmentName) -> Result<SegmentWriter, ArchiveError> {
+        SegmentWriter::create(self, segment)
+    }
+
+    pub(crate) fn durable_rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError> {
+        fs::rename(from, to).map_err(|e| ArchiveError::io("rename", from, e))?;
+        self.sync_dir()
+    }
+
+    pub(crate) fn sync_dir(&self) -> Result<(), ArchiveError> {
+        if self.no_sync {
+            return Ok(());
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ArchiveError::io("fsync directory", &self.dir, e))
+    }
+
+    pub fn segment_start(&self, segno: SegNo) -> Lsn {
+        segno.start_lsn(self.seg_size)
+    }
+}
+
+/// Read until `buf` is full or the reader ends; returns the bytes read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Open for writing without truncating (an existing `.partial` keeps its durable bytes
+/// until they are overwritten with the same WAL).
+pub(crate) fn open_rw(path: &Path, truncate: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .open(path)
+}

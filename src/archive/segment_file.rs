@@ -1,0 +1,233 @@
+//! One segment being written: `.partial` until complete, then durably renamed.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+
+use super::{open_rw, Archive, ArchiveError, CompressionSpec};
+use crate::wal::{Compression, SegmentName, WalFileName};
+
+enum Sink {
+    /// Positional writes into the preallocated file.
+    Plain(File),
+    Gzip(flate2::write::GzEncoder<File>),
+    Lz4(lz4_flex::frame::FrameEncoder<File>),
+    Zstd(zstd::stream::write::Encoder<'static, File>),
+}
+
+/// Writes one segment. Bytes must arrive in order; `written` is how many bytes of the
+/// segment have been handed to the kernel (or encoder), `synced` how many are durable.
+/// Invariant: `synced <= written <= seg_size`.
+pub struct SegmentWriter {
+    archive: Archive,
+    segment: SegmentName,
+    sink: Option<Sink>,
+    partial_path: PathBuf,
+    final_path: PathBuf,
+    written: u64,
+    synced: u64,
+}
+
+impl SegmentWriter {
+    pub(super) fn create(archive: &Archive, segment: SegmentName) -> Result<Self, ArchiveError> {
+        let seg_size = archive.seg_size();
+        let kind = archive.compression().kind();
+        let final_name = WalFileName {
+            segment,
+            compression: kind,
+            partial: false,
+        };
+        let partial_path = archive.path_of(&format!("{}.partial", final_name.file_name(seg_size)));
+        let final_path = archive.path_of(&final_name.file_name(seg_size));
+
+        // An uncompressed .partial is overwritten in place (its durable bytes stay valid
+        // until replaced by the same WAL); a compressed one must restart its stream.
+        let file = open_rw(&partial_path, kind != Compression::None)
+            .map_err(|e| ArchiveError::io("create", &partial_path, e))?;
+        let sink = match archive.compression() {
+            CompressionSpec::None => {
+                preallocate(&file, seg_size)
+                    .map_err(|e| ArchiveError::io("preallocate", &partial_path, e))?;
+                Sink::Plain(file)
+            }
+            CompressionSpec::Gzip(level) => Sink::Gzip(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::new(level),
+            )),
+            CompressionSpec::Lz4 => Sink::Lz4(lz4_flex::frame::FrameEncoder::new(file)),
+            CompressionSpec::Zstd(level) => Sink::Zstd(
+                zstd::stream::write::Encoder::new(file, level)
+                    .map_err(|e| ArchiveError::io("start zstd stream for", &partial_path, e))?,
+            ),
+        };
+        if !archive.no_sync() {
+            // The new directory entry must be durable before we acknowledge WAL in it.
+            match &sink {
+                Sink::Plain(f) => f.sync_all(),
+                _ => Ok(()),
+            }
+            .map_err(|e| ArchiveError::io("fsync", &partial_path, e))?;
+            archive.sync_dir()?;
+        }
+        Ok(SegmentWriter {
+            archive: archive.clone(),
+            segment,
+            sink: Some(sink),
+            partial_path,
+            final_path,
+            written: 0,
+            synced: 0,
+        })
+    }
+
+    pub fn segment(&self) -> SegmentName {
+        self.segment
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.written == self.archive.seg_size()
+    }
+
+    pub fn partial_path(&self) -> &std::path::Path {
+        &self.partial_path
+    }
+
+    /// Append `data` at segment offset `self.written()`.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
+        let end = self.written + data.len() as u64;
+        assert!(end <= self.archive.seg_size(), "write past segment end");
+        let offset = self.written;
+        let result = match self.sink.as_mut().expect("segment writer used after close") {
+            Sink::Plain(f) => f.write_all_at(data, offset),
+            Sink::Gzip(w) => w.write_all(data),
+            Sink::Lz4(w) => w.write_all(data),
+            Sink::Zstd(w) => w.write_all(data),
+        };
+        result.map_err(|e| ArchiveError::io("write", &self.partial_path, e))?;
+        self.written = end;
+        Ok(())
+    }
+
+    /// Start writing at `offset` instead of 0 (an uncompressed segment restarted in the
+    /// middle). The bytes before it are whatever the file already holds.
+    pub fn skip_to(&mut self, offset: u64) -> Result<(), ArchiveError> {
+        match self.sink {
+            Some(Sink::Plain(_)) if self.written == 0 => {
+                self.written = offset;
+                self.synced = offset;
+                Ok(())
+            }
+            _ => Err(ArchiveError::io(
+                "start mid-segment in",
+                &self.partial_path,
+                io::Error::other("a compressed segment must be written from its start"),
+            )),
+        }
+    }
+
+    /// Make everything written so far durable (flushing the compressor first).
+    pub fn sync(&mut self) -> Result<(), ArchiveError> {
+        if self.synced == self.written {
+            return Ok(());
+        }
+        let no_sync = self.archive.no_sync();
+        let result = match self.sink.as_mut().expect("segment writer used after close") {
+            Sink::Plain(f) => sync_data(f, no_sync),
+            Sink::Gzip(w) => w.flush().and_then(|_| sync_data(w.get_ref(), no_sync)),
+            Sink::Lz4(w) => w.flush().and_then(|_| sync_data(w.get_ref(), no_sync)),
+            Sink::Zstd(w) => w.flush().and_then(|_| sync_data(w.get_ref(), no_sync)),
+        };
+        result.map_err(|e| ArchiveError::io("fsync", &self.partial_path, e))?;
+        self.synced = self.written;
+        Ok(())
+    }
+
+    /// The segment is complete: end the compressed stream, fsync, rename to the final name
+    /// and fsync the directory. An identical segment already there makes this a no-op; a
+    /// different one is a conflict.
+    pub fn finish(mut self) -> Result<(), ArchiveError> {
+        assert!(self.is_full(), "finish() on an incomplete segment");
+        let file = self.end_stream()?;
+        if !self.archive.no_sync() {
+            file.sync_all()
+                .map_err(|e| ArchiveError::io("fsync", &self.partial_path, e))?;
+        }
+        drop(file);
+        if self.final_path.exists() {
+            let ours = fs::read(&self.partial_path)
+                .map_err(|e| ArchiveError::io("read", &self.partial_path, e))?;
+            let theirs = fs::read(&self.final_path)
+                .map_err(|e| ArchiveError::io("read", &self.final_path, e))?;
+            if ours != theirs {
+                return Err(ArchiveError::Conflict {
+                    path: self.final_path.clone(),
+                });
+            }
+            fs::remove_file(&self.partial_path)
+                .map_err(|e| ArchiveError::io("remove", &self.partial_path, e))?;
+            return self.archive.sync_dir();
+        }
+        self.archive
+            .durable_rename(&self.partial_path, &self.final_path)
+    }
+
+    /// Stop writing an incomplete segment: make it durable and leave it as `.partial`
+    /// (end of timeline, shutdown, `--endpos`).
+    pub fn close_partial(mut self) -> Result<(), ArchiveError> {
+        let file = self.end_stream()?;
+        if !self.archive.no_sync() {
+            file.sync_all()
+                .map_err(|e| ArchiveError::io("fsync", &self.partial_path, e))?;
+        }
+        Ok(())
+    }
+
+    fn end_stream(&mut self) -> Result<File, ArchiveError> {
+        let sink = self.sink.take().expect("segment writer used after close");
+        let result = match sink {
+            Sink::Plain(f) => Ok(f),
+            Sink::Gzip(w) => w.finish(),
+            Sink::Lz4(w) => w.finish().map_err(io::Error::other),
+            Sink::Zstd(w) => w.finish(),
+        };
+        result.map_err(|e| ArchiveError::io("finish compressed stream in", &self.partial_path, e))
+    }
+}
+
+fn sync_data(f: &File, no_sync: bool) -> io::Result<()> {
+    if no_sync {
+        Ok(())
+    } else {
+        f.sync_data()
+    }
+}
+
+/// Give the file its full size without writing it: unwritten extents where the file
+/// system has them, a sparse extension elsewhere.
+fn preallocate(f: &File, size: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a valid, open file descriptor; no memory is passed.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            if f.metadata()?.len() < size {
+                f.set_len(size)?;
+            }
+            Ok(())
+        }
+        _ => Err(err),
+    }
+}
