@@ -2,10 +2,23 @@
 //! URLs, the PG* environment variables, `~/.pgpass` and the command-line flags
 //! (`-d -h -p -U -w -W`). The result is a resolved [`ConnParams`] that the protocol client
 //! connects with. Passwords never appear in `Debug` output or in error messages.
+//!
+//! Resolution mirrors pg_receivewal's streamutil.c `GetConnection` feeding libpq: values from
+//! the `-d` string, then `-h -p -U` over them, then the environment for what is still unset,
+//! then libpq's defaults. [`resolve_with`] does this without touching the process (the
+//! environment comes in as an [`Environment`]); [`resolve`] runs it on the real one.
 
+mod parse;
+mod pgpass;
+mod prompt;
+
+use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use parse::redact;
+pub use prompt::prompt_password;
 
 /// Where to connect: a TCP host name / address, or a Unix-socket directory (a host that
 /// starts with `/`, as in libpq).
@@ -37,6 +50,38 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl SslMode {
+    /// The libpq spelling (`verify-full`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A password that does not print itself.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(pub String);
@@ -62,25 +107,38 @@ pub enum PasswordPrompt {
 pub struct ConnParams {
     /// Tried in order, like libpq's multi-host lists.
     pub hosts: Vec<Host>,
-    /// One port per host (a single port applies to every host).
+    /// One port per host: always as long as `hosts` (a single port given for several hosts
+    /// is repeated for each).
     pub ports: Vec<u16>,
     pub user: String,
     pub password: Option<Password>,
     /// Password file to consult when the server asks for a password and none was given;
-    /// `None` when the file is missing or not 0600 (a warning is logged for the latter).
+    /// `None` when the file is missing or not 0600 (a warning is logged for the latter), and
+    /// when a password was given (libpq then never reads the file).
     pub passfile: Option<PathBuf>,
+    /// The `dbname` of the `-d` string, for information: a physical replication connection
+    /// sends `database=replication` whatever it says, as pg_receivewal does.
     pub dbname: Option<String>,
     pub application_name: String,
     pub sslmode: SslMode,
+    /// The CA file from `sslrootcert`/`PGSSLROOTCERT`, else `~/.postgresql/root.crt` when it
+    /// exists (libpq then verifies the server against it even with `sslmode=require`).
     pub sslrootcert: Option<PathBuf>,
+    /// `None`: wait forever. Values under 2 s are raised to 2 s, as libpq does.
     pub connect_timeout: Option<Duration>,
     pub prompt: PasswordPrompt,
 }
 
-// ---- PLACEHOLDER API below (being implemented by the conninfo work) ----
+impl ConnParams {
+    /// The (host, port) pairs to try, in order.
+    pub fn targets(&self) -> impl Iterator<Item = (&Host, u16)> + '_ {
+        self.hosts.iter().zip(self.ports.iter().copied())
+    }
+}
 
-/// What the command line said; `None` means "not given" (environment and defaults apply).
-#[derive(Clone, Debug, Default)]
+/// What the command line said; `None` means "not given" (environment and defaults apply),
+/// and so does an empty string, as in libpq.
+#[derive(Clone, Default)]
 pub struct ConnOptions {
     /// `-d/--dbname`: a conninfo string (`host=... port=...`) or a `postgres://` URL.
     pub dbname: Option<String>,
@@ -90,17 +148,398 @@ pub struct ConnOptions {
     pub prompt: PasswordPrompt,
 }
 
+/// Hand-written so that a password inside the `-d` string is not printed.
+impl fmt::Debug for ConnOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnOptions")
+            .field("dbname", &self.dbname.as_deref().map(redact))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("prompt", &self.prompt)
+            .finish()
+    }
+}
+
+/// Where a setting came from, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The `-d` value, a `key=value` string.
+    ConnString,
+    /// The `-d` value, a `postgres://` URL.
+    Url,
+    /// A command-line flag, e.g. `-p/--port`.
+    Flag(&'static str),
+    /// An environment variable, e.g. `PGPORT`.
+    Env(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::ConnString => f.write_str("in the connection string"),
+            Origin::Url => f.write_str("in the connection URL"),
+            Origin::Flag(flag) => write!(f, "given with {flag}"),
+            Origin::Env(var) => write!(f, "from {var}"),
+        }
+    }
+}
+
+/// Why the connection options cannot be used. Messages never contain a password: values
+/// that may be one (anything from a URL's user info or port, a token right after a
+/// `password=` value) are left out of them.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnInfoError(pub String);
+pub enum ConnInfoError {
+    #[error(
+        "missing \"=\" after {} in the connection string; write key=value pairs such as \"host=db1 port=5432\" (quote values with spaces: password='a b') or a postgres:// URL",
+        quoted_or(.keyword, "a password value")
+    )]
+    MissingEquals { keyword: Option<String> },
+    #[error(
+        "unterminated quoted value in the connection string; close it with ' (write \\' for a quote inside)"
+    )]
+    UnterminatedQuote,
+    #[error(
+        "unknown connection option {} {origin}; use libpq option names (host, port, user, password, sslmode, ...) and quote values with spaces",
+        quoted_or(.keyword, "after a password value")
+    )]
+    UnknownOption {
+        keyword: Option<String>,
+        origin: Origin,
+    },
+    #[error("connection option \"{keyword}\" is not supported; {hint}")]
+    UnsupportedOption {
+        keyword: &'static str,
+        hint: &'static str,
+    },
+    #[error("invalid connection URL: {0}")]
+    InvalidUrl(String),
+    #[error(
+        "invalid port{} {origin}; give a number from 1 to 65535{}",
+        quoted_value(.value),
+        if *.origin == Origin::Url { " (a password in a URL goes in user:password@host)" } else { "" }
+    )]
+    InvalidPort {
+        /// `None` for a URL port, which may be a password that lost its `@`.
+        value: Option<String>,
+        origin: Origin,
+    },
+    #[error(
+        "{ports} ports given for {hosts} hosts; give one port for all hosts or one per host (host=a,b port=5432,5433)"
+    )]
+    PortCountMismatch { hosts: usize, ports: usize },
+    #[error(
+        "invalid sslmode \"{value}\" {origin}; use disable, allow, prefer, require, verify-ca or verify-full"
+    )]
+    InvalidSslMode { value: String, origin: Origin },
+    #[error("invalid connect_timeout \"{value}\" {origin}; give whole seconds (0 waits forever)")]
+    InvalidConnectTimeout { value: String, origin: Origin },
+    #[error("cannot determine the user name to connect as; give one with -U or PGUSER")]
+    NoUser,
+    #[error(
+        "sslmode={mode} needs a root certificate to verify the server, and none is set; put the CA certificate in ~/.postgresql/root.crt or give sslrootcert (PGSSLROOTCERT), or use sslmode=require"
+    )]
+    MissingRootCert { mode: SslMode },
+}
+
+fn quoted_or(value: &Option<String>, otherwise: &str) -> String {
+    match value {
+        Some(v) => format!("\"{v}\""),
+        None => otherwise.to_string(),
+    }
+}
+
+fn quoted_value(value: &Option<String>) -> String {
+    match value {
+        Some(v) => format!(" \"{v}\""),
+        None => String::new(),
+    }
+}
+
+/// libpq's compiled-in default port (`DEF_PGPORT`).
+pub const DEFAULT_PORT: u16 = 5432;
+/// Debian's libpq default socket directory; used as the default host when it exists.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+/// The default host when [`DEFAULT_SOCKET_DIR`] does not exist.
+pub const DEFAULT_TCP_HOST: &str = "localhost";
+/// `fallback_application_name`, as pg_receivewal passes its program name.
+pub const DEFAULT_APPLICATION_NAME: &str = "walferry";
+
+/// The PG* variables read, and the keyword each one fills.
+const ENV_VARS: &[(&str, &str)] = &[
+    ("host", "PGHOST"),
+    ("port", "PGPORT"),
+    ("user", "PGUSER"),
+    ("password", "PGPASSWORD"),
+    ("passfile", "PGPASSFILE"),
+    ("application_name", "PGAPPNAME"),
+    ("sslmode", "PGSSLMODE"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("connect_timeout", "PGCONNECT_TIMEOUT"),
+];
+
+/// The outside world as resolution sees it; [`resolve`] fills it from the process.
+pub struct Environment<'a> {
+    /// Environment variable lookup (`std::env::var` in [`resolve`]).
+    pub var: &'a dyn Fn(&str) -> Option<String>,
+    /// Home directory, for `~/.pgpass` and `~/.postgresql/root.crt`.
+    pub home: Option<&'a Path>,
+    /// The OS user name (getpwuid of the effective uid); `$USER` is tried when `None`.
+    pub os_user: Option<&'a str>,
+    /// The default socket directory when it exists; `None` makes `localhost` the default host.
+    pub default_socket_dir: Option<&'a Path>,
+}
 
 /// Resolve options against the process environment (PG* variables, ~/.pgpass location).
-pub fn resolve(_opts: &ConnOptions) -> Result<ConnParams, ConnInfoError> {
-    unimplemented!()
+pub fn resolve(opts: &ConnOptions) -> Result<ConnParams, ConnInfoError> {
+    let var = |name: &str| std::env::var(name).ok();
+    let passwd = sys::passwd_entry();
+    // As libpq's pqGetHomeDirectory (PostgreSQL 15+): $HOME, else the passwd entry.
+    let home = var("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| passwd.as_ref().map(|p| p.home.clone()));
+    let socket_dir = Path::new(DEFAULT_SOCKET_DIR);
+    resolve_with(
+        opts,
+        &Environment {
+            var: &var,
+            home: home.as_deref(),
+            os_user: passwd.as_ref().map(|p| p.name.as_str()),
+            default_socket_dir: socket_dir.is_dir().then_some(socket_dir),
+        },
+    )
+}
+
+/// One resolved keyword and where it came from.
+struct Setting {
+    value: String,
+    origin: Origin,
+}
+
+/// The resolution itself, without reading the process environment; the file system is only
+/// asked whether the password file and `~/.postgresql/root.crt` exist.
+pub fn resolve_with(
+    opts: &ConnOptions,
+    env: &Environment<'_>,
+) -> Result<ConnParams, ConnInfoError> {
+    let mut settings: HashMap<&'static str, Setting> = HashMap::new();
+    // Empty values count as not given at every level: pg_receivewal drops empty -d values
+    // and flags before libpq sees them, and an empty PG* variable ends at libpq's default.
+    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+
+    if let Some(d) = nonempty(&opts.dbname) {
+        let (pairs, origin) = parse::parse_dbname_option(&d)?;
+        for (keyword, value) in pairs {
+            if !value.is_empty() {
+                settings.insert(keyword, Setting { value, origin });
+            }
+        }
+    }
+    for (keyword, flag, value) in [
+        ("host", "-h/--host", &opts.host),
+        ("port", "-p/--port", &opts.port),
+        ("user", "-U/--username", &opts.user),
+    ] {
+        if let Some(value) = nonempty(value) {
+            let origin = Origin::Flag(flag);
+            settings.insert(keyword, Setting { value, origin });
+        }
+    }
+    for &(keyword, var) in ENV_VARS {
+        if !settings.contains_key(keyword) {
+            if let Some(value) = (env.var)(var).filter(|v| !v.is_empty()) {
+                let origin = Origin::Env(var);
+                settings.insert(keyword, Setting { value, origin });
+            }
+        }
+    }
+    let get = |k: &str| settings.get(k);
+
+    let default_host = || match env.default_socket_dir {
+        Some(dir) => Host::Unix(dir.to_path_buf()),
+        None => Host::Tcp(DEFAULT_TCP_HOST.to_string()),
+    };
+    // As libpq's connectOptions2: comma lists, an empty entry takes the default.
+    let hosts: Vec<Host> = match get("host") {
+        None => vec![default_host()],
+        Some(s) => s
+            .value
+            .split(',')
+            .map(|h| match h {
+                "" => default_host(),
+                h if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
+                h => Host::Tcp(h.to_string()),
+            })
+            .collect(),
+    };
+    let mut ports = match get("port") {
+        None => vec![DEFAULT_PORT],
+        Some(s) => s
+            .value
+            .split(',')
+            .map(|p| parse_port(p, s.origin))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if ports.len() == 1 {
+        ports = vec![ports[0]; hosts.len()];
+    } else if ports.len() != hosts.len() {
+        return Err(ConnInfoError::PortCountMismatch {
+            hosts: hosts.len(),
+            ports: ports.len(),
+        });
+    }
+
+    let user = match get("user") {
+        Some(s) => s.value.clone(),
+        None => env
+            .os_user
+            .map(str::to_string)
+            .filter(|u| !u.is_empty())
+            .or_else(|| (env.var)("USER").filter(|u| !u.is_empty()))
+            .ok_or(ConnInfoError::NoUser)?,
+    };
+    let password = get("password").map(|s| Password(s.value.clone()));
+
+    let passfile = if password.is_some() {
+        None
+    } else {
+        get("passfile")
+            .map(|s| PathBuf::from(&s.value))
+            .or_else(|| env.home.map(|h| h.join(".pgpass")))
+            .filter(|p| pgpass::check(p) == pgpass::FileState::Usable)
+    };
+
+    let application_name = get("application_name")
+        .or_else(|| get("fallback_application_name"))
+        .map_or(DEFAULT_APPLICATION_NAME.to_string(), |s| s.value.clone());
+
+    let sslmode = match get("sslmode") {
+        None => SslMode::default(),
+        Some(s) => SslMode::parse(&s.value).ok_or_else(|| ConnInfoError::InvalidSslMode {
+            value: s.value.clone(),
+            origin: s.origin,
+        })?,
+    };
+    let sslrootcert = match get("sslrootcert") {
+        Some(s) => Some(PathBuf::from(&s.value)),
+        None => env
+            .home
+            .map(|h| h.join(".postgresql").join("root.crt"))
+            .filter(|p| p.exists()),
+    };
+    if matches!(sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && sslrootcert.is_none() {
+        return Err(ConnInfoError::MissingRootCert { mode: sslmode });
+    }
+
+    let connect_timeout = match get("connect_timeout") {
+        None => None,
+        Some(s) => parse_connect_timeout(&s.value, s.origin)?,
+    };
+
+    Ok(ConnParams {
+        hosts,
+        ports,
+        user,
+        password,
+        passfile,
+        dbname: get("dbname").map(|s| s.value.clone()),
+        application_name,
+        sslmode,
+        sslrootcert,
+        connect_timeout,
+        prompt: opts.prompt,
+    })
+}
+
+/// One entry of a port list; empty means the default, as libpq's connectOptions2.
+fn parse_port(p: &str, origin: Origin) -> Result<u16, ConnInfoError> {
+    if p.is_empty() {
+        return Ok(DEFAULT_PORT);
+    }
+    p.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|n| *n != 0 && p.trim().bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| ConnInfoError::InvalidPort {
+            value: (origin != Origin::Url).then(|| p.to_string()),
+            origin,
+        })
+}
+
+/// As libpq's pqConnectDBComplete: whole seconds, surrounding whitespace allowed; zero or
+/// negative waits forever; 1 becomes 2, so that rounding cannot make it fail at once.
+fn parse_connect_timeout(s: &str, origin: Origin) -> Result<Option<Duration>, ConnInfoError> {
+    let secs: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| ConnInfoError::InvalidConnectTimeout {
+            value: s.to_string(),
+            origin,
+        })?;
+    Ok(match secs {
+        ..=0 => None,
+        1 => Some(Duration::from_secs(2)),
+        n => Some(Duration::from_secs(n.unsigned_abs())),
+    })
 }
 
 /// The password for one connection attempt: the explicit one, else a matching ~/.pgpass
 /// line (database field matched against `replication`).
-pub fn password_for(_params: &ConnParams, _host: &Host, _port: u16) -> Option<Password> {
-    unimplemented!()
+pub fn password_for(params: &ConnParams, host: &Host, port: u16) -> Option<Password> {
+    if let Some(p) = &params.password {
+        return Some(p.clone());
+    }
+    let file = params.passfile.as_deref()?;
+    pgpass::read_password(file, host, port, &params.user).map(Password)
 }
+
+/// The passwd entry of the effective user.
+mod sys {
+    use std::ffi::CStr;
+    use std::path::PathBuf;
+
+    pub(super) struct PasswdEntry {
+        pub name: String,
+        pub home: PathBuf,
+    }
+
+    /// getpwuid_r(geteuid()), growing the buffer on ERANGE; `None` when there is no entry
+    /// (e.g. a container running under an arbitrary uid).
+    pub(super) fn passwd_entry() -> Option<PasswdEntry> {
+        let mut buf_len = 1024usize;
+        loop {
+            let mut buf = vec![0 as libc::c_char; buf_len];
+            // SAFETY: an all-zero passwd is a valid value of this plain C struct.
+            let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            // SAFETY: every pointer is to live, writable memory of the stated size; on
+            // success `result` points at `pwd`, whose strings point into `buf`.
+            let rc = unsafe {
+                libc::getpwuid_r(
+                    libc::geteuid(),
+                    &mut pwd,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut result,
+                )
+            };
+            if rc == libc::ERANGE && buf_len < 1 << 20 {
+                buf_len *= 4;
+                continue;
+            }
+            if rc != 0 || result.is_null() || pwd.pw_name.is_null() || pwd.pw_dir.is_null() {
+                return None;
+            }
+            // SAFETY: on success both are NUL-terminated strings inside `buf`, still alive.
+            let (name, dir) = unsafe { (CStr::from_ptr(pwd.pw_name), CStr::from_ptr(pwd.pw_dir)) };
+            return Some(PasswdEntry {
+                name: name.to_str().ok()?.to_string(),
+                home: PathBuf::from(dir.to_str().ok()?),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
