@@ -7,3 +7,4 @@ pub mod archive;
 pub mod conninfo;
 pub mod protocol;
 pub mod wal;
+pub mod receiver;

@@ -1,1 +1,75 @@
-fn main() {}
+//! The `walferry` binary: parse the command line, run one command, map the outcome to an
+//! exit code. All the work lives in the library; see `src/commands/` for each command.
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+mod commands;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success (for receive: --endpos reached, or stopped by SIGINT/SIGTERM)
+  1  failure; the message says what happened and a hint line what to do
+  2  invalid command line";
+
+#[derive(Parser)]
+#[command(
+    name = "walferry",
+    version,
+    about = "Native PostgreSQL physical WAL shipping: receive, relay, back up, rebuild, fail over.",
+    after_help = EXIT_CODES,
+    disable_help_flag = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Print help (pg tools' -? works too)
+    #[arg(short = '?', long = "help", action = ArgAction::Help, global = true)]
+    help: Option<bool>,
+
+    /// More output: -v reports progress (segments, timelines), -vv adds protocol detail
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream WAL from a PostgreSQL server into an archive directory (like pg_receivewal)
+    #[command(after_help = commands::receive::AFTER_HELP, disable_help_flag = true)]
+    Receive(commands::receive::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Receive(args) => commands::receive::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("walferry: error: {}", failure.message);
+            if let Some(hint) = failure.hint {
+                eprintln!("walferry: hint: {hint}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,79 @@
+//! One file per subcommand. Commands are thin: options -> library calls -> output.
+
+pub mod receive;
+
+use clap::Args;
+
+use walferry::conninfo::{ConnOptions, PasswordPrompt};
+
+/// A command's failure, as printed: `walferry: error: ...` then `walferry: hint: ...`.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// libpq-style connection flags, with pg_receivewal's names.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection options")]
+pub struct ConnArgs {
+    /// Connection string (key=value ...) or postgres:// URL
+    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    pub dbname: Option<String>,
+    /// Server host name or Unix-socket directory [env: PGHOST]
+    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
+    pub host: Option<String>,
+    /// Server port [env: PGPORT; default: 5432]
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub port: Option<String>,
+    /// Connect as this user [env: PGUSER; default: the OS user]
+    #[arg(short = 'U', long = "username", value_name = "NAME")]
+    pub username: Option<String>,
+    /// Never prompt for a password
+    #[arg(short = 'w', long = "no-password", conflicts_with = "password")]
+    pub no_password: bool,
+    /// Prompt for a password before connecting
+    #[arg(short = 'W', long = "password")]
+    pub password: bool,
+}
+
+impl ConnArgs {
+    pub fn options(&self) -> ConnOptions {
+        ConnOptions {
+            dbname: self.dbname.clone(),
+            host: self.host.clone(),
+            port: self.port.clone(),
+            user: self.username.clone(),
+            prompt: if self.no_password {
+                PasswordPrompt::Never
+            } else if self.password {
+                PasswordPrompt::Always
+            } else {
+                PasswordPrompt::IfNeeded
+            },
+        }
+    }
+}
+
+/// A tokio runtime for one command: two workers is all this machine class has.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("could not start the async runtime: {e}")))
+}

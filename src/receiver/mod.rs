@@ -1,0 +1,458 @@
+//! The replication loop behind `walferry receive`: choose the start point, stream WAL into
+//! the archive, acknowledge it, follow timeline switches and reconnect after failures.
+//!
+//! Two tasks per stream, joined by a bounded channel (which is also the memory bound):
+//! this async task owns the connection (reads frames, sends status updates), and a blocking
+//! [`writer::WalWriter`] owns the files. The writer publishes `written`/`flushed` positions
+//! on a watch channel, and this task reports `flush` to the server only from there, so
+//! nothing is acknowledged before it is durable.
+
+mod error;
+pub mod writer;
+
+pub use error::ReceiveError;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, watch};
+
+use crate::archive::{Archive, CompressionSpec};
+use crate::conninfo::ConnParams;
+use crate::protocol::client::parse_size_setting;
+use crate::protocol::replication::{encode_status_update, pg_now};
+use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage};
+use crate::wal::{parse_history, HistoryEntry, Lsn, TimeLineId};
+use writer::{Progress, WalWriter, WriterCmd};
+
+/// Everything `walferry receive` needs to run.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    pub conn: ConnParams,
+    pub directory: PathBuf,
+    pub slot: Option<String>,
+    /// Stop (successfully) once WAL up to here is written and flushed.
+    pub endpos: Option<Lsn>,
+    /// Exit on connection loss instead of reconnecting.
+    pub no_loop: bool,
+    /// How often to send status updates; `None` disables periodic ones.
+    pub status_interval: Option<Duration>,
+    /// Fsync and report `flush` after every batch, so the primary can wait for walferry.
+    pub synchronous: bool,
+    pub no_sync: bool,
+    pub compression: CompressionSpec,
+    /// Chunks queued between the network and the writer (each up to 128 KiB of WAL).
+    pub queue_depth: usize,
+}
+
+impl ReceiveOptions {
+    pub fn new(conn: ConnParams, directory: PathBuf) -> Self {
+        ReceiveOptions {
+            conn,
+            directory,
+            slot: None,
+            endpos: None,
+            no_loop: false,
+            status_interval: Some(Duration::from_secs(10)),
+            synchronous: false,
+            no_sync: false,
+            compression: CompressionSpec::None,
+            queue_depth: 64,
+        }
+    }
+}
+
+/// How a receive run ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--endpos` reached: WAL up to at least this position is durable.
+    EndposReached(Lsn),
+    /// Asked to stop (SIGINT/SIGTERM); everything received is durable.
+    Stopped(Lsn),
+}
+
+/// Run until `--endpos`, a stop request, or an error that retrying cannot fix.
+pub async fn receive(
+    opts: &ReceiveOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, ReceiveError> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        let mut session = Session {
+            opts,
+            shutdown: shutdown.clone(),
+            streamed: false,
+        };
+        let result = session.run().await;
+        match result {
+            Ok(SessionEnd::Done(outcome)) => return Ok(outcome),
+            Ok(SessionEnd::ServerClosed(pos)) if opts.no_loop => {
+                return Err(ReceiveError::Disconnected(pos))
+            }
+            Ok(SessionEnd::ServerClosed(pos)) => {
+                tracing::warn!("server ended streaming at {pos}; reconnecting");
+            }
+            Err(e) if e.is_fatal() || opts.no_loop => return Err(e),
+            Err(e) => tracing::warn!("{e}"),
+        }
+        if session.streamed {
+            backoff.reset();
+        }
+        let delay = backoff.next();
+        tracing::warn!("reconnecting in {:.1} s", delay.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop_requested(&mut shutdown) => return Ok(Outcome::Stopped(Lsn::INVALID)),
+        }
+    }
+}
+
+enum SessionEnd {
+    Done(Outcome),
+    ServerClosed(Lsn),
+}
+
+enum StreamEnd {
+    Done(Outcome),
+    /// The server sent CopyDone (end of timeline or shutdown).
+    CopyDone(Lsn),
+}
+
+struct Session<'a> {
+    opts: &'a ReceiveOptions,
+    shutdown: watch::Receiver<bool>,
+    /// Some WAL was received in this session (resets the reconnect backoff).
+    streamed: bool,
+}
+
+impl Session<'_> {
+    async fn run(&mut self) -> Result<SessionEnd, ReceiveError> {
+        let opts = self.opts;
+        let mut conn = ReplicationConn::connect(&opts.conn).await?;
+        let system = conn.identify_system().await?;
+        let seg_text = conn.show("wal_segment_size").await?;
+        let seg_size = parse_size_setting(&seg_text)
+            .filter(|s| s.is_power_of_two())
+            .ok_or_else(|| {
+                ReceiveError::Protocol(format!("unexpected wal_segment_size {seg_text:?}"))
+            })?;
+        let archive = Archive::open(&opts.directory, seg_size, opts.compression, opts.no_sync)?;
+        archive.check_system_identifier(system.system_id)?;
+
+        let history = fetch_histories(&mut conn, &archive, system.timeline).await?;
+
+        let slot_start = match &opts.slot {
+            Some(slot) => match conn.read_replication_slot(slot).await? {
+                Some(found) => Some(found),
+                None => return Err(ReceiveError::UnknownSlot(slot.clone())),
+            },
+            None => None,
+        };
+        let (mut start, file_tli) = match archive.streaming_start()? {
+            Some(found) => found,
+            None => match slot_start {
+                Some((lsn, tli)) if lsn.is_valid() => (lsn, tli),
+                _ => (system.xlogpos, system.timeline),
+            },
+        };
+        start = start.segment_start(seg_size);
+        let mut tli = timeline_of(&history, system.timeline, file_tli, start);
+
+        loop {
+            if let Some(endpos) = opts.endpos {
+                if start >= endpos {
+                    return Ok(SessionEnd::Done(Outcome::EndposReached(start)));
+                }
+            }
+            tracing::info!("starting log streaming at {start} (timeline {tli})");
+            conn.start_replication(opts.slot.as_deref(), start, tli)
+                .await?;
+            match self.stream(&mut conn, &archive, start, tli).await? {
+                StreamEnd::Done(outcome) => {
+                    conn.close().await;
+                    return Ok(SessionEnd::Done(outcome));
+                }
+                StreamEnd::CopyDone(pos) => match conn.finish_copy().await? {
+                    Some((next_tli, next_start)) => {
+                        if next_tli <= tli || next_start > pos {
+                            return Err(ReceiveError::Protocol(format!(
+                                "server switched from timeline {tli} at {pos} to timeline {next_tli} at {next_start}, which does not follow"
+                            )));
+                        }
+                        fetch_history(&mut conn, &archive, next_tli).await?;
+                        tracing::info!("switched to timeline {next_tli} at {next_start}");
+                        tli = next_tli;
+                        start = next_start.segment_start(seg_size);
+                    }
+                    None => return Ok(SessionEnd::ServerClosed(pos)),
+                },
+            }
+        }
+    }
+
+    /// One START_REPLICATION run: stream until CopyDone, endpos, stop or error. The writer
+    /// is always joined before returning, so its files are closed when the caller goes on.
+    async fn stream(
+        &mut self,
+        conn: &mut ReplicationConn,
+        archive: &Archive,
+        start: Lsn,
+        tli: TimeLineId,
+    ) -> Result<StreamEnd, ReceiveError> {
+        let (writer, progress) = WalWriter::new(archive.clone(), tli, start, self.opts.synchronous);
+        let (tx, rx) = mpsc::channel(self.opts.queue_depth.max(1));
+        let handle = tokio::task::spawn_blocking(move || writer.run(rx));
+
+        let result = self.pump(conn, tx, progress, start).await;
+        let written = match handle.await {
+            Ok(Ok(p)) => p,
+            // The writer's error explains a closed channel better than the channel does.
+            Ok(Err(e)) => return Err(e.into()),
+            Err(join) => {
+                return Err(ReceiveError::Internal(format!(
+                    "archive writer failed: {join}"
+                )))
+            }
+        };
+        match result? {
+            StreamEnd::Done(Outcome::Stopped(_)) => {
+                Ok(StreamEnd::Done(Outcome::Stopped(written.flushed)))
+            }
+            other => Ok(other),
+        }
+    }
+
+    async fn pump(
+        &mut self,
+        conn: &mut ReplicationConn,
+        tx: mpsc::Sender<WriterCmd>,
+        mut progress: watch::Receiver<Progress>,
+        start: Lsn,
+    ) -> Result<StreamEnd, ReceiveError> {
+        let opts = self.opts;
+        let mut status = Status::default();
+        let mut received = start;
+        let mut endpos_flush_sent = false;
+        let interval = opts
+            .status_interval
+            .unwrap_or(Duration::from_secs(3600 * 24 * 365));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let p = *progress.borrow_and_update();
+            if let Some(endpos) = opts.endpos {
+                if p.flushed >= endpos {
+                    status.send(conn, p, true).await?;
+                    return Ok(StreamEnd::Done(Outcome::EndposReached(p.flushed)));
+                }
+            }
+            if p.flushed > status.flushed {
+                // Whatever became durable is reported at once: this is what a synchronous
+                // primary waits for.
+                status.send(conn, p, false).await?;
+            }
+            tokio::select! {
+                biased;
+                _ = stop_requested(&mut self.shutdown) => {
+                    tracing::info!("stop requested; closing the archive at {received}");
+                    drop(tx);
+                    return Ok(StreamEnd::Done(Outcome::Stopped(received)));
+                }
+                changed = progress.changed() => {
+                    if changed.is_err() {
+                        // The writer is gone: its error is returned by the caller.
+                        return Err(ReceiveError::Internal("archive writer stopped".into()));
+                    }
+                }
+                msg = conn.read_copy_message() => match msg? {
+                    CopyMessage::Data(payload) => match ReplicationMessage::parse(payload)? {
+                        ReplicationMessage::XLogData { wal_start, data, .. } => {
+                            if data.is_empty() {
+                                continue;
+                            }
+                            if wal_start != received {
+                                return Err(ReceiveError::Protocol(format!(
+                                    "server sent WAL at {wal_start}, expected {received}"
+                                )));
+                            }
+                            received = Lsn(received.0 + data.len() as u64);
+                            self.streamed = true;
+                            if tx.send(WriterCmd::Wal { start: wal_start, data }).await.is_err() {
+                                return Err(ReceiveError::Internal("archive writer stopped".into()));
+                            }
+                            if let Some(endpos) = opts.endpos {
+                                if received >= endpos && !endpos_flush_sent {
+                                    endpos_flush_sent = true;
+                                    let _ = tx.send(WriterCmd::Flush).await;
+                                }
+                            }
+                        }
+                        ReplicationMessage::Keepalive { reply_requested, .. } => {
+                            if reply_requested {
+                                status.send(conn, *progress.borrow(), false).await?;
+                            }
+                        }
+                    },
+                    CopyMessage::Done => {
+                        drop(tx);
+                        return Ok(StreamEnd::CopyDone(received));
+                    }
+                },
+                _ = ticker.tick() => {
+                    if !opts.synchronous && tx.send(WriterCmd::Flush).await.is_err() {
+                        return Err(ReceiveError::Internal("archive writer stopped".into()));
+                    }
+                    status.send(conn, *progress.borrow(), false).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Last status update sent, and the buffer to encode the next one.
+#[derive(Default)]
+struct Status {
+    flushed: Lsn,
+    buf: BytesMut,
+}
+
+impl Status {
+    async fn send(
+        &mut self,
+        conn: &mut ReplicationConn,
+        p: Progress,
+        reply_requested: bool,
+    ) -> Result<(), ReceiveError> {
+        self.buf.clear();
+        // `apply` stays invalid: walferry applies nothing (as pg_receivewal).
+        encode_status_update(
+            p.written,
+            p.flushed,
+            Lsn::INVALID,
+            pg_now(),
+            reply_requested,
+            &mut self.buf,
+        );
+        conn.send_copy_data(&self.buf).await?;
+        self.flushed = p.flushed;
+        tracing::debug!("status: write {} flush {}", p.written, p.flushed);
+        Ok(())
+    }
+}
+
+/// Store every history file the server's timeline descends from, and return the server
+/// timeline's history (empty on timeline 1).
+async fn fetch_histories(
+    conn: &mut ReplicationConn,
+    archive: &Archive,
+    server_tli: TimeLineId,
+) -> Result<Vec<HistoryEntry>, ReceiveError> {
+    if server_tli.0 <= 1 {
+        return Ok(Vec::new());
+    }
+    let history = fetch_history(conn, archive, server_tli).await?;
+    for entry in &history {
+        if entry.tli.0 > 1 && !archive.has_history(entry.tli) {
+            fetch_history(conn, archive, entry.tli).await?;
+        }
+    }
+    Ok(history)
+}
+
+async fn fetch_history(
+    conn: &mut ReplicationConn,
+    archive: &Archive,
+    tli: TimeLineId,
+) -> Result<Vec<HistoryEntry>, ReceiveError> {
+    let (_name, content) = conn.timeline_history(tli).await?;
+    let text = String::from_utf8_lossy(&content);
+    let entries = parse_history(&text).map_err(|e| {
+        ReceiveError::Protocol(format!(
+            "server sent a malformed history file for timeline {tli}: {e}"
+        ))
+    })?;
+    archive.write_history(tli, &content)?;
+    Ok(entries)
+}
+
+/// The timeline that `lsn` belongs to, given the server timeline's history: the first
+/// timeline at or after `at_least` whose switch point lies beyond `lsn`.
+fn timeline_of(
+    history: &[HistoryEntry],
+    server_tli: TimeLineId,
+    at_least: TimeLineId,
+    lsn: Lsn,
+) -> TimeLineId {
+    history
+        .iter()
+        .filter(|e| e.tli >= at_least)
+        .find(|e| lsn < e.switchpoint)
+        .map(|e| e.tli)
+        .unwrap_or(server_tli)
+}
+
+/// Resolves when a stop is requested; a dropped sender means "never".
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Capped exponential backoff between reconnect attempts.
+struct Backoff {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, cap: Duration) -> Self {
+        Backoff {
+            first,
+            cap,
+            next: first,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_timeline_follows_history() {
+        let history = parse_history("1\t0/3000148\tx\n2\t0/5000000\ty\n").unwrap();
+        let tli =
+            |at_least, lsn| timeline_of(&history, TimeLineId(3), TimeLineId(at_least), Lsn(lsn));
+        assert_eq!(tli(1, 0x2000000), TimeLineId(1));
+        assert_eq!(tli(1, 0x3000000), TimeLineId(1));
+        assert_eq!(tli(1, 0x4000000), TimeLineId(2));
+        assert_eq!(tli(2, 0x3000000), TimeLineId(2));
+        assert_eq!(tli(1, 0x5000000), TimeLineId(3));
+        assert_eq!(
+            timeline_of(&[], TimeLineId(1), TimeLineId(1), Lsn(5)),
+            TimeLineId(1)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
+        let seen: Vec<_> = (0..4).map(|_| b.next().as_millis()).collect();
+        assert_eq!(seen, vec![500, 1000, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.next().as_millis(), 500);
+    }
+}
