@@ -3,8 +3,10 @@
 //!
 //! `frame`, `replication` are pure bytes (no I/O); `client` runs them over tokio sockets.
 
+pub mod backend;
 pub mod client;
 pub mod frame;
+pub mod frontend;
 pub mod replication;
 
 pub use client::{ClientError, CopyMessage, ReplicationConn, ServerError, SystemInfo};
