@@ -11,10 +11,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
-PG_BIN=${WALFERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
 WAL_MB=${DEMO_WAL_MB:-40}
 RECEIVER=${DEMO_RECEIVER:-walferry}
-SEG=$((16 * 1024 * 1024))
+source scripts/lib/pg.sh
 SLOT=walferry_demo
 
 bash scripts/setup.sh >/dev/null
@@ -23,15 +22,6 @@ if [ "$RECEIVER" = walferry ]; then
     echo "==> building walferry (release)"
     cargo build --release --bin walferry
 fi
-
-# postgres refuses to run as root: as root, run the server side as the postgres user.
-as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/walferry-demo-XXXXXX")
 PGDATA_DIR=$WORK/data
@@ -43,83 +33,26 @@ cleanup() {
         echo "---- server log (last 40 lines) ----" >&2
         tail -n 40 "$LOG" >&2 || true
     fi
-    if [ -n "${PM_JOB:-}" ]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 ||
-            kill -9 "$PM_JOB" 2>/dev/null || true
-        wait "$PM_JOB" 2>/dev/null || true
-    fi
+    pg_stop
     rm -rf "$WORK"
     exit "$rc"
 }
 trap cleanup EXIT INT TERM
 mkdir -p "$ARCHIVE"
-if [ "$(id -u)" -eq 0 ]; then chown postgres: "$WORK"; fi
 cd "$WORK"  # postgres must be able to enter the cwd
-
-echo "==> initdb in $PGDATA_DIR"
-as_pg "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --locale=C --no-sync \
-    --no-instructions >/dev/null
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# The postmaster runs as a child of this script (not detached by pg_ctl start), so that it is
-# reaped here when it exits instead of being left to PID 1.
-PM_JOB=
-PORT=
-for _ in $(seq 1 20); do
-    candidate=$((20000 + RANDOM % 10000))
-    port_in_use "$candidate" && continue
-    cat >>"$PGDATA_DIR/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $candidate
-unix_socket_directories = '$WORK'
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-wal_keep_size = '1GB'
-fsync = off
-logging_collector = off
-CONF
-    as_pg "$PG_BIN/postgres" -D "$PGDATA_DIR" >>"$LOG" 2>&1 &
-    PM_JOB=$!
-    for _ in $(seq 1 600); do
-        kill -0 "$PM_JOB" 2>/dev/null || break
-        if as_pg "$PG_BIN/pg_isready" -q -h "$WORK" -p "$candidate"; then
-            PORT=$candidate
-            break
-        fi
-        sleep 0.1
-    done
-    [ -n "$PORT" ] && break
-    wait "$PM_JOB" || true
-    PM_JOB=
-    grep -q "could not bind" "$LOG" || { echo "demo: the server did not start" >&2; exit 1; }
-done
-[ -n "$PORT" ] || { echo "demo: no free port found" >&2; exit 1; }
+echo "==> starting a throwaway primary in $WORK"
+pg_start "$WORK" "wal_keep_size = '1GB'" "fsync = off"
 echo "==> primary running on 127.0.0.1:$PORT"
-
-psql_pg() { as_pg "$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d postgres "$@"; }
-lsn_to_int() { local hi=${1%/*} lo=${1#*/}; echo $(((0x$hi << 32) | 0x$lo)); }
-seg_name() { local segno=$(($1 / SEG)); printf '%08X%08X%08X' 1 $((segno / 256)) $((segno % 256)); }
 
 # A slot that reserves WAL now makes the receiver start here (READ_REPLICATION_SLOT), so the
 # WAL written next lands in complete segments.
 START_LSN=$(psql_pg -c "SELECT lsn FROM pg_create_physical_replication_slot('$SLOT', true)")
 echo "==> slot $SLOT reserves WAL from $START_LSN; writing ${WAL_MB} MiB of WAL"
-psql_pg <<SQL
-CREATE TABLE demo_filler (id bigserial PRIMARY KEY, pad text);
-DO \$\$
-DECLARE start_lsn pg_lsn := pg_current_wal_insert_lsn();
-BEGIN
-  WHILE pg_current_wal_insert_lsn() - start_lsn < $WAL_MB * 1048576 LOOP
-    INSERT INTO demo_filler (pad) SELECT repeat('x', 1000) FROM generate_series(1, 1000);
-    COMMIT;
-  END LOOP;
-END \$\$;
-SQL
+fill_wal "$WAL_MB"
 END_LSN=$(psql_pg -c "SELECT pg_current_wal_lsn()")
 # pg_receivewal stops once it has received WAL *past* --endpos: write a little more now rather
 # than wait for the next background record.
-psql_pg -c "INSERT INTO demo_filler (pad) VALUES ('after endpos')"
+psql_pg -c "INSERT INTO filler (pad) VALUES ('after endpos')"
 echo "==> WAL now at $END_LSN"
 
 CONNINFO="host=127.0.0.1 port=$PORT user=postgres"

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# End-to-end catch-up bench: walferry receive vs pg_receivewal on the same retained WAL.
+#
+# A throwaway primary keeps about BENCH_WAL_MB MiB (default 1024) of WAL. Each round gives
+# each tool a fresh archive directory on disk, seeded with the one complete segment before
+# the retained range (so both tools start right after it, as when resuming), and times the
+# catch-up to --endpos. Tools alternate (walferry, pg_receivewal, walferry, ...) so both see
+# the same machine conditions; medians of wall and CPU (user+sys) time are compared.
+#
+#   bash scripts/bench-catchup.sh
+#   BENCH_WAL_MB=256 BENCH_ROUNDS=2 bash scripts/bench-catchup.sh   # quicker
+#   BENCH_DIR=/some/disk bash scripts/bench-catchup.sh             # where archives go
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$(pwd)
+source scripts/lib/pg.sh
+
+WAL_MB=${BENCH_WAL_MB:-1024}
+ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
+
+bash scripts/setup.sh >/dev/null
+echo "==> building walferry (release)"
+cargo build --release --bin walferry
+
+mkdir -p "$BENCH_DIR"
+WORK=$(mktemp -d "$BENCH_DIR/catchup-XXXXXX")
+cleanup() {
+    local rc=$?
+    pg_stop
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT INT TERM
+cd "$WORK"
+pg_start "$WORK" "wal_keep_size = '4GB'" "max_wal_size = '8GB'" "fsync = off" "shared_buffers = '256MB'"
+echo "==> primary on 127.0.0.1:$PORT"
+
+psql_pg -c "SELECT pg_create_physical_replication_slot('bench_retain', true)" >/dev/null
+psql_pg -c "SELECT pg_switch_wal()" >/dev/null
+START_LSN=$(psql_pg -c "SELECT pg_current_wal_lsn()")
+start_int=$(lsn_to_int "$START_LSN")
+SEED_SEG=$(seg_name $(((start_int / SEG - 1) * SEG)))
+echo "==> writing ${WAL_MB} MiB of WAL from $START_LSN"
+fill_wal "$WAL_MB"
+psql_pg -c "SELECT pg_switch_wal()" >/dev/null
+END_LSN=$(psql_pg -c "SELECT pg_current_wal_lsn()")
+psql_pg -c "CHECKPOINT" >/dev/null
+end_int=$(lsn_to_int "$END_LSN")
+MB=$(((end_int - start_int) / 1048576))
+echo "==> retained WAL: $START_LSN .. $END_LSN ($MB MiB); seed segment $SEED_SEG"
+
+CONNINFO="host=127.0.0.1 port=$PORT user=postgres"
+declare -A WALL CPU
+run_one() {
+    local tool=$1 round=$2 dir=$WORK/$1-$2
+    mkdir "$dir"
+    cp "$PGDATA_DIR/pg_wal/$SEED_SEG" "$dir/"
+    sync
+    local cmd
+    if [ "$tool" = walferry ]; then
+        cmd=("$REPO/target/release/walferry" receive)
+    else
+        cmd=("$PG_BIN/pg_receivewal")
+    fi
+    local t0=${EPOCHREALTIME/./}
+    /usr/bin/time -f "%U %S" -o "$WORK/time.txt" \
+        "${cmd[@]}" -D "$dir" -d "$CONNINFO" --endpos "$END_LSN" -n
+    local t1=${EPOCHREALTIME/./}
+    # Include the write-back of what is still dirty, so page-cache tricks do not count.
+    sync
+    local t2=${EPOCHREALTIME/./}
+    local wall_ms=$(((t2 - t0) / 1000))
+    local cpu_ms
+    cpu_ms=$(awk '{printf "%d", ($1 + $2) * 1000}' "$WORK/time.txt")
+    # Check the result before it counts: every segment of the range identical to pg_wal.
+    local segno problems=0
+    for ((segno = start_int / SEG; segno < end_int / SEG; segno++)); do
+        local name
+        name=$(seg_name $((segno * SEG)))
+        cmp -s "$dir/$name" "$PGDATA_DIR/pg_wal/$name" || problems=$((problems + 1))
+    done
+    if [ "$problems" -ne 0 ]; then
+        echo "$tool round $round: $problems segment(s) missing or different" >&2
+        exit 1
+    fi
+    printf '%-14s round %d: wall %6d ms (stream %6d ms)  cpu %6d ms  %5d MB/s\n' \
+        "$tool" "$round" "$wall_ms" $(((t1 - t0) / 1000)) "$cpu_ms" $((MB * 1000 / (wall_ms + 1)))
+    WALL[$tool]+="$wall_ms "
+    CPU[$tool]+="$cpu_ms "
+    rm -rf "$dir"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    run_one walferry "$round"
+    run_one pg_receivewal "$round"
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+wf_wall=$(echo "${WALL[walferry]}" | median)
+pr_wall=$(echo "${WALL[pg_receivewal]}" | median)
+wf_cpu=$(echo "${CPU[walferry]}" | median)
+pr_cpu=$(echo "${CPU[pg_receivewal]}" | median)
+echo
+echo "catch-up of $MB MiB, median of $ROUNDS rounds each (archive on $(df --output=fstype "$WORK" | tail -1)):"
+printf '  walferry:      wall %6d ms  cpu %6d ms  (%d MB/s)\n' "$wf_wall" "$wf_cpu" $((MB * 1000 / (wf_wall + 1)))
+printf '  pg_receivewal: wall %6d ms  cpu %6d ms  (%d MB/s)\n' "$pr_wall" "$pr_cpu" $((MB * 1000 / (pr_wall + 1)))
+awk -v a="$wf_wall" -v b="$pr_wall" -v c="$wf_cpu" -v d="$pr_cpu" \
+    'BEGIN { printf "  ratio walferry/pg_receivewal: wall %.2fx (target <= 0.75x), cpu %.2fx (target <= 0.60x)\n", a/b, c/d }'

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Synchronous-standby bench: pgbench TPS on a primary whose synchronous standby is, in turn,
+#   walferry receive --synchronous, a real PostgreSQL standby, pg_receivewal --synchronous.
+# With synchronous_commit=on every commit waits until the standby reports it flushed, so TPS
+# measures how fast each one makes WAL durable and says so. Phases rotate within one run
+# (BENCH_ROUNDS times) and medians are compared.
+#
+#   bash scripts/bench-sync.sh
+#   BENCH_SECONDS=10 BENCH_CLIENTS=4 BENCH_ROUNDS=1 bash scripts/bench-sync.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$(pwd)
+source scripts/lib/pg.sh
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-20}
+CLIENTS=${BENCH_CLIENTS:-8}
+ROUNDS=${BENCH_ROUNDS:-2}
+BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
+
+bash scripts/setup.sh >/dev/null
+echo "==> building walferry (release)"
+cargo build --release --bin walferry
+
+mkdir -p "$BENCH_DIR"
+WORK=$(mktemp -d "$BENCH_DIR/sync-XXXXXX")
+RECEIVER_PID=
+STANDBY_JOB=
+stop_receiver() {
+    if [ -n "$RECEIVER_PID" ]; then
+        kill -INT "$RECEIVER_PID" 2>/dev/null || true
+        wait "$RECEIVER_PID" 2>/dev/null || true
+        RECEIVER_PID=
+    fi
+}
+stop_standby() {
+    if [ -n "$STANDBY_JOB" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$WORK/standby" -m fast -w stop >/dev/null 2>&1 ||
+            kill -9 "$STANDBY_JOB" 2>/dev/null || true
+        wait "$STANDBY_JOB" 2>/dev/null || true
+        STANDBY_JOB=
+    fi
+}
+cleanup() {
+    local rc=$?
+    stop_receiver
+    stop_standby
+    pg_stop
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT INT TERM
+cd "$WORK"
+pg_start "$WORK" "fsync = on" "synchronous_commit = on" "shared_buffers = '256MB'" \
+    "wal_keep_size = '2GB'" "max_wal_size = '4GB'"
+echo "==> primary on 127.0.0.1:$PORT; pgbench -i -s 10"
+as_pg "$PG_BIN/pgbench" -i -q -s 10 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+
+CONNINFO="host=127.0.0.1 port=$PORT user=postgres"
+STANDBY_PORT=$((PORT + 1))
+while port_in_use "$STANDBY_PORT"; do STANDBY_PORT=$((STANDBY_PORT + 1)); done
+echo "==> real standby: pg_basebackup to port $STANDBY_PORT"
+as_pg "$PG_BIN/pg_basebackup" -D "$WORK/standby" -h "$WORK" -p "$PORT" -U postgres -X stream -c fast \
+    -R -d "application_name=standby1" >/dev/null
+cat >>"$WORK/standby/postgresql.conf" <<CONF
+port = $STANDBY_PORT
+listen_addresses = ''
+CONF
+
+set_sync_name() {
+    psql_pg -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
+}
+wait_sync() {
+    for _ in $(seq 1 300); do
+        [ "$(psql_pg -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$1' AND sync_state = 'sync'")" = 1 ] && return 0
+        sleep 0.1
+    done
+    echo "$1 never became the synchronous standby" >&2
+    return 1
+}
+run_pgbench() {
+    as_pg "$PG_BIN/pgbench" -n -T "$SECONDS_PER_RUN" -c "$CLIENTS" -j 2 -h "$WORK" -p "$PORT" -U postgres postgres 2>/dev/null |
+        awk '/^tps/ {printf "%d", $3}'
+}
+
+declare -A TPS
+phase() {
+    local name=$1 round=$2 dir=$WORK/archive-$1-$2
+    case "$name" in
+    walferry)
+        mkdir "$dir"
+        "$REPO/target/release/walferry" receive -D "$dir" -d "$CONNINFO" --synchronous &
+        RECEIVER_PID=$!
+        ;;
+    pg_receivewal)
+        mkdir "$dir"
+        "$PG_BIN/pg_receivewal" -D "$dir" -d "$CONNINFO" --synchronous &
+        RECEIVER_PID=$!
+        ;;
+    standby)
+        as_pg "$PG_BIN/postgres" -D "$WORK/standby" >>"$WORK/standby.log" 2>&1 &
+        STANDBY_JOB=$!
+        ;;
+    esac
+    local app=$name
+    [ "$name" = standby ] && app=standby1
+    set_sync_name "$app"
+    wait_sync "$app"
+    local tps
+    tps=$(run_pgbench)
+    printf '%-14s round %d: %6d tps\n' "$name" "$round" "$tps"
+    TPS[$name]+="$tps "
+    set_sync_name ""
+    stop_receiver
+    stop_standby
+    rm -rf "$dir"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    phase walferry "$round"
+    phase standby "$round"
+    phase pg_receivewal "$round"
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+wf=$(echo "${TPS[walferry]}" | median)
+sb=$(echo "${TPS[standby]}" | median)
+pr=$(echo "${TPS[pg_receivewal]}" | median)
+echo
+echo "pgbench TPS, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s):"
+printf '  walferry --synchronous:       %6d tps\n' "$wf"
+printf '  real standby:                 %6d tps\n' "$sb"
+printf '  pg_receivewal --synchronous:  %6d tps\n' "$pr"
+awk -v a="$wf" -v b="$sb" -v c="$pr" \
+    'BEGIN { printf "  walferry / real standby: %.2fx (target >= 1.00x); walferry / pg_receivewal: %.2fx\n", a/b, a/c }'

@@ -1,0 +1,89 @@
+# Shared by the demo and bench scripts: a throwaway PostgreSQL 15 server on a loopback port,
+# run as the postgres user when we are root. Source it, then call pg_start WORK [CONF...].
+# Sets PGDATA_DIR, PORT, LOG, PM_JOB; pg_stop stops it. The postmaster is a child of the
+# calling script (not detached by pg_ctl), so it is reaped here rather than left to PID 1.
+
+PG_BIN=${WALFERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
+SEG=$((16 * 1024 * 1024))
+
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pg_start WORK [extra postgresql.conf lines...]
+pg_start() {
+    local work=$1
+    shift
+    PGDATA_DIR=$work/data
+    LOG=$work/server.log
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work"; fi
+    as_pg "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --locale=C --no-sync \
+        --no-instructions >/dev/null
+    PM_JOB=
+    PORT=
+    local candidate line
+    for _ in $(seq 1 20); do
+        candidate=$((20000 + RANDOM % 10000))
+        port_in_use "$candidate" && continue
+        {
+            echo "listen_addresses = '127.0.0.1'"
+            echo "port = $candidate"
+            echo "unix_socket_directories = '$work'"
+            echo "wal_level = replica"
+            echo "max_wal_senders = 10"
+            echo "max_replication_slots = 10"
+            echo "logging_collector = off"
+            for line in "$@"; do echo "$line"; done
+        } >>"$PGDATA_DIR/postgresql.conf"
+        as_pg "$PG_BIN/postgres" -D "$PGDATA_DIR" >>"$LOG" 2>&1 &
+        PM_JOB=$!
+        for _ in $(seq 1 600); do
+            kill -0 "$PM_JOB" 2>/dev/null || break
+            if as_pg "$PG_BIN/pg_isready" -q -h "$work" -p "$candidate"; then
+                PORT=$candidate
+                break
+            fi
+            sleep 0.1
+        done
+        [ -n "$PORT" ] && break
+        wait "$PM_JOB" || true
+        PM_JOB=
+        grep -q "could not bind" "$LOG" || { echo "the server did not start; see $LOG" >&2; return 1; }
+    done
+    [ -n "$PORT" ] || { echo "no free port found" >&2; return 1; }
+    PG_SOCKET_DIR=$work
+}
+
+pg_stop() {
+    if [ -n "${PM_JOB:-}" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 ||
+            kill -9 "$PM_JOB" 2>/dev/null || true
+        wait "$PM_JOB" 2>/dev/null || true
+        PM_JOB=
+    fi
+}
+
+psql_pg() { as_pg "$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PORT" -U postgres -d postgres "$@"; }
+lsn_to_int() { local hi=${1%/*} lo=${1#*/}; echo $(((0x$hi << 32) | 0x$lo)); }
+seg_name() { local segno=$(($1 / SEG)); printf '%08X%08X%08X' 1 $((segno / 256)) $((segno % 256)); }
+
+# fill_wal MB: commit batches of 1000 rows until MB MiB of WAL were written.
+fill_wal() {
+    psql_pg <<SQL
+CREATE TABLE IF NOT EXISTS filler (id bigserial PRIMARY KEY, pad text);
+DO \$\$
+DECLARE start_lsn pg_lsn := pg_current_wal_insert_lsn();
+BEGIN
+  WHILE pg_current_wal_insert_lsn() - start_lsn < $1 * 1048576 LOOP
+    INSERT INTO filler (pad) SELECT repeat('x', 1000) FROM generate_series(1, 1000);
+    COMMIT;
+  END LOOP;
+END \$\$;
+SQL
+}
