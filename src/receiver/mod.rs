@@ -94,7 +94,10 @@ pub async fn receive(
                 tracing::warn!("server ended streaming at {pos}; reconnecting");
             }
             Err(e) if e.is_fatal() || opts.no_loop => return Err(e),
-            Err(e) => tracing::warn!("{e}"),
+            Err(e) => match e.hint() {
+                Some(hint) => tracing::warn!("{e}\nhint: {hint}"),
+                None => tracing::warn!("{e}"),
+            },
         }
         if session.streamed {
             backoff.reset();
