@@ -30,7 +30,7 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let mut fields = trimmed.splitn(3, |c: char| c == '\t' || c == ' ');
+        let mut fields = trimmed.splitn(3, ['\t', ' ']);
         let tli = fields
             .next()
             .and_then(|f| f.parse::<u32>().ok())

@@ -161,13 +161,15 @@ mod tests {
 
     #[test]
     fn names_match_postgres() {
-        let name = SegmentName::new(TimeLineId(1), SegNo(0x1_0000_0003 / 1));
         // 16 MiB segments: 256 per 4 GiB "log" id.
         let segno = SegNo(5 * 256 + 0x2A);
         let n = SegmentName::new(TimeLineId(3), segno);
         assert_eq!(n.file_name(SEG), "00000003000000050000002A");
         assert_eq!(SegmentName::parse("00000003000000050000002A", SEG), Some(n));
-        assert!(name.file_name(SEG).len() == 24);
+        // Segment numbers beyond 32 bits split into the "log" and "seg" halves.
+        let far = SegmentName::new(TimeLineId(1), SegNo(0x1_0000_0003));
+        assert_eq!(far.file_name(SEG), "000000010100000000000003");
+        assert_eq!(SegmentName::parse(&far.file_name(SEG), SEG), Some(far));
         // A 1 GiB segment size has 4 segments per log id.
         let big = SegmentName::new(TimeLineId(1), SegNo(9));
         assert_eq!(big.file_name(1 << 30), "000000010000000200000001");
