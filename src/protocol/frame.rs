@@ -165,10 +165,6 @@ impl Reader {
         Ok(String::from_utf8_lossy(&self.cstr()?).into_owned())
     }
 
-    pub(crate) fn rest(self) -> Bytes {
-        self.buf
-    }
-
     /// Leftover bytes after the last field mean we misread the message.
     pub(crate) fn finish(self) -> Result<(), ProtocolError> {
         if self.buf.is_empty() {
@@ -211,15 +207,6 @@ pub(crate) fn put_cstr(out: &mut BytesMut, s: &[u8]) -> Result<(), ProtocolError
     out.put_slice(s);
     out.put_u8(0);
     Ok(())
-}
-
-/// `put_cstr` for callers that have already checked for NULs (or encode constants).
-pub(crate) fn check_no_nul(s: &[u8]) -> Result<(), ProtocolError> {
-    if s.contains(&0) {
-        Err(ProtocolError::new("string contains a NUL byte"))
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,1298 @@
+//! The client against scripted fake servers on 127.0.0.1:0 (and a Unix socket): each test
+//! plays the server side byte for byte with the `backend` encoders and `frontend` parsers.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::backend::{
+    encode_result_set, Authentication, BackendMessage, CopyResponse, ServerError, INT8_OID,
+    TEXT_OID,
+};
+use super::client::{ClientError, CopyMessage, ReplicationConn};
+use super::frame::MAX_MESSAGE_LEN;
+use super::frontend::{self, FrontendMessage, StartupPacket};
+use super::replication::{encode_xlog_data, ReplicationMessage};
+use crate::conninfo::{ConnParams, Host, Password, PasswordPrompt, SslMode};
+use crate::wal::{Lsn, TimeLineId};
+
+const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocol/testdata");
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The server end of one connection.
+struct Fake {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+}
+
+impl Fake {
+    fn new(io: impl Io + 'static) -> Self {
+        Fake {
+            io: Box::new(io),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn read_more(&mut self) -> bool {
+        self.io.read_buf(&mut self.buf).await.unwrap() > 0
+    }
+
+    async fn startup(&mut self) -> StartupPacket {
+        loop {
+            if let Some(p) = StartupPacket::parse(&mut self.buf).unwrap() {
+                return p;
+            }
+            assert!(self.read_more().await, "client hung up before startup");
+        }
+    }
+
+    /// The next message, or `None` when the client closed the connection.
+    async fn try_recv(&mut self) -> Option<FrontendMessage> {
+        loop {
+            if let Some(m) = FrontendMessage::parse(&mut self.buf, MAX_MESSAGE_LEN).unwrap() {
+                return Some(m);
+            }
+            if !self.read_more().await {
+                return None;
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> FrontendMessage {
+        self.try_recv().await.expect("client hung up")
+    }
+
+    async fn expect_query(&mut self) -> String {
+        match self.recv().await {
+            FrontendMessage::Query(q) => q,
+            other => panic!("expected a query, got {other:?}"),
+        }
+    }
+
+    async fn auth_response(&mut self) -> Bytes {
+        match self.recv().await {
+            FrontendMessage::AuthResponse(b) => b,
+            other => panic!("expected an auth response, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, msgs: &[BackendMessage]) {
+        let mut out = BytesMut::new();
+        for m in msgs {
+            m.encode(&mut out).unwrap();
+        }
+        self.send_raw(&out).await;
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    /// Everything a server sends after successful authentication.
+    async fn ready(&mut self) {
+        self.send(&[
+            auth(Authentication::Ok),
+            param("server_version", "15.4 (Debian 15.4-1.pgdg120+1)"),
+            param("integer_datetimes", "on"),
+            BackendMessage::BackendKeyData {
+                process_id: 4242,
+                secret_key: 99,
+            },
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+    }
+
+    /// Startup packet, then trust authentication.
+    async fn trust(&mut self) -> Vec<(String, String)> {
+        let StartupPacket::Startup { params, .. } = self.startup().await else {
+            panic!("expected a startup packet");
+        };
+        self.ready().await;
+        params
+    }
+
+    async fn answer_rows(
+        &mut self,
+        columns: &[(&str, u32)],
+        rows: &[Vec<Option<&[u8]>>],
+        tag: &str,
+    ) {
+        let mut out = BytesMut::new();
+        encode_result_set(columns, rows, tag, &mut out).unwrap();
+        BackendMessage::ReadyForQuery { status: b'I' }
+            .encode(&mut out)
+            .unwrap();
+        self.send_raw(&out).await;
+    }
+
+    async fn answer_error(&mut self, code: &str, message: &str) {
+        self.send(&[
+            error("ERROR", code, message),
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+    }
+
+    /// Wait for the client to go away (Terminate or EOF); true if Terminate was seen.
+    async fn until_closed(&mut self) -> bool {
+        let mut terminated = false;
+        while let Some(m) = self.try_recv().await {
+            terminated |= m == FrontendMessage::Terminate;
+        }
+        terminated
+    }
+}
+
+fn auth(a: Authentication) -> BackendMessage {
+    BackendMessage::Authentication(a)
+}
+
+fn param(name: &str, value: &str) -> BackendMessage {
+    BackendMessage::ParameterStatus {
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+fn error(severity: &str, code: &str, message: &str) -> BackendMessage {
+    BackendMessage::ErrorResponse(ServerError {
+        severity: severity.into(),
+        code: code.into(),
+        message: message.into(),
+        detail: None,
+        hint: None,
+    })
+}
+
+fn params_for(hosts: Vec<Host>, ports: Vec<u16>) -> ConnParams {
+    ConnParams {
+        hosts,
+        ports,
+        user: "rep".into(),
+        password: None,
+        passfile: None,
+        dbname: None,
+        application_name: "walferry-test".into(),
+        sslmode: SslMode::Disable,
+        sslrootcert: None,
+        connect_timeout: Some(Duration::from_secs(5)),
+        prompt: PasswordPrompt::Never,
+    }
+}
+
+fn params(port: u16) -> ConnParams {
+    params_for(vec![Host::Tcp("127.0.0.1".into())], vec![port])
+}
+
+/// A listener on 127.0.0.1:0 and a task running `script` on it.
+async fn serve<F, Fut>(script: F) -> (u16, JoinHandle<()>)
+where
+    F: FnOnce(TcpListener) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (port, tokio::spawn(script(listener)))
+}
+
+/// `serve` for the common case of one connection.
+async fn serve_one<F, Fut>(script: F) -> (u16, JoinHandle<()>)
+where
+    F: FnOnce(Fake) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    serve(|l| async move {
+        let (sock, _) = l.accept().await.unwrap();
+        script(Fake::new(sock)).await
+    })
+    .await
+}
+
+async fn connect(p: &ConnParams) -> Result<ReplicationConn, ClientError> {
+    tokio::time::timeout(Duration::from_secs(20), ReplicationConn::connect(p))
+        .await
+        .expect("connect hung")
+}
+
+fn server_error(e: ClientError) -> ServerError {
+    match e {
+        ClientError::Server(s) => s,
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+// ---- startup and authentication ----
+
+#[tokio::test]
+async fn trust_startup_sends_replication_parameters() {
+    let (port, server) = serve_one(|mut s| async move {
+        let params = s.trust().await;
+        assert_eq!(
+            params,
+            [
+                ("user", "rep"),
+                ("database", "replication"),
+                ("replication", "true"),
+                ("application_name", "walferry-test"),
+                ("client_encoding", "UTF8"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(s.until_closed().await, "client did not send Terminate");
+    })
+    .await;
+    let conn = connect(&params(port)).await.unwrap();
+    assert_eq!(conn.server_version_num(), Some(150004));
+    assert_eq!(conn.parameter("integer_datetimes"), Some("on"));
+    assert_eq!(conn.backend_key(), Some((4242, 99)));
+    assert!(!conn.is_tls());
+    conn.close().await;
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn startup_error_is_a_server_error_with_sqlstate() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.startup().await;
+        s.send(&[auth(Authentication::CleartextPassword)]).await;
+        s.auth_response().await;
+        s.send(&[error(
+            "FATAL",
+            "28P01",
+            "password authentication failed for user \"rep\"",
+        )])
+        .await;
+    })
+    .await;
+    let mut p = params(port);
+    p.password = Some(Password("hunter2-secret".into()));
+    let err = connect(&p).await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("hunter2"), "password leaked: {text}");
+    assert!(err.is_fatal());
+    let e = server_error(err);
+    assert_eq!(e.code, "28P01");
+    assert_eq!(e.severity, "FATAL");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn cleartext_password() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.startup().await;
+        s.send(&[auth(Authentication::CleartextPassword)]).await;
+        let body = s.auth_response().await;
+        assert_eq!(&frontend::parse_password(body).unwrap()[..], b"pw");
+        s.ready().await;
+    })
+    .await;
+    let mut p = params(port);
+    p.password = Some(Password("pw".into()));
+    connect(&p).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn md5_password_is_hashed_with_user_and_salt() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.startup().await;
+        s.send(&[auth(Authentication::Md5Password { salt: [1, 2, 3, 4] })])
+            .await;
+        let body = s.auth_response().await;
+        let want = postgres_protocol::authentication::md5_hash(b"rep", b"pw", [1, 2, 3, 4]);
+        assert_eq!(
+            &frontend::parse_password(body).unwrap()[..],
+            want.as_bytes()
+        );
+        s.ready().await;
+    })
+    .await;
+    let mut p = params(port);
+    p.password = Some(Password("pw".into()));
+    connect(&p).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn missing_password_fails_clearly_without_prompting() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.startup().await;
+        s.send(&[auth(Authentication::Md5Password { salt: [0; 4] })])
+            .await;
+        // The client gives up without answering.
+        assert!(!s.until_closed().await);
+    })
+    .await;
+    let err = connect(&params(port)).await.unwrap_err();
+    assert!(matches!(err, ClientError::PasswordRequired), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("password authentication required but no password was supplied"));
+    assert!(msg.contains("HINT"));
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn gssapi_is_rejected_clearly() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.startup().await;
+        s.send(&[auth(Authentication::Gss)]).await;
+        s.until_closed().await;
+    })
+    .await;
+    let err = connect(&params(port)).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::UnsupportedAuth(m) if m == "GSSAPI"),
+        "{err:?}"
+    );
+    assert!(err.is_fatal());
+    server.await.unwrap();
+}
+
+/// Server side of SCRAM-SHA-256 (RFC 5802/7677), just enough to check the client's proof
+/// and to sign the final message; built on rustls' own HMAC and SHA-256.
+mod scram {
+    use rustls::crypto::tls13::OkmBlock;
+
+    fn suite() -> &'static rustls::Tls13CipherSuite {
+        match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {
+            rustls::SupportedCipherSuite::Tls13(s) => s,
+            _ => unreachable!(),
+        }
+    }
+
+    pub fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
+        suite()
+            .hkdf_provider
+            .hmac_sign(&OkmBlock::new(key), msg)
+            .as_ref()
+            .to_vec()
+    }
+
+    pub fn sha256(data: &[u8]) -> Vec<u8> {
+        suite().common.hash_provider.hash(data).as_ref().to_vec()
+    }
+
+    pub fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        let mut first = salt.to_vec();
+        first.extend_from_slice(&1u32.to_be_bytes());
+        let mut u = hmac(password, &first);
+        let mut out = u.clone();
+        for _ in 1..iterations {
+            u = hmac(password, &u);
+            out.iter_mut().zip(&u).for_each(|(o, x)| *o ^= x);
+        }
+        out
+    }
+
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn b64(data: &[u8]) -> String {
+        let mut s = String::new();
+        for chunk in data.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    s.push(B64[(n >> (18 - 6 * i)) as usize & 63] as char);
+                } else {
+                    s.push('=');
+                }
+            }
+        }
+        s
+    }
+
+    pub fn unb64(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut acc, mut bits) = (0u32, 0);
+        for c in s.bytes().filter(|c| *c != b'=') {
+            let v = B64.iter().position(|x| *x == c).expect("base64") as u32;
+            acc = (acc << 6) | v;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+        out
+    }
+}
+
+/// How the fake SCRAM server ends the exchange.
+#[derive(Clone, Copy, PartialEq)]
+enum ScramEnding {
+    Honest,
+    WrongServerSignature,
+    SkipFinal,
+}
+
+async fn scram_server(mut s: Fake, password: &'static str, ending: ScramEnding) {
+    s.startup().await;
+    s.send(&[auth(Authentication::Sasl {
+        mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()],
+    })])
+    .await;
+    let (mech, data) = frontend::parse_sasl_initial_response(s.auth_response().await).unwrap();
+    assert_eq!(
+        mech, "SCRAM-SHA-256",
+        "must not pick -PLUS without channel binding"
+    );
+    let client_first = String::from_utf8(data.unwrap().to_vec()).unwrap();
+    // 'n': no channel binding; never 'y' when the server offered -PLUS.
+    let client_first_bare = client_first.strip_prefix("n,,").expect("gs2 header n,,");
+    let client_nonce = client_first_bare.split("r=").nth(1).unwrap();
+    let salt = b"walferry-salt";
+    let iterations = 4096;
+    let server_first = format!(
+        "r={client_nonce}SRVNONCE,s={},i={iterations}",
+        scram::b64(salt)
+    );
+    s.send(&[auth(Authentication::SaslContinue(Bytes::from(
+        server_first.clone(),
+    )))])
+    .await;
+    let client_final = String::from_utf8(s.auth_response().await.to_vec()).unwrap();
+    let (without_proof, proof) = client_final.rsplit_once(",p=").unwrap();
+    assert!(without_proof.starts_with("c=biws,r="), "{without_proof}");
+    let salted = scram::salted_password(password.as_bytes(), salt, iterations);
+    let client_key = scram::hmac(&salted, b"Client Key");
+    let stored_key = scram::sha256(&client_key);
+    let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+    let client_signature = scram::hmac(&stored_key, auth_message.as_bytes());
+    let recovered: Vec<u8> = scram::unb64(proof)
+        .iter()
+        .zip(&client_signature)
+        .map(|(a, b)| a ^ b)
+        .collect();
+    if scram::sha256(&recovered) != stored_key {
+        s.send(&[error(
+            "FATAL",
+            "28P01",
+            "password authentication failed for user \"rep\"",
+        )])
+        .await;
+        return;
+    }
+    let server_key = scram::hmac(&salted, b"Server Key");
+    let mut server_signature = scram::hmac(&server_key, auth_message.as_bytes());
+    match ending {
+        ScramEnding::SkipFinal => {}
+        ScramEnding::WrongServerSignature => {
+            server_signature[0] ^= 1;
+            let f = format!("v={}", scram::b64(&server_signature));
+            s.send(&[auth(Authentication::SaslFinal(Bytes::from(f)))])
+                .await;
+        }
+        ScramEnding::Honest => {
+            let f = format!("v={}", scram::b64(&server_signature));
+            s.send(&[auth(Authentication::SaslFinal(Bytes::from(f)))])
+                .await;
+        }
+    }
+    s.ready().await;
+    s.until_closed().await;
+}
+
+#[tokio::test]
+async fn scram_sha_256_full_exchange() {
+    let (port, server) = serve_one(|s| scram_server(s, "correct horse", ScramEnding::Honest)).await;
+    let mut p = params(port);
+    p.password = Some(Password("correct horse".into()));
+    let conn = connect(&p).await.unwrap();
+    conn.close().await;
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn scram_wrong_password_is_28p01() {
+    let (port, server) = serve_one(|s| scram_server(s, "correct horse", ScramEnding::Honest)).await;
+    let mut p = params(port);
+    p.password = Some(Password("battery staple".into()));
+    let e = server_error(connect(&p).await.unwrap_err());
+    assert_eq!(e.code, "28P01");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn scram_server_must_prove_it_knows_the_password() {
+    for ending in [ScramEnding::WrongServerSignature, ScramEnding::SkipFinal] {
+        let (port, server) = serve_one(move |s| scram_server(s, "pw", ending)).await;
+        let mut p = params(port);
+        p.password = Some(Password("pw".into()));
+        let err = connect(&p).await.unwrap_err();
+        assert!(matches!(err, ClientError::Auth(_)), "{err:?}");
+        assert!(err.is_fatal());
+        server.abort();
+    }
+}
+
+// ---- hosts, sockets, timeouts ----
+
+#[tokio::test]
+async fn tries_hosts_in_order_until_one_answers() {
+    // A port nobody listens on: bind, note the port, close.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+    })
+    .await;
+    let p = params_for(
+        vec![Host::Tcp("127.0.0.1".into()), Host::Tcp("localhost".into())],
+        vec![dead_port, port],
+    );
+    connect(&p).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn server_error_stops_the_host_search() {
+    let (port1, s1) = serve_one(|mut s| async move {
+        s.startup().await;
+        s.send(&[error("FATAL", "28000", "no pg_hba.conf entry")])
+            .await;
+    })
+    .await;
+    let (port2, s2) = serve(|l| async move {
+        // Must never be reached.
+        let accepted = tokio::time::timeout(Duration::from_millis(500), l.accept()).await;
+        assert!(accepted.is_err(), "second host was tried");
+    })
+    .await;
+    let p = params_for(
+        vec![Host::Tcp("127.0.0.1".into()), Host::Tcp("127.0.0.1".into())],
+        vec![port1, port2],
+    );
+    assert_eq!(server_error(connect(&p).await.unwrap_err()).code, "28000");
+    s1.await.unwrap();
+    s2.await.unwrap();
+}
+
+#[tokio::test]
+async fn all_hosts_failing_reports_each() {
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ports.push(l.local_addr().unwrap().port());
+    }
+    let p = params_for(
+        vec![Host::Tcp("127.0.0.1".into()), Host::Tcp("127.0.0.1".into())],
+        ports.clone(),
+    );
+    let err = connect(&p).await.unwrap_err();
+    let ClientError::AllHostsFailed(all) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(all.len(), 2);
+    let msg = err.to_string();
+    for port in ports {
+        assert!(msg.contains(&format!("port {port}")), "{msg}");
+    }
+    assert!(!err.is_fatal());
+}
+
+#[tokio::test]
+async fn unix_socket_path_is_dir_slash_s_pgsql_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".s.PGSQL.6543");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let server = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut s = Fake::new(sock);
+        // No SSLRequest on a Unix socket, even with sslmode=require.
+        assert!(matches!(s.startup().await, StartupPacket::Startup { .. }));
+        s.ready().await;
+    });
+    let mut p = params_for(vec![Host::Unix(dir.path().to_path_buf())], vec![6543]);
+    p.sslmode = SslMode::Require;
+    connect(&p).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_timeout_moves_on_and_reports() {
+    // Accepts, then says nothing: only the timeout can end the attempt.
+    let (port, server) = serve(|l| async move {
+        let (_sock, _) = l.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    })
+    .await;
+    let mut p = params(port);
+    p.connect_timeout = Some(Duration::from_millis(100)); // raised to 2 s, as libpq does
+    let started = std::time::Instant::now();
+    let err = connect(&p).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    server.abort();
+}
+
+// ---- queries ----
+
+#[tokio::test]
+async fn identify_system_show_and_errors_in_between() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        assert_eq!(s.expect_query().await, "IDENTIFY_SYSTEM");
+        s.answer_rows(
+            &[
+                ("systemid", TEXT_OID),
+                ("timeline", INT8_OID),
+                ("xlogpos", TEXT_OID),
+                ("dbname", TEXT_OID),
+            ],
+            &[vec![
+                Some(&b"7189539434585063213"[..]),
+                Some(b"3"),
+                Some(b"0/3000148"),
+                None,
+            ]],
+            "IDENTIFY_SYSTEM",
+        )
+        .await;
+        assert_eq!(s.expect_query().await, "SHOW wal_segment_size");
+        s.send(&[BackendMessage::NoticeResponse(ServerError {
+            severity: "NOTICE".into(),
+            code: "00000".into(),
+            message: "just saying".into(),
+            detail: None,
+            hint: None,
+        })])
+        .await;
+        s.answer_rows(
+            &[("wal_segment_size", TEXT_OID)],
+            &[vec![Some(&b"16MB"[..])]],
+            "SHOW",
+        )
+        .await;
+        assert_eq!(s.expect_query().await, "READ_REPLICATION_SLOT \"nope\"");
+        s.answer_rows(
+            &[
+                ("slot_type", TEXT_OID),
+                ("restart_lsn", TEXT_OID),
+                ("restart_tli", INT8_OID),
+            ],
+            &[vec![None, None, None]],
+            "READ_REPLICATION_SLOT",
+        )
+        .await;
+        assert_eq!(s.expect_query().await, "READ_REPLICATION_SLOT \"s1\"");
+        s.answer_rows(
+            &[
+                ("slot_type", TEXT_OID),
+                ("restart_lsn", TEXT_OID),
+                ("restart_tli", INT8_OID),
+            ],
+            &[vec![Some(&b"physical"[..]), Some(b"0/5000000"), Some(b"2")]],
+            "READ_REPLICATION_SLOT",
+        )
+        .await;
+        assert_eq!(s.expect_query().await, "TIMELINE_HISTORY 2");
+        s.answer_error("58P01", "could not open file \"pg_wal/00000002.history\"")
+            .await;
+        assert_eq!(s.expect_query().await, "TIMELINE_HISTORY 2");
+        s.answer_rows(
+            &[("filename", TEXT_OID), ("content", TEXT_OID)],
+            &[vec![
+                Some(&b"00000002.history"[..]),
+                Some(b"1\t0/3000148\tno recovery target specified\n"),
+            ]],
+            "TIMELINE_HISTORY",
+        )
+        .await;
+        assert_eq!(
+            s.expect_query().await,
+            "CREATE_REPLICATION_SLOT \"s1\" PHYSICAL RESERVE_WAL"
+        );
+        s.answer_error("42710", "replication slot \"s1\" already exists")
+            .await;
+        assert_eq!(
+            s.expect_query().await,
+            "CREATE_REPLICATION_SLOT \"s1\" PHYSICAL RESERVE_WAL"
+        );
+        s.answer_error("42710", "replication slot \"s1\" already exists")
+            .await;
+        assert_eq!(s.expect_query().await, "DROP_REPLICATION_SLOT \"s1\"");
+        s.send(&[
+            BackendMessage::CommandComplete {
+                tag: "DROP_REPLICATION_SLOT".into(),
+            },
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+        assert!(s.until_closed().await);
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    let sys = conn.identify_system().await.unwrap();
+    assert_eq!(sys.system_id, 7189539434585063213);
+    assert_eq!(sys.timeline, TimeLineId(3));
+    assert_eq!(sys.xlogpos, Lsn(0x300_0148));
+    assert_eq!(conn.show("wal_segment_size").await.unwrap(), "16MB");
+    assert!(conn.show("x; DROP").await.is_err());
+    assert_eq!(conn.read_replication_slot("nope").await.unwrap(), None);
+    assert_eq!(
+        conn.read_replication_slot("s1").await.unwrap(),
+        Some((Lsn(0x500_0000), TimeLineId(2)))
+    );
+    let e = server_error(conn.timeline_history(TimeLineId(2)).await.unwrap_err());
+    assert_eq!(e.code, "58P01");
+    // The connection is still usable after a command error.
+    let (name, content) = conn.timeline_history(TimeLineId(2)).await.unwrap();
+    assert_eq!(name, "00000002.history");
+    assert_eq!(content, b"1\t0/3000148\tno recovery target specified\n");
+    conn.create_physical_slot("s1", true).await.unwrap();
+    let e = server_error(conn.create_physical_slot("s1", false).await.unwrap_err());
+    assert_eq!(e.code, "42710");
+    conn.drop_slot("s1").await.unwrap();
+    conn.close().await;
+    server.await.unwrap();
+}
+
+// ---- streaming ----
+
+fn wal_message(start: u64, len: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut payload = BytesMut::new();
+    encode_xlog_data(Lsn(start), Lsn(start + len as u64), 77, &data, &mut payload);
+    let mut frame = BytesMut::new();
+    frontend::copy_data(&payload, &mut frame);
+    frame.to_vec()
+}
+
+fn copy_both() -> BackendMessage {
+    BackendMessage::CopyBothResponse(CopyResponse {
+        format: 0,
+        column_formats: vec![],
+    })
+}
+
+#[tokio::test]
+async fn stream_with_split_messages_then_end_of_timeline() {
+    const WAL: usize = 128 * 1024;
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        assert_eq!(
+            s.expect_query().await,
+            "START_REPLICATION SLOT \"s\" PHYSICAL 0/3000000 TIMELINE 1"
+        );
+        s.send(&[copy_both()]).await;
+        // A 128 KiB 'w' in pieces: inside the 5-byte header, inside the 25-byte
+        // replication header, and in the middle of the WAL.
+        let w = wal_message(0x300_0000, WAL);
+        for piece in [&w[..3], &w[3..17], &w[17..40_000], &w[40_000..]] {
+            s.send_raw(piece).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Chatter the client must skip, then a keepalive, then the end of the timeline.
+        let mut ka = BytesMut::new();
+        super::replication::encode_keepalive(Lsn(0x302_0000), 78, true, &mut ka);
+        s.send(&[
+            param("application_name", "x"),
+            BackendMessage::NoticeResponse(ServerError {
+                severity: "WARNING".into(),
+                code: "01000".into(),
+                message: "m".into(),
+                detail: None,
+                hint: None,
+            }),
+            BackendMessage::CopyData(ka.freeze()),
+            BackendMessage::CopyDone,
+        ])
+        .await;
+        // The client's status update, then its CopyDone.
+        match s.recv().await {
+            FrontendMessage::CopyData(b) => assert_eq!(b[0], b'r'),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.recv().await, FrontendMessage::CopyDone);
+        let mut out = BytesMut::new();
+        encode_result_set(
+            &[("next_tli", INT8_OID), ("next_tli_startpos", TEXT_OID)],
+            &[vec![Some(&b"2"[..]), Some(b"0/3020000")]],
+            "SELECT",
+            &mut out,
+        )
+        .unwrap();
+        BackendMessage::CommandComplete {
+            tag: "START_STREAMING".into(),
+        }
+        .encode(&mut out)
+        .unwrap();
+        BackendMessage::ReadyForQuery { status: b'I' }
+            .encode(&mut out)
+            .unwrap();
+        s.send_raw(&out).await;
+        assert!(s.until_closed().await);
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(Some("s"), Lsn(0x300_0000), TimeLineId(1))
+        .await
+        .unwrap();
+    let CopyMessage::Data(payload) = conn.read_copy_message().await.unwrap() else {
+        panic!("expected data")
+    };
+    let ReplicationMessage::XLogData {
+        wal_start, data, ..
+    } = ReplicationMessage::parse(payload).unwrap()
+    else {
+        panic!("expected XLogData")
+    };
+    assert_eq!(wal_start, Lsn(0x300_0000));
+    assert_eq!(data.len(), WAL);
+    assert!(data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    let CopyMessage::Data(payload) = conn.read_copy_message().await.unwrap() else {
+        panic!("expected data")
+    };
+    assert!(matches!(
+        ReplicationMessage::parse(payload).unwrap(),
+        ReplicationMessage::Keepalive {
+            reply_requested: true,
+            ..
+        }
+    ));
+    assert_eq!(conn.parameter("application_name"), Some("x"));
+    assert!(matches!(
+        conn.read_copy_message().await.unwrap(),
+        CopyMessage::Done
+    ));
+    let mut reply = BytesMut::new();
+    super::replication::encode_status_update(Lsn(1), Lsn(1), Lsn(0), 0, false, &mut reply);
+    conn.send_copy_data(&reply).await.unwrap();
+    assert_eq!(
+        conn.finish_copy().await.unwrap(),
+        Some((TimeLineId(2), Lsn(0x302_0000)))
+    );
+    conn.close().await;
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn read_copy_message_is_cancel_safe() {
+    let frames: Vec<Vec<u8>> = (0..4).map(|i| wal_message(i * 0x1000, 0x1000)).collect();
+    let all: Vec<u8> = frames.concat();
+    let (port, server) = serve_one(move |mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.send(&[copy_both()]).await;
+        // Trickle: the client's timer fires many times in the middle of frames.
+        for piece in all.chunks(777) {
+            s.send_raw(piece).await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        s.send(&[BackendMessage::CopyDone]).await;
+        assert_eq!(s.recv().await, FrontendMessage::CopyDone);
+        s.send(&[
+            BackendMessage::CommandComplete {
+                tag: "START_STREAMING".into(),
+            },
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(None, Lsn(0), TimeLineId(1))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut timeouts = 0;
+    loop {
+        tokio::select! {
+            m = conn.read_copy_message() => match m.unwrap() {
+                CopyMessage::Data(b) => got.push(b),
+                CopyMessage::Done => break,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(1)) => timeouts += 1,
+        }
+    }
+    assert!(
+        timeouts > 5,
+        "the timer never interrupted a read ({timeouts})"
+    );
+    assert_eq!(got.len(), 4);
+    for (i, payload) in got.iter().enumerate() {
+        assert_eq!(&payload[..], &frames[i][5..], "message {i}");
+    }
+    assert_eq!(conn.finish_copy().await.unwrap(), None);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn error_during_stream_then_connection_recovers() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.send(&[copy_both()]).await;
+        s.send_raw(&wal_message(0, 16)).await;
+        s.send(&[
+            error(
+                "ERROR",
+                "58P01",
+                "requested WAL segment 000000010000000000000001 has already been removed",
+            ),
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+        assert_eq!(s.expect_query().await, "SHOW wal_segment_size");
+        s.answer_rows(
+            &[("wal_segment_size", TEXT_OID)],
+            &[vec![Some(&b"1GB"[..])]],
+            "SHOW",
+        )
+        .await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(None, Lsn(0), TimeLineId(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn.read_copy_message().await.unwrap(),
+        CopyMessage::Data(_)
+    ));
+    let e = server_error(conn.read_copy_message().await.unwrap_err());
+    assert_eq!(e.code, "58P01");
+    assert_eq!(conn.show("wal_segment_size").await.unwrap(), "1GB");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn start_replication_error_is_a_server_error() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.answer_error("42704", "replication slot \"gone\" does not exist")
+            .await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    let e = server_error(
+        conn.start_replication(Some("gone"), Lsn(0), TimeLineId(1))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, "42704");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn client_initiated_end_of_stream_discards_the_tail() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.send(&[copy_both()]).await;
+        assert_eq!(s.recv().await, FrontendMessage::CopyDone);
+        // Data already in flight, then the server's own CopyDone.
+        s.send_raw(&wal_message(0, 100)).await;
+        s.send(&[
+            BackendMessage::CopyDone,
+            BackendMessage::CommandComplete {
+                tag: "START_STREAMING".into(),
+            },
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(None, Lsn(0), TimeLineId(1))
+        .await
+        .unwrap();
+    assert_eq!(conn.finish_copy().await.unwrap(), None);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn server_hangup_mid_frame_is_reported() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.send(&[copy_both()]).await;
+        s.send_raw(&wal_message(0, 1000)[..500]).await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(None, Lsn(0), TimeLineId(1))
+        .await
+        .unwrap();
+    server.await.unwrap();
+    assert!(matches!(
+        conn.read_copy_message().await,
+        Err(ClientError::Closed)
+    ));
+    // And the connection says so afterwards instead of hanging.
+    assert!(conn.show("x").await.is_err());
+}
+
+#[tokio::test]
+async fn garbage_from_server_is_a_protocol_error() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.send(&[copy_both()]).await;
+        s.send_raw(b"d\xff\xff\xff\xff").await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(None, Lsn(0), TimeLineId(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn.read_copy_message().await,
+        Err(ClientError::Protocol(_))
+    ));
+    server.await.unwrap();
+}
+
+// ---- TLS ----
+
+fn cert_path(name: &str) -> PathBuf {
+    PathBuf::from(TESTDATA).join(name)
+}
+
+fn tls_acceptor(name: &str) -> tokio_rustls::TlsAcceptor {
+    let certs = CertificateDer::pem_file_iter(cert_path(&format!("{name}.crt")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(cert_path(&format!("{name}.key"))).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// SSLRequest -> 'S' -> handshake with certificate `name` -> trust startup.
+async fn tls_server(sock: tokio::net::TcpStream, name: &'static str) {
+    let mut s = Fake::new(sock);
+    assert_eq!(s.startup().await, StartupPacket::SslRequest);
+    s.send_raw(b"S").await;
+    assert!(s.buf.is_empty());
+    let Ok(tls) = tls_acceptor(name).accept(s.io).await else {
+        return; // the client refused the certificate
+    };
+    let mut s = Fake::new(tls);
+    s.trust().await;
+    s.until_closed().await;
+}
+
+async fn tls_case(
+    mode: SslMode,
+    cert: &'static str,
+    root: Option<&str>,
+    host: &str,
+) -> Result<ReplicationConn, ClientError> {
+    let (port, _server) = serve(move |l| async move {
+        let (sock, _) = l.accept().await.unwrap();
+        tls_server(sock, cert).await
+    })
+    .await;
+    let mut p = params_for(vec![Host::Tcp(host.into())], vec![port]);
+    p.sslmode = mode;
+    p.sslrootcert = root.map(cert_path);
+    connect(&p).await
+}
+
+#[tokio::test]
+async fn tls_modes_and_certificate_checks() {
+    // require without a root certificate: anything goes.
+    let conn = tls_case(SslMode::Require, "wrong-name", None, "127.0.0.1")
+        .await
+        .unwrap();
+    assert!(conn.is_tls());
+    // verify-full: chain and name (IP SAN and DNS SAN).
+    assert!(
+        tls_case(SslMode::VerifyFull, "server", Some("ca.crt"), "127.0.0.1")
+            .await
+            .unwrap()
+            .is_tls()
+    );
+    assert!(
+        tls_case(SslMode::VerifyFull, "server", Some("ca.crt"), "localhost")
+            .await
+            .unwrap()
+            .is_tls()
+    );
+    let err = tls_case(
+        SslMode::VerifyFull,
+        "wrong-name",
+        Some("ca.crt"),
+        "127.0.0.1",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Tls { message, .. } if message.contains("not valid for name")),
+        "{err:?}"
+    );
+    // verify-ca: chain only.
+    assert!(
+        tls_case(SslMode::VerifyCa, "wrong-name", Some("ca.crt"), "127.0.0.1")
+            .await
+            .unwrap()
+            .is_tls()
+    );
+    let err = tls_case(
+        SslMode::VerifyCa,
+        "server",
+        Some("other-ca.crt"),
+        "127.0.0.1",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(&err, ClientError::Tls { .. }), "{err:?}");
+    // require with a root certificate behaves like verify-ca (libpq's rule).
+    let err = tls_case(
+        SslMode::Require,
+        "server",
+        Some("other-ca.crt"),
+        "127.0.0.1",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(&err, ClientError::Tls { .. }), "{err:?}");
+    assert!(
+        tls_case(SslMode::Require, "wrong-name", Some("ca.crt"), "127.0.0.1")
+            .await
+            .unwrap()
+            .is_tls()
+    );
+}
+
+#[tokio::test]
+async fn verify_without_root_certificate_names_the_file() {
+    let mut p = params(1);
+    p.sslmode = SslMode::VerifyCa;
+    p.sslrootcert = Some(PathBuf::from("/nonexistent/root.crt"));
+    let err = connect(&p).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("root certificate file \"/nonexistent/root.crt\" does not exist"),
+        "{msg}"
+    );
+    assert!(msg.contains("HINT"), "{msg}");
+    assert!(err.is_fatal());
+}
+
+#[tokio::test]
+async fn ssl_refused_by_server() {
+    async fn refusing(mut s: Fake) {
+        assert_eq!(s.startup().await, StartupPacket::SslRequest);
+        s.send_raw(b"N").await;
+        // prefer carries on in plaintext on the same connection.
+        if let Ok(StartupPacket::Startup { .. }) =
+            tokio::time::timeout(Duration::from_secs(5), s.startup()).await
+        {
+            s.ready().await;
+        }
+    }
+    let (port, server) = serve_one(refusing).await;
+    let mut p = params(port);
+    p.sslmode = SslMode::Require;
+    let err = connect(&p).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not support SSL, but SSL was required"),
+        "{err}"
+    );
+    server.abort();
+
+    let (port, server) = serve_one(refusing).await;
+    let mut p = params(port);
+    p.sslmode = SslMode::Prefer;
+    assert!(!connect(&p).await.unwrap().is_tls());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn prefer_retries_without_tls_after_a_failed_handshake() {
+    let (port, server) = serve(|l| async move {
+        // First connection: agree to TLS, then talk nonsense instead of a handshake.
+        let (sock, _) = l.accept().await.unwrap();
+        let mut s = Fake::new(sock);
+        assert_eq!(s.startup().await, StartupPacket::SslRequest);
+        s.send_raw(b"Snot a TLS record at all, sorry").await;
+        drop(s);
+        // Second connection: plain startup.
+        let (sock, _) = l.accept().await.unwrap();
+        let mut s = Fake::new(sock);
+        assert!(matches!(s.startup().await, StartupPacket::Startup { .. }));
+        s.ready().await;
+    })
+    .await;
+    let mut p = params(port);
+    p.sslmode = SslMode::Prefer;
+    assert!(!connect(&p).await.unwrap().is_tls());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn allow_retries_with_tls_when_plaintext_is_rejected() {
+    let (port, server) = serve(|l| async move {
+        let (sock, _) = l.accept().await.unwrap();
+        let mut s = Fake::new(sock);
+        assert!(matches!(s.startup().await, StartupPacket::Startup { .. }));
+        s.send(&[error(
+            "FATAL",
+            "28000",
+            "no pg_hba.conf entry for host, no encryption",
+        )])
+        .await;
+        drop(s);
+        let (sock, _) = l.accept().await.unwrap();
+        tls_server(sock, "server").await;
+    })
+    .await;
+    let mut p = params(port);
+    p.sslmode = SslMode::Allow;
+    assert!(connect(&p).await.unwrap().is_tls());
+    server.abort();
+}
+
+#[test]
+fn connect_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let p = params(1);
+    let fut = ReplicationConn::connect(&p);
+    assert_send(&fut);
+}
+
+#[test]
+fn stream_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    async fn all(c: &mut ReplicationConn) {
+        let _ = c.read_copy_message().await;
+        let _ = c.send_copy_data(b"x").await;
+        let _ = c.finish_copy().await;
+        let _ = c.identify_system().await;
+    }
+    fn check(c: &mut ReplicationConn) {
+        assert_send(&all(c));
+    }
+    let _ = check;
+}
