@@ -34,7 +34,10 @@ fn segments_match_primary_and_pg_receivewal_on_the_same_range() {
         "",
         "walferry without -v prints nothing on success"
     );
-    run_ok(pg_receivewal(&pg, prw.path()).args(["-S", "prw", "-E", &format_lsn(endpos)]));
+    run_to_endpos_ok(
+        &pg,
+        pg_receivewal(&pg, prw.path()).args(["-S", "prw", "-E", &format_lsn(endpos)]),
+    );
 
     // Exactly the segments from the slot's segment up to the one holding endpos, which
     // stays .partial; nothing else (no temp files).

@@ -56,6 +56,35 @@ pub fn pg_receivewal(pg: &PgCluster, dir: &Path) -> Command {
     cmd
 }
 
+/// Runs pg_receivewal (or walferry) with `-E` to completion (bounded) and panics unless it
+/// exits 0. pg_receivewal stops only once it has received WAL *beyond* its endpos, so small
+/// commits are made until it exits (walferry stops as soon as the endpos itself is flushed).
+pub fn run_to_endpos_ok(pg: &PgCluster, cmd: &mut Command) -> Output {
+    let mut child = Proc::spawn(cmd);
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.wait_timeout(Duration::from_millis(200)) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cmd:?} did not finish within {RUN_TIMEOUT:?}\n--- stderr ---\n{}",
+            child.stderr()
+        );
+        small_commit(pg);
+    };
+    assert!(
+        status.success(),
+        "{cmd:?} failed with {status}\n--- stderr ---\n{}",
+        child.stderr()
+    );
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: child.stderr().into_bytes(),
+    }
+}
+
 /// Runs `cmd` to completion within `timeout` (killing it after that) and returns its output.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
     let mut child = Proc::spawn(cmd);
