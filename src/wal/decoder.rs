@@ -1,0 +1,791 @@
+//! The streaming WAL decoder: WAL bytes in, in chunks of any size as they arrive in `'w'`
+//! messages or file reads; validated records out. It checks what PostgreSQL's own reader
+//! checks (xlogreader.c XLogReaderValidatePageHeader, ValidXLogRecordHeader, ValidXLogRecord):
+//! page magic, flags, timeline, page address and the long header of each segment; record
+//! length, resource manager, the xl_prev chain and the CRC-32C of every record.
+//!
+//! The hot path copies nothing: a record that lies inside one page of the fed chunk is checked
+//! in place, and one that crosses a page or chunk boundary has its CRC computed piece by piece
+//! as the bytes go by. Only the few record kinds whose contents walferry reads (checkpoints,
+//! restore points, commits, ...) are reassembled, into a buffer the decoder reuses.
+//!
+//! Three outcomes are kept apart: "need more bytes" (the iterator of [`WalDecoder::feed`] ends),
+//! "end of the valid WAL" (a zero record length or an all-zero page where a record or page
+//! should start, as in a zero-padded `.partial` file: [`WalDecoder::end_of_wal`]), and
+//! "invalid" (a [`WalError`], after which the decoder stays failed).
+
+use super::error::WalError;
+use super::page::{
+    header_len, is_valid_seg_size, le_u16, PageHeader, WalVersion, LONG_PAGE_HEADER,
+    SHORT_PAGE_HEADER, XLOG_BLCKSZ, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD,
+    XLP_FIRST_IS_OVERWRITE_CONTRECORD,
+};
+use super::record::{
+    decode_kind, is_switch, maxalign, rmgr_id_is_valid, wants_main_data, Record, RecordHeader,
+    RecordKind, MAX_RECORD_LEN, RECORD_CRC_OFFSET, RECORD_HEADER,
+};
+use super::{Lsn, SegNo, SegmentName, TimeLineId};
+
+const BLCKSZ: u64 = XLOG_BLCKSZ as u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Before the first page header: whether it continues a record decides what follows.
+    Start,
+    /// Between records: the next byte (after alignment padding) starts a record.
+    Between,
+    /// Inside the record in `WalDecoder::rec`.
+    InRecord,
+    /// Skipping the tail of a record that began before the start point, `rem` bytes left
+    /// (as xlogreader.c XLogFindNextRecord).
+    Skip { rem: u32 },
+    /// After an XLOG switch: zeros up to the segment end at `until`.
+    SwitchPadding { until: u64 },
+    /// The valid WAL ended (see `end_of_wal`); later bytes are counted, not read.
+    Ended,
+    /// A `WalError` was returned; nothing more is decoded.
+    Failed,
+}
+
+/// A record being read in pieces.
+struct Partial {
+    lsn: u64,
+    hdr: [u8; RECORD_HEADER],
+    /// Bytes of the record seen so far, header included.
+    got: u32,
+    /// Valid once `got >= 4`.
+    tot_len: u32,
+    /// CRC-32C of the payload bytes seen so far.
+    crc: u32,
+    /// Collect the record in `WalDecoder::buf` because its main data is read.
+    keep: bool,
+}
+
+/// A streaming, validating WAL decoder for one timeline. See the module documentation.
+///
+/// Positions, in stream order: `valid_end <= fed_end`. Every byte before `valid_end` belongs
+/// to a complete record that passed every check (or to the padding after an XLOG switch);
+/// bytes between the two are held by a record not yet complete.
+pub struct WalDecoder {
+    seg_size: u64,
+    tli: TimeLineId,
+    /// Expected, or learned from the first long page header.
+    sysid: Option<u64>,
+    /// Fixed by the first page's magic.
+    version: Option<WalVersion>,
+    start: u64,
+    /// LSN of the next byte `feed` will consume.
+    fed: u64,
+    /// End (xlogreader's EndRecPtr) of the last complete valid record.
+    valid_end: u64,
+    /// Start of the last complete record: what the next record's xl_prev must be.
+    prev: Option<u64>,
+    /// Timeline of the last page header (pages may not go back in timeline).
+    latest_page_tli: u32,
+    state: State,
+    /// Header of the page at `fed - page_have`, while it is being collected.
+    page_hdr: [u8; LONG_PAGE_HEADER],
+    page_have: usize,
+    rec: Partial,
+    /// Reassembly buffer of `keep` records, reused.
+    buf: Vec<u8>,
+    /// A record abandoned at an XLP_FIRST_IS_OVERWRITE_CONTRECORD page, until the
+    /// OVERWRITE_CONTRECORD record that names it.
+    overwritten: Option<u64>,
+    end_of_wal: Option<Lsn>,
+    error: Option<WalError>,
+}
+
+impl WalDecoder {
+    /// A decoder for WAL of timeline `tli` starting at `start`, a page boundary (normally a
+    /// segment start). When the first page begins with the tail of an earlier record, that
+    /// tail is skipped and decoding begins with the first record that starts at or after
+    /// `start`. Without `expected_sysid`, the first long page header fixes the system id.
+    pub fn new(
+        start: Lsn,
+        tli: TimeLineId,
+        seg_size: u64,
+        expected_sysid: Option<u64>,
+    ) -> Result<WalDecoder, WalError> {
+        if !is_valid_seg_size(seg_size) {
+            return Err(WalError::InvalidStart {
+                lsn: start,
+                why: format!(
+                    "invalid WAL segment size {seg_size}: must be a power of two from 1 MiB to 1 GiB"
+                ),
+            });
+        }
+        if start.0 % BLCKSZ != 0 {
+            return Err(WalError::InvalidStart {
+                lsn: start,
+                why: "not at a WAL page boundary (a multiple of 8192)".into(),
+            });
+        }
+        Ok(WalDecoder {
+            seg_size,
+            tli,
+            sysid: expected_sysid,
+            version: None,
+            start: start.0,
+            fed: start.0,
+            valid_end: start.0,
+            prev: None,
+            latest_page_tli: 0,
+            state: State::Start,
+            page_hdr: [0; LONG_PAGE_HEADER],
+            page_have: 0,
+            rec: Partial {
+                lsn: 0,
+                hdr: [0; RECORD_HEADER],
+                got: 0,
+                tot_len: 0,
+                crc: 0,
+                keep: false,
+            },
+            buf: Vec::new(),
+            overwritten: None,
+            end_of_wal: None,
+            error: None,
+        })
+    }
+
+    /// Declares the start of the record before the first one to be decoded, so that the
+    /// first record's xl_prev is checked exactly (without it, it need only point backwards,
+    /// as xlogreader.c does after a random-access start).
+    pub fn set_prev_record(&mut self, prev: Lsn) {
+        if self.prev.is_none() && self.state == State::Start {
+            self.prev = Some(prev.0);
+        }
+    }
+
+    /// Decodes `data`, the WAL that follows everything fed so far (starting at
+    /// [`WalDecoder::fed_end`]). The iterator yields each record completed by these bytes,
+    /// or one error; it ends when the bytes are used up. Dropping it early still decodes
+    /// (and validates) the rest of `data`, without returning the records.
+    pub fn feed<'a>(&'a mut self, data: &'a [u8]) -> Feed<'a> {
+        Feed {
+            dec: self,
+            data,
+            off: 0,
+            done: false,
+        }
+    }
+
+    /// The position after the last byte fed.
+    pub fn fed_end(&self) -> Lsn {
+        Lsn(self.fed)
+    }
+
+    /// The end of the last complete, valid record (the padding after an XLOG switch counts
+    /// as it arrives): what a receiver may report as validated.
+    pub fn valid_end(&self) -> Lsn {
+        Lsn(self.valid_end.min(self.fed))
+    }
+
+    /// Start of the last complete valid record.
+    pub fn last_record(&self) -> Option<Lsn> {
+        self.prev.map(Lsn)
+    }
+
+    /// Where the valid WAL ended, once the stream showed it: a zero record length at a record
+    /// start, or an all-zero page header. For a record cut off by zeros this is the record's
+    /// start. `None` while the WAL goes on.
+    pub fn end_of_wal(&self) -> Option<Lsn> {
+        self.end_of_wal
+    }
+
+    /// The error that stopped the decoder, if any.
+    pub fn error(&self) -> Option<&WalError> {
+        self.error.as_ref()
+    }
+
+    /// The database system identifier: expected, or read from the first long page header.
+    pub fn system_id(&self) -> Option<u64> {
+        self.sysid
+    }
+
+    /// The WAL format, known from the first page header.
+    pub fn version(&self) -> Option<WalVersion> {
+        self.version
+    }
+
+    pub fn timeline(&self) -> TimeLineId {
+        self.tli
+    }
+
+    pub fn segment_size(&self) -> u64 {
+        self.seg_size
+    }
+
+    pub fn start(&self) -> Lsn {
+        Lsn(self.start)
+    }
+
+    /// Decodes from `data[*off..]` until a record is complete, an error, or the bytes run out.
+    #[inline]
+    fn step(&mut self, data: &[u8], off: &mut usize) -> Result<Option<Record>, WalError> {
+        while *off < data.len() {
+            match self.state {
+                State::Between if self.page_have == 0 && self.fed % BLCKSZ != 0 => {
+                    if let Some(r) = self.between(data, off)? {
+                        return Ok(Some(r));
+                    }
+                    continue;
+                }
+                State::Ended => {
+                    self.fed += (data.len() - *off) as u64;
+                    *off = data.len();
+                    return Ok(None);
+                }
+                State::Failed => return Ok(None),
+                State::SwitchPadding { until } => {
+                    let n = ((until - self.fed) as usize).min(data.len() - *off);
+                    self.fed += n as u64;
+                    *off += n;
+                    if self.fed == until {
+                        self.state = State::Between;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if self.page_have > 0 || self.fed % BLCKSZ == 0 {
+                self.page_header(data, off)?;
+                continue;
+            }
+            match self.state {
+                State::InRecord => {
+                    if let Some(r) = self.in_record(data, off)? {
+                        return Ok(Some(r));
+                    }
+                }
+                State::Skip { rem } => {
+                    let n = (rem as usize)
+                        .min(page_left(self.fed))
+                        .min(data.len() - *off);
+                    self.fed += n as u64;
+                    *off += n;
+                    let rem = rem - n as u32;
+                    self.state = if rem == 0 {
+                        State::Between
+                    } else {
+                        State::Skip { rem }
+                    };
+                }
+                // Between at a page start is handled above; Start only at a page start.
+                State::Between | State::Start => {
+                    return Err(internal(self.fed, "record state at a page header"));
+                }
+                State::SwitchPadding { .. } | State::Ended | State::Failed => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Between records, inside a page past its header. Checks a record that lies whole in
+    /// this page and chunk in place (the fast path); otherwise starts collecting it.
+    #[inline(always)]
+    fn between(&mut self, data: &[u8], off: &mut usize) -> Result<Option<Record>, WalError> {
+        let misalign = (self.fed & 7) as usize;
+        if misalign != 0 {
+            // Alignment padding after the last record (never crosses a page end).
+            let n = (8 - misalign).min(data.len() - *off);
+            self.fed += n as u64;
+            *off += n;
+            return Ok(None);
+        }
+        let rest = &data[*off..];
+        let avail = page_left(self.fed).min(rest.len());
+        if avail >= RECORD_HEADER {
+            let tot_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if tot_len >= RECORD_HEADER && tot_len <= avail {
+                let rec = &rest[..tot_len];
+                let h = RecordHeader::parse(rec);
+                let lsn = self.fed;
+                self.check_header(lsn, &h)?;
+                let crc = record_crc(&rec[RECORD_HEADER..], rec);
+                if crc != h.crc {
+                    return Err(checksum_error(lsn, h.crc, crc));
+                }
+                self.fed += tot_len as u64;
+                *off += tot_len;
+                return self.complete(lsn, &h, rec).map(Some);
+            }
+        }
+        self.rec.lsn = self.fed;
+        self.rec.got = 0;
+        self.rec.tot_len = 0;
+        self.rec.crc = 0;
+        self.rec.keep = false;
+        self.state = State::InRecord;
+        Ok(None)
+    }
+
+    /// Collects the next piece of a record that crosses a page or chunk boundary.
+    fn in_record(&mut self, data: &[u8], off: &mut usize) -> Result<Option<Record>, WalError> {
+        let rest = &data[*off..];
+        let avail = page_left(self.fed).min(rest.len());
+        let mut piece = &rest[..avail];
+        let mut used = 0usize;
+        let lsn = self.rec.lsn;
+        if (self.rec.got as usize) < RECORD_HEADER {
+            let got = self.rec.got as usize;
+            let n = (RECORD_HEADER - got).min(piece.len());
+            self.rec.hdr[got..got + n].copy_from_slice(&piece[..n]);
+            self.rec.got += n as u32;
+            piece = &piece[n..];
+            used += n;
+            if got < 4 && self.rec.got >= 4 {
+                // xl_tot_len is always on the record's first page (records are 8-aligned).
+                let tot_len = u32::from_le_bytes([
+                    self.rec.hdr[0],
+                    self.rec.hdr[1],
+                    self.rec.hdr[2],
+                    self.rec.hdr[3],
+                ]);
+                if tot_len == 0 {
+                    self.fed += used as u64;
+                    *off += used;
+                    self.end(Lsn(lsn));
+                    return Ok(None);
+                }
+                if (tot_len as usize) < RECORD_HEADER {
+                    return Err(WalError::InvalidRecordLength {
+                        lsn: Lsn(lsn),
+                        len: tot_len,
+                    });
+                }
+                if tot_len > MAX_RECORD_LEN {
+                    return Err(WalError::RecordTooLong {
+                        lsn: Lsn(lsn),
+                        len: tot_len,
+                    });
+                }
+                self.rec.tot_len = tot_len;
+            }
+            if self.rec.got as usize == RECORD_HEADER {
+                let h = RecordHeader::parse(&self.rec.hdr);
+                self.check_header(lsn, &h)?;
+                self.rec.keep = wants_main_data(h.rmid, h.info);
+                if self.rec.keep {
+                    self.buf.clear();
+                    self.buf.extend_from_slice(&self.rec.hdr);
+                }
+            }
+        }
+        if self.rec.got as usize >= RECORD_HEADER {
+            let n = ((self.rec.tot_len - self.rec.got) as usize).min(piece.len());
+            let p = &piece[..n];
+            self.rec.crc = crc32c::crc32c_append(self.rec.crc, p);
+            if self.rec.keep {
+                self.buf.extend_from_slice(p);
+            }
+            self.rec.got += n as u32;
+            used += n;
+        }
+        self.fed += used as u64;
+        *off += used;
+        if self.rec.got as usize >= RECORD_HEADER && self.rec.got == self.rec.tot_len {
+            let h = RecordHeader::parse(&self.rec.hdr);
+            let crc = crc32c::crc32c_append(self.rec.crc, &self.rec.hdr[..RECORD_CRC_OFFSET]);
+            if crc != h.crc {
+                return Err(checksum_error(lsn, h.crc, crc));
+            }
+            if !self.rec.keep {
+                let hdr = self.rec.hdr;
+                return self.complete(lsn, &h, &hdr).map(Some);
+            }
+            let buf = std::mem::take(&mut self.buf);
+            let r = self.complete(lsn, &h, &buf);
+            self.buf = buf;
+            return r.map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Bookkeeping for a record that passed every check and ends at `self.fed`. `whole` is
+    /// the whole record when its main data is wanted (otherwise it is not looked at).
+    #[inline(always)]
+    fn complete(&mut self, lsn: u64, h: &RecordHeader, whole: &[u8]) -> Result<Record, WalError> {
+        let mut end = maxalign(self.fed);
+        let mut kind = RecordKind::Other;
+        if h.rmid <= 1 {
+            if is_switch(h.rmid, h.info) {
+                // As XLogDecodeNextRecord: pretend the switch extends to the end of segment.
+                kind = RecordKind::Switch;
+                end = end.next_multiple_of(self.seg_size);
+            } else if wants_main_data(h.rmid, h.info) {
+                kind = decode_kind(h, whole).map_err(|what| WalError::InvalidRecordData {
+                    lsn: Lsn(lsn),
+                    what,
+                })?;
+                if let RecordKind::OverwriteContrecord { overwritten, .. } = kind {
+                    // As xlogrecovery.c VerifyOverwriteContrecord.
+                    if let Some(actual) = self.overwritten.take() {
+                        if overwritten.0 != actual {
+                            return Err(WalError::OverwriteMismatch {
+                                lsn: Lsn(lsn),
+                                named: overwritten,
+                                actual: Lsn(actual),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.state = if kind == RecordKind::Switch && self.fed < end {
+            State::SwitchPadding { until: end }
+        } else {
+            State::Between
+        };
+        self.valid_end = end;
+        self.prev = Some(lsn);
+        Ok(Record {
+            lsn: Lsn(lsn),
+            end: Lsn(end),
+            prev: h.prev,
+            tot_len: h.tot_len,
+            xid: h.xid,
+            rmid: h.rmid,
+            info: h.info,
+            kind,
+        })
+    }
+
+    /// ValidXLogRecordHeader, minus the length check done when the length was read.
+    #[inline(always)]
+    fn check_header(&self, lsn: u64, h: &RecordHeader) -> Result<(), WalError> {
+        if !rmgr_id_is_valid(h.rmid) {
+            return Err(WalError::InvalidRmgr {
+                lsn: Lsn(lsn),
+                rmid: h.rmid,
+            });
+        }
+        let ok = match self.prev {
+            Some(prev) => h.prev.0 == prev,
+            // Random access: the prev-link can only be checked to point backwards.
+            None => h.prev.0 < lsn,
+        };
+        if !ok {
+            return Err(WalError::IncorrectPrevLink {
+                lsn: Lsn(lsn),
+                prev: h.prev,
+                expected: self.prev.map(Lsn),
+            });
+        }
+        Ok(())
+    }
+
+    /// Collects page header bytes at a page start; validates the header once complete and
+    /// moves the record state past it.
+    fn page_header(&mut self, data: &[u8], off: &mut usize) -> Result<(), WalError> {
+        let page = self.fed - self.page_have as u64;
+        loop {
+            let want = if self.page_have < SHORT_PAGE_HEADER {
+                SHORT_PAGE_HEADER
+            } else {
+                header_len(le_u16(&self.page_hdr, 2))
+            };
+            if self.page_have < want {
+                let n = (want - self.page_have).min(data.len() - *off);
+                self.page_hdr[self.page_have..self.page_have + n]
+                    .copy_from_slice(&data[*off..*off + n]);
+                self.page_have += n;
+                self.fed += n as u64;
+                *off += n;
+                if self.page_have < want {
+                    return Ok(());
+                }
+            }
+            if self.page_have == SHORT_PAGE_HEADER {
+                if self.page_hdr[..SHORT_PAGE_HEADER].iter().all(|&b| b == 0) {
+                    // A zeroed page where WAL should go on: the end of what was written.
+                    self.page_have = 0;
+                    let at = if self.state == State::InRecord {
+                        self.rec.lsn
+                    } else {
+                        page
+                    };
+                    self.end(Lsn(at));
+                    return Ok(());
+                }
+                // Report a bad magic or flags before waiting for a long header's rest.
+                self.check_magic_and_info(page)?;
+                if header_len(le_u16(&self.page_hdr, 2)) > SHORT_PAGE_HEADER {
+                    continue;
+                }
+            }
+            break;
+        }
+        let len = self.page_have;
+        self.page_have = 0;
+        let h = match PageHeader::parse(&self.page_hdr[..len]) {
+            Some(h) => h,
+            None => return Err(internal(page, "incomplete page header")),
+        };
+        self.validate_page(page, &h)?;
+        self.after_page_header(page, &h)
+    }
+
+    fn segment_of(&self, page: u64) -> String {
+        SegmentName::new(self.tli, SegNo(page / self.seg_size)).file_name(self.seg_size)
+    }
+
+    fn check_magic_and_info(&mut self, page: u64) -> Result<(), WalError> {
+        let magic = le_u16(&self.page_hdr, 0);
+        let info = le_u16(&self.page_hdr, 2);
+        let offset = (page % self.seg_size) as u32;
+        match self.version {
+            Some(v) if v.magic() == magic => {}
+            Some(v) => {
+                return Err(if WalVersion::from_magic(magic).is_some() {
+                    WalError::MagicChanged {
+                        lsn: Lsn(page),
+                        magic,
+                        first: v.magic(),
+                        segment: self.segment_of(page),
+                        offset,
+                    }
+                } else {
+                    WalError::InvalidMagic {
+                        lsn: Lsn(page),
+                        magic,
+                        segment: self.segment_of(page),
+                        offset,
+                    }
+                });
+            }
+            None => match WalVersion::from_magic(magic) {
+                Some(v) => self.version = Some(v),
+                None => {
+                    return Err(WalError::InvalidMagic {
+                        lsn: Lsn(page),
+                        magic,
+                        segment: self.segment_of(page),
+                        offset,
+                    })
+                }
+            },
+        }
+        if info & !XLP_ALL_FLAGS != 0 {
+            return Err(WalError::InvalidInfoBits {
+                lsn: Lsn(page),
+                info,
+                segment: self.segment_of(page),
+                offset,
+            });
+        }
+        Ok(())
+    }
+
+    /// XLogReaderValidatePageHeader (magic and info bits were checked already).
+    fn validate_page(&mut self, page: u64, h: &PageHeader) -> Result<(), WalError> {
+        let offset = (page % self.seg_size) as u32;
+        if h.is_long() {
+            match self.sysid {
+                Some(expected) if expected != h.sysid => {
+                    return Err(WalError::SystemIdMismatch {
+                        lsn: Lsn(page),
+                        found: h.sysid,
+                        expected,
+                        segment: self.segment_of(page),
+                    })
+                }
+                Some(_) => {}
+                None => self.sysid = Some(h.sysid),
+            }
+            if u64::from(h.seg_size) != self.seg_size {
+                return Err(WalError::SegmentSizeMismatch {
+                    lsn: Lsn(page),
+                    found: h.seg_size,
+                    expected: self.seg_size,
+                    segment: self.segment_of(page),
+                });
+            }
+            if h.blcksz as usize != XLOG_BLCKSZ {
+                return Err(WalError::BlockSizeMismatch {
+                    lsn: Lsn(page),
+                    found: h.blcksz,
+                    segment: self.segment_of(page),
+                });
+            }
+        } else if offset == 0 {
+            return Err(WalError::MissingLongHeader {
+                lsn: Lsn(page),
+                info: h.info,
+                segment: self.segment_of(page),
+            });
+        }
+        if h.pageaddr.0 != page {
+            return Err(WalError::UnexpectedPageAddr {
+                lsn: Lsn(page),
+                pageaddr: h.pageaddr,
+                segment: self.segment_of(page),
+                offset,
+            });
+        }
+        // A segment on timeline N holds pages of N and of its ancestors (copied at the
+        // switch), never of a later timeline, and timelines never go back along the WAL.
+        if h.tli > self.tli.0 {
+            return Err(WalError::FutureTimeline {
+                lsn: Lsn(page),
+                tli: h.tli,
+                expected: self.tli.0,
+                segment: self.segment_of(page),
+                offset,
+            });
+        }
+        if h.tli < self.latest_page_tli {
+            return Err(WalError::OutOfSequenceTimeline {
+                lsn: Lsn(page),
+                tli: h.tli,
+                after: self.latest_page_tli,
+                segment: self.segment_of(page),
+                offset,
+            });
+        }
+        self.latest_page_tli = h.tli;
+        Ok(())
+    }
+
+    /// What the page's continuation flags mean for the record state (the checks of
+    /// XLogDecodeNextRecord's reassembly loop and of XLogFindNextRecord).
+    fn after_page_header(&mut self, page: u64, h: &PageHeader) -> Result<(), WalError> {
+        let cont = h.info & XLP_FIRST_IS_CONTRECORD != 0;
+        let overwrite = h.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0;
+        let invalid_rem = |lsn: u64, expected: u64| WalError::InvalidContrecordLength {
+            lsn: Lsn(lsn),
+            page: Lsn(page),
+            rem_len: h.rem_len,
+            expected,
+        };
+        match self.state {
+            State::Start => {
+                self.state = if overwrite || !cont {
+                    State::Between
+                } else if h.rem_len == 0 {
+                    return Err(invalid_rem(page, 1));
+                } else {
+                    State::Skip { rem: h.rem_len }
+                };
+            }
+            State::Between => {
+                if cont {
+                    return Err(WalError::UnexpectedContrecord {
+                        lsn: Lsn(page + h.len() as u64),
+                    });
+                }
+            }
+            State::InRecord => {
+                let left = self.rec.tot_len - self.rec.got;
+                if overwrite {
+                    // The rest of this record was lost and recovery wrote over it: forget it
+                    // and read the page as new records (XLogDecodeNextRecord's restart).
+                    self.overwritten = Some(self.rec.lsn);
+                    self.state = State::Between;
+                } else if !cont {
+                    return Err(WalError::MissingContrecord {
+                        lsn: Lsn(self.rec.lsn),
+                        page: Lsn(page),
+                    });
+                } else if h.rem_len == 0 || h.rem_len != left {
+                    return Err(invalid_rem(self.rec.lsn, u64::from(left)));
+                }
+            }
+            State::Skip { rem } => {
+                if overwrite {
+                    self.state = State::Between;
+                } else if !cont {
+                    return Err(WalError::MissingContrecord {
+                        lsn: Lsn(page),
+                        page: Lsn(page),
+                    });
+                } else if h.rem_len != rem {
+                    return Err(invalid_rem(page, u64::from(rem)));
+                }
+            }
+            State::SwitchPadding { .. } | State::Ended | State::Failed => {}
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, at: Lsn) {
+        self.end_of_wal = Some(at);
+        self.state = State::Ended;
+    }
+}
+
+/// Bytes from `pos` to the end of its page.
+#[inline(always)]
+fn page_left(pos: u64) -> usize {
+    (BLCKSZ - pos % BLCKSZ) as usize
+}
+
+#[inline(always)]
+fn record_crc(payload: &[u8], header: &[u8]) -> u32 {
+    super::record::record_crc(payload, header)
+}
+
+#[cold]
+#[inline(never)]
+fn checksum_error(lsn: u64, stored: u32, computed: u32) -> WalError {
+    WalError::Checksum {
+        lsn: Lsn(lsn),
+        stored,
+        computed,
+    }
+}
+
+#[cold]
+fn internal(lsn: u64, what: &str) -> WalError {
+    WalError::InvalidRecordData {
+        lsn: Lsn(lsn),
+        what: format!("internal decoder error: {what}"),
+    }
+}
+
+/// The records completed by one chunk of WAL; see [`WalDecoder::feed`].
+pub struct Feed<'a> {
+    dec: &'a mut WalDecoder,
+    data: &'a [u8],
+    off: usize,
+    done: bool,
+}
+
+impl Iterator for Feed<'_> {
+    type Item = Result<Record, WalError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.dec.state == State::Failed {
+            self.done = true;
+            return self.dec.error.clone().map(Err);
+        }
+        match self.dec.step(self.data, &mut self.off) {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                self.dec.state = State::Failed;
+                self.dec.error = Some(e.clone());
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Drop for Feed<'_> {
+    fn drop(&mut self) {
+        // Keep the decoder's position in step with the bytes handed to it.
+        while self.next().is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests;
