@@ -1,6 +1,7 @@
 //! The `walferry` binary: parse the command line, run one command, map the outcome to an
 //! exit code. All the work lives in the library; see `src/commands/` for each command.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
@@ -70,6 +71,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
