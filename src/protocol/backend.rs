@@ -635,9 +635,11 @@ Z\0\0\0\x05I";
         assert!(BackendMessage::parse(&mut buf, MAX_MESSAGE_LEN).is_err());
     }
 
-    /// ErrorResponse as PostgreSQL 15 sends it for a wrong password (with file/line/routine).
-    const RECORDED_ERROR: &[u8] = b"E\0\0\0\x63SFATAL\0VFATAL\0C28P01\0\
-Mpassword authentication failed for user \"rep\"\0Fauth.c\0L330\0Rauth_failed\0\0";
+    /// ErrorResponse for a wrong md5 password, captured from PostgreSQL 15.18.
+    const RECORDED_ERROR: &[u8] = b"E\0\0\0\x67SFATAL\0VFATAL\0C28P01\0\
+Mpassword authentication failed for user \"md5user\"\0Fauth.c\0L334\0Rauth_failed\0\0";
+    /// The md5 request that preceded it.
+    const RECORDED_MD5_REQUEST: &[u8] = b"R\0\0\0\x0c\0\0\0\x05<U Q";
 
     #[test]
     fn error_response_recorded_bytes() {
@@ -647,11 +649,20 @@ Mpassword authentication failed for user \"rep\"\0Fauth.c\0L330\0Rauth_failed\0\
         };
         assert_eq!(e.severity, "FATAL");
         assert_eq!(e.code, "28P01");
-        assert_eq!(e.message, "password authentication failed for user \"rep\"");
+        assert_eq!(
+            e.message,
+            "password authentication failed for user \"md5user\""
+        );
         assert_eq!(e.detail, None);
         assert_eq!(
             e.to_string(),
-            "FATAL: password authentication failed for user \"rep\""
+            "FATAL: password authentication failed for user \"md5user\""
+        );
+        assert_eq!(
+            parse_all(RECORDED_MD5_REQUEST),
+            vec![BackendMessage::Authentication(
+                Authentication::Md5Password { salt: *b"<U Q" }
+            )]
         );
         // Missing terminator, and bytes after it.
         let mut buf = BytesMut::from(&b"E\0\0\0\x0bSFATAL\0"[..]);
@@ -681,13 +692,13 @@ Mpassword authentication failed for user \"rep\"\0Fauth.c\0L330\0Rauth_failed\0\
         assert!(e.to_string().ends_with("\nDETAIL: d\nHINT: h"));
     }
 
-    /// IDENTIFY_SYSTEM's result as PostgreSQL 15 sends it.
+    /// IDENTIFY_SYSTEM's result, captured from PostgreSQL 15.18.
     const RECORDED_IDENTIFY_SYSTEM: &[u8] = b"T\0\0\0\x6f\0\x04\
 systemid\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0\
 timeline\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0\
 xlogpos\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0\
 dbname\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0\
-D\0\0\0\x33\0\x04\0\0\0\x137189539434585063213\0\0\0\x011\0\0\0\x090/3000148\xff\xff\xff\xff\
+D\0\0\0\x34\0\x04\0\0\0\x137710840035069552785\0\0\0\x011\0\0\0\x0a0/12314B00\xff\xff\xff\xff\
 C\0\0\0\x14IDENTIFY_SYSTEM\0";
 
     #[test]
@@ -703,9 +714,9 @@ C\0\0\0\x14IDENTIFY_SYSTEM\0";
         assert_eq!(
             msgs[1],
             BackendMessage::DataRow(vec![
-                Some(Bytes::from_static(b"7189539434585063213")),
+                Some(Bytes::from_static(b"7710840035069552785")),
                 Some(Bytes::from_static(b"1")),
-                Some(Bytes::from_static(b"0/3000148")),
+                Some(Bytes::from_static(b"0/12314B00")),
                 None,
             ])
         );
@@ -725,13 +736,14 @@ C\0\0\0\x14IDENTIFY_SYSTEM\0";
 
     #[test]
     fn copy_both_response_recorded_bytes() {
-        // START_REPLICATION answers 'W' with binary format and no columns.
-        let w = b"W\0\0\0\x07\x01\0\0";
+        // START_REPLICATION's answer, captured from PostgreSQL 15.18: text format, no
+        // columns.
+        let w = b"W\0\0\0\x07\0\0\0";
         let msgs = parse_all(w);
         assert_eq!(
             msgs,
             vec![BackendMessage::CopyBothResponse(CopyResponse {
-                format: 1,
+                format: 0,
                 column_formats: vec![]
             })]
         );
