@@ -41,7 +41,7 @@ pub enum ArchiveError {
     },
     #[error("\"{path}\" already exists with different contents; refusing to overwrite it")]
     Conflict { path: PathBuf },
-    #[error("archive directory \"{path}\" holds WAL of database system {found}, but the server is system {expected}")]
+    #[error("archive directory \"{path}\" holds WAL of database system {found}, but the server is system {expected}; refusing to mix WAL of two database systems")]
     SystemMismatch {
         path: PathBuf,
         found: u64,

@@ -30,9 +30,13 @@ Examples:
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --create-slot
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --synchronous -v
 
+Failures: as with pg_receivewal, the first connection must succeed (a wrong host, port,
+password or certificate is reported at once). After that, walferry reconnects with capped
+backoff across server restarts, network loss and a full archive disk, unless --no-loop.
+
 Exit status: 0 when --endpos is reached or on SIGINT/SIGTERM (everything received is
-flushed first), 1 on an error that reconnecting cannot fix (or any error with --no-loop),
-2 on an invalid command line.";
+flushed first), 1 on an error that reconnecting cannot fix, on any error before the first
+connection succeeded, or on any error with --no-loop; 2 on an invalid command line.";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -166,7 +170,20 @@ async fn manage_slot(
         conn.drop_slot(slot).await
     };
     conn.close().await;
-    result.map_err(|e| fail(e.into()))
+    result.map_err(|e| {
+        // The generic hints are about streaming; for slot management say what fits.
+        let hint = match e.sqlstate() {
+            Some("42710") => Some("add --if-not-exists to accept a slot that already exists"),
+            Some("42704") => {
+                Some("nothing to drop; SELECT slot_name FROM pg_replication_slots lists the slots")
+            }
+            _ => None,
+        };
+        match hint {
+            Some(h) => Failure::new(e.to_string()).with_hint(h),
+            None => fail(e.into()),
+        }
+    })
 }
 
 fn receive_failure(e: &ReceiveError) -> Failure {

@@ -78,6 +78,21 @@ impl ReceiveError {
         }
         match self {
             ReceiveError::Client(ClientError::Server(e)) => e.hint.clone(),
+            ReceiveError::Client(ClientError::Tls { message, .. })
+                if message.contains("certificate") =>
+            {
+                Some(
+                    "the server's certificate must be signed by the CA in sslrootcert (or ~/.postgresql/root.crt) and, with sslmode=verify-full, name the host connected to".into(),
+                )
+            }
+            ReceiveError::Client(
+                ClientError::Connect { .. }
+                | ClientError::Resolve { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::AllHostsFailed(_),
+            ) => Some(
+                "check that the server is running and accepts TCP/IP connections on that host and port (-h/-p, or host/port in -d)".into(),
+            ),
             ReceiveError::UnknownSlot(_) => {
                 Some("create the slot first with: walferry receive -S NAME --create-slot".into())
             }

@@ -73,18 +73,26 @@ pub enum Outcome {
 }
 
 /// Run until `--endpos`, a stop request, or an error that retrying cannot fix.
+///
+/// As pg_receivewal, the first connection must succeed: until one session has connected
+/// and identified the server, every error is final, so a wrong host, port, certificate or
+/// password is reported at once instead of being retried forever. After that, whatever a
+/// reconnect can fix (server restarts, network loss, a full disk) is retried.
 pub async fn receive(
     opts: &ReceiveOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, ReceiveError> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut connected_once = false;
     loop {
         let mut session = Session {
             opts,
             shutdown: shutdown.clone(),
+            connected: false,
             streamed: false,
         };
         let result = session.run().await;
+        connected_once |= session.connected;
         match result {
             Ok(SessionEnd::Done(outcome)) => return Ok(outcome),
             Ok(SessionEnd::ServerClosed(pos)) if opts.no_loop => {
@@ -93,7 +101,7 @@ pub async fn receive(
             Ok(SessionEnd::ServerClosed(pos)) => {
                 tracing::warn!("server ended streaming at {pos}; reconnecting");
             }
-            Err(e) if e.is_fatal() || opts.no_loop => return Err(e),
+            Err(e) if e.is_fatal() || opts.no_loop || !connected_once => return Err(e),
             Err(e) => match e.hint() {
                 Some(hint) => tracing::warn!("{e}\nhint: {hint}"),
                 None => tracing::warn!("{e}"),
@@ -125,6 +133,8 @@ enum StreamEnd {
 struct Session<'a> {
     opts: &'a ReceiveOptions,
     shutdown: watch::Receiver<bool>,
+    /// The server was reached and identified itself (later errors may be retried).
+    connected: bool,
     /// Some WAL was received in this session (resets the reconnect backoff).
     streamed: bool,
 }
@@ -134,6 +144,7 @@ impl Session<'_> {
         let opts = self.opts;
         let mut conn = ReplicationConn::connect(&opts.conn).await?;
         let system = conn.identify_system().await?;
+        self.connected = true;
         let seg_text = conn.show("wal_segment_size").await?;
         let seg_size = parse_size_setting(&seg_text)
             .filter(|s| s.is_power_of_two())
