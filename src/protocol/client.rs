@@ -914,7 +914,11 @@ impl ReplicationConn {
             if frame.tag == b'd' {
                 return Ok(CopyMessage::Data(frame.body));
             }
-            match BackendMessage::decode(frame)? {
+            let msg = BackendMessage::decode(frame).map_err(|e| {
+                self.state = State::Broken;
+                ClientError::from(e)
+            })?;
+            match msg {
                 BackendMessage::CopyDone => {
                     self.state = State::ServerCopyDone;
                     return Ok(CopyMessage::Done);

@@ -1064,6 +1064,36 @@ async fn garbage_from_server_is_a_protocol_error() {
     server.await.unwrap();
 }
 
+#[tokio::test]
+async fn malformed_message_mid_stream_breaks_the_connection() {
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.send(&[copy_both()]).await;
+        // An ErrorResponse without its terminating zero byte.
+        s.send_raw(b"E\0\0\0\x0bSERROR\0").await;
+        s.until_closed().await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(None, Lsn(0), TimeLineId(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn.read_copy_message().await,
+        Err(ClientError::Protocol(_))
+    ));
+    // Framing is lost: reading on must fail at once, not wait for bytes that will
+    // never make sense.
+    let later = tokio::time::timeout(Duration::from_secs(2), conn.read_copy_message()).await;
+    assert!(
+        matches!(later, Ok(Err(ClientError::Protocol(_)))),
+        "{later:?}"
+    );
+    drop(conn);
+    server.await.unwrap();
+}
+
 // ---- TLS ----
 
 fn cert_path(name: &str) -> PathBuf {
