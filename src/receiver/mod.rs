@@ -135,7 +135,9 @@ struct Session<'a> {
     shutdown: watch::Receiver<bool>,
     /// The server was reached and identified itself (later errors may be retried).
     connected: bool,
-    /// Some WAL was received in this session (resets the reconnect backoff).
+    /// The archive took WAL in this session (resets the reconnect backoff). Received is
+    /// not enough: with a full disk every session receives a little and writes nothing,
+    /// and that must back off like any other failure.
     streamed: bool,
 }
 
@@ -256,6 +258,9 @@ impl Session<'_> {
 
         loop {
             let p = *progress.borrow_and_update();
+            if p.written > start {
+                self.streamed = true;
+            }
             if let Some(endpos) = opts.endpos {
                 if p.flushed >= endpos {
                     status.send(conn, p, true).await?;
@@ -292,7 +297,6 @@ impl Session<'_> {
                                 )));
                             }
                             received = Lsn(received.0 + data.len() as u64);
-                            self.streamed = true;
                             if tx.send(WriterCmd::Wal { start: wal_start, data }).await.is_err() {
                                 return Err(ReceiveError::Internal("archive writer stopped".into()));
                             }
