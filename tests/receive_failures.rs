@@ -288,3 +288,36 @@ fn reconnects_across_server_restart_and_crash_and_catches_up() {
         target,
     );
 }
+
+#[test]
+fn a_fast_shutdown_of_the_server_is_not_held_up_by_walferry() {
+    // The walsender of a stopping server sends everything, asks for a reply and waits
+    // until the standby's reported flush position (write, when flush is invalid) reaches
+    // what it sent. walferry must answer with a flushed position promptly, not at its next
+    // status interval (default 10 s).
+    let mut pg = PgCluster::primary();
+    let dir = tempdir();
+    let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["-v"]));
+    common::wait_until("walferry to stream", Duration::from_secs(30), || {
+        wf_stat(&pg).is_some()
+    });
+    emit_wal(&pg, 2);
+    small_commit(&pg);
+    let target = flush_lsn(&pg);
+    common::wait_until(
+        "walferry to receive the WAL",
+        Duration::from_secs(30),
+        || {
+            wf_stat(&pg)
+                .and_then(|s| s.sent_lsn)
+                .is_some_and(|l| l >= target)
+        },
+    );
+    let t = Instant::now();
+    pg.stop();
+    let took = t.elapsed();
+    eprintln!("fast shutdown took {took:?}");
+    assert!(took < Duration::from_secs(4), "fast shutdown took {took:?}");
+    pg.start();
+    drop(wf);
+}

@@ -309,7 +309,18 @@ impl Session<'_> {
                         }
                         ReplicationMessage::Keepalive { reply_requested, .. } => {
                             if reply_requested {
-                                status.send(conn, *progress.borrow(), false).await?;
+                                let p = *progress.borrow();
+                                status.send(conn, p, false).await?;
+                                // The server is waiting for us: a stopping walsender waits
+                                // until the reported flush reaches what it sent. Make what
+                                // we have durable now; the new flush position is reported
+                                // as soon as the writer publishes it (top of this loop).
+                                if received > p.flushed
+                                    && !opts.synchronous
+                                    && tx.send(WriterCmd::Flush).await.is_err()
+                                {
+                                    return Err(ReceiveError::Internal("archive writer stopped".into()));
+                                }
                             }
                         }
                     },
