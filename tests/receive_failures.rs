@@ -321,3 +321,21 @@ fn a_fast_shutdown_of_the_server_is_not_held_up_by_walferry() {
     pg.start();
     drop(wf);
 }
+
+#[test]
+fn a_missing_archive_directory_is_final() {
+    let pg = PgCluster::primary();
+    let parent = tempdir();
+    let missing = parent.path().join("no-such-dir");
+    let started = Instant::now();
+    let out = run_bounded(&mut walferry(&pg, &missing), Duration::from_secs(30));
+    assert_exit1(&out, &["walferry: error: ", &missing.display().to_string()]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!missing.exists(), "walferry must not create -D itself");
+
+    // A file where the directory should be.
+    let file = parent.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run_bounded(&mut walferry(&pg, &file), Duration::from_secs(30));
+    assert_exit1(&out, &["walferry: error: ", "not a directory"]);
+}

@@ -108,3 +108,57 @@ fn resume_after_kill9_at_random_points_uncompressed() {
 fn resume_after_kill9_at_random_points_gzip() {
     kills_then_resume("gzip:1");
 }
+
+/// A kill right after a compressed segment was created leaves a `.partial` holding only
+/// part of the stream's header, or nothing; resuming must restart that segment.
+#[test]
+fn a_compressed_partial_cut_short_by_a_kill_is_restarted() {
+    let pg = PgCluster::primary();
+    for (method, suffix) in [("gzip", ".gz"), ("lz4", ".lz4"), ("zstd", ".zst")] {
+        // Nothing at all, and a stream that ends inside its header or first block.
+        for cut in [0u64, 12] {
+            let slot = format!("{method}_{cut}");
+            let slot_lsn = pg.create_physical_slot(&slot);
+            let dir = tempdir();
+            emit_wal(&pg, 1);
+            let a = flush_lsn(&pg);
+            run_ok(walferry(&pg, dir.path()).args([
+                "-S",
+                &slot,
+                "-Z",
+                method,
+                "-E",
+                &format_lsn(a),
+            ]));
+            let partial = format!("{}{suffix}.partial", segment_name(1, a));
+            assert_eq!(partial_segments(dir.path()), vec![partial.clone()]);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join(&partial))
+                .unwrap();
+            f.set_len(cut).unwrap();
+            drop(f);
+
+            small_commit(&pg);
+            let b = flush_lsn(&pg);
+            let out = run_bounded(
+                walferry(&pg, dir.path()).args(["-S", &slot, "-Z", method, "-E", &format_lsn(b)]),
+                std::time::Duration::from_secs(30),
+            );
+            assert!(
+                out.status.success(),
+                "{method}, .partial cut to {cut} bytes: {}",
+                stderr_of(&out)
+            );
+            assert!(segment_name(1, slot_lsn) <= segment_name(1, a));
+            assert_complete_segments_match(dir.path(), &pg);
+            assert_partial_prefix(
+                &dir.path().join(&partial),
+                &pg.wal_segment_path(&segment_name(1, b)),
+                segment_start_lsn(&segment_name(1, b)),
+                b,
+            );
+            pg.drop_slot(&slot);
+        }
+    }
+}

@@ -96,6 +96,18 @@ impl Archive {
         compression: CompressionSpec,
         no_sync: bool,
     ) -> Result<Self, ArchiveError> {
+        Self::check_dir(dir)?;
+        Ok(Archive {
+            dir: dir.to_path_buf(),
+            seg_size,
+            compression,
+            no_sync,
+        })
+    }
+
+    /// `dir` exists and is a directory (checked before anything connects, so a typo in
+    /// `-D` is reported at once instead of being retried).
+    pub fn check_dir(dir: &Path) -> Result<(), ArchiveError> {
         let meta = fs::metadata(dir).map_err(|e| ArchiveError::io("access directory", dir, e))?;
         if !meta.is_dir() {
             return Err(ArchiveError::io(
@@ -104,12 +116,7 @@ impl Archive {
                 io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
             ));
         }
-        Ok(Archive {
-            dir: dir.to_path_buf(),
-            seg_size,
-            compression,
-            no_sync,
-        })
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -163,6 +170,9 @@ impl Archive {
                     )));
                 }
                 Ok(_) => continue,
+                // A .partial cut short by a crash (a compressed stream that ends inside its
+                // header, or before its first block) tells nothing; it is streamed again.
+                Err(_) if file.wal.partial => continue,
                 Err(e) => return Err(ArchiveError::io("read", &path, e)),
             }
         }

@@ -82,6 +82,7 @@ pub async fn receive(
     opts: &ReceiveOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, ReceiveError> {
+    Archive::check_dir(&opts.directory)?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut connected_once = false;
     loop {
