@@ -201,3 +201,76 @@ fn fetches_missing_history_files_at_start() {
         );
     }
 }
+
+#[test]
+fn resumes_on_the_new_timeline_after_missing_the_promotion() {
+    let primary = PgCluster::primary();
+    let standby = PgCluster::standby_of(&primary, StandbyOptions::new());
+    small_commit(&primary);
+    standby.wait_for_replay(primary.current_wal_lsn());
+    let start = parse_lsn(&standby.psql("SELECT pg_last_wal_replay_lsn()"));
+
+    // walferry archives part of timeline 1 through the standby, then is not running while
+    // more WAL arrives and the standby is promoted.
+    let dir = tempdir();
+    run_ok(walferry(&standby, dir.path()).args(["-E", &format_lsn(start)]));
+    emit_wal(&primary, 18);
+    standby.wait_for_replay(primary.current_wal_lsn());
+    let a = parse_lsn(&standby.psql("SELECT pg_last_wal_replay_lsn()"));
+    run_ok(walferry(&standby, dir.path()).args(["-E", &format_lsn(a)]));
+    emit_wal(&primary, 5);
+    small_commit(&primary);
+    standby.wait_for_replay(primary.current_wal_lsn());
+    standby.promote();
+    let history = history_of(&standby);
+    let switch = switchpoint(&history);
+    emit_wal(&standby, 18);
+    let target = flush_lsn(&standby);
+
+    let out = run_ok(walferry(&standby, dir.path()).args(["-E", &format_lsn(target), "-v"]));
+    let log = stderr_of(&out);
+    assert!(
+        log.contains(&format!("switched to timeline 2 at {}", format_lsn(switch))),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("00000002.history")).unwrap(),
+        history
+    );
+    let old_last = segment_name(1, switch);
+    let n1 = assert_contiguous(dir.path(), 1, &segment_name(1, start));
+    assert_eq!(
+        segno_of(&segment_name(1, start)) + n1 as u64,
+        segno_of(&old_last)
+    );
+    assert_partial_prefix(
+        &dir.path().join(format!("{old_last}.partial")),
+        &old_timeline_segment(&standby, &primary, &old_last),
+        segment_start_lsn(&old_last),
+        switch,
+    );
+    let new_last = segment_name(2, target);
+    let n2 = assert_contiguous(dir.path(), 2, &segment_name(2, switch));
+    assert_eq!(
+        segno_of(&segment_name(2, switch)) + n2 as u64,
+        segno_of(&new_last)
+    );
+    for (seg, file) in complete_segments(dir.path()) {
+        let server = if tli_of(&seg) == 1 {
+            &primary
+        } else {
+            &standby
+        };
+        assert_same_segment(
+            &file,
+            &read_wal_file(&dir.path().join(&file)),
+            &server.wal_segment_path(&seg),
+        );
+    }
+    assert_partial_prefix(
+        &dir.path().join(format!("{new_last}.partial")),
+        &standby.wal_segment_path(&new_last),
+        segment_start_lsn(&new_last),
+        target,
+    );
+}
