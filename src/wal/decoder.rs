@@ -14,19 +14,24 @@
 //! should start, as in a zero-padded `.partial` file: [`WalDecoder::end_of_wal`]), and
 //! "invalid" (a [`WalError`], after which the decoder stays failed).
 
+use super::crc;
 use super::error::WalError;
 use super::page::{
-    header_len, is_valid_seg_size, le_u16, PageHeader, WalVersion, LONG_PAGE_HEADER,
+    header_len, is_valid_seg_size, le_u16, le_u32, PageHeader, WalVersion, LONG_PAGE_HEADER,
     SHORT_PAGE_HEADER, XLOG_BLCKSZ, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD,
     XLP_FIRST_IS_OVERWRITE_CONTRECORD,
 };
 use super::record::{
     decode_kind, is_switch, maxalign, rmgr_id_is_valid, wants_main_data, Record, RecordHeader,
-    RecordKind, MAX_RECORD_LEN, RECORD_CRC_OFFSET, RECORD_HEADER,
+    RecordKind, MAX_RECORD_LEN, RECORD_CRC_OFFSET, RECORD_HEADER, RM_XACT_ID, RM_XLOG_ID,
+    XLOG_OVERWRITE_CONTRECORD, XLR_INFO_MASK,
 };
 use super::{Lsn, SegNo, SegmentName, TimeLineId};
 
 const BLCKSZ: u64 = XLOG_BLCKSZ as u64;
+/// Records the fast loop checks per call: enough to amortise a call, few enough that the
+/// batch stays in L1.
+const BATCH: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -94,6 +99,10 @@ pub struct WalDecoder {
     overwritten: Option<u64>,
     end_of_wal: Option<Lsn>,
     error: Option<WalError>,
+    /// The CPU has SSE 4.2: the fast loop runs the CRC kernels inline.
+    sse42: bool,
+    /// Records checked by the fast loop, not yet returned by the iterator (reused).
+    batch: Vec<Record>,
 }
 
 impl WalDecoder {
@@ -146,6 +155,8 @@ impl WalDecoder {
             overwritten: None,
             end_of_wal: None,
             error: None,
+            sse42: crc::sse42_available(),
+            batch: Vec::with_capacity(BATCH),
         })
     }
 
@@ -163,10 +174,12 @@ impl WalDecoder {
     /// or one error; it ends when the bytes are used up. Dropping it early still decodes
     /// (and validates) the rest of `data`, without returning the records.
     pub fn feed<'a>(&'a mut self, data: &'a [u8]) -> Feed<'a> {
+        self.batch.clear();
         Feed {
             dec: self,
             data,
             off: 0,
+            next: 0,
             done: false,
         }
     }
@@ -219,6 +232,139 @@ impl WalDecoder {
 
     pub fn start(&self) -> Lsn {
         Lsn(self.start)
+    }
+
+    /// The fast loop, for the common case: records that lie whole (with their alignment
+    /// padding) inside one page of the chunk, following a record already checked. It checks
+    /// them in place, three at a time, and appends them to `out` (up to [`BATCH`]). It stops,
+    /// leaving the decoder exactly after the last record appended, at anything else: a page
+    /// boundary, a record crossing it or the chunk end, an XLOG switch or overwrite-contrecord
+    /// record, and any record that fails a check; [`WalDecoder::step`] takes over from there
+    /// (and reports the error, if it is one). Returns the new offset in `data`.
+    #[inline(always)]
+    fn fast_loop<const SSE42: bool>(
+        &mut self,
+        data: &[u8],
+        mut off: usize,
+        out: &mut Vec<Record>,
+    ) -> usize {
+        let Some(mut prev) = self.prev else {
+            return off;
+        };
+        if self.state != State::Between {
+            return off;
+        }
+        let mut fed = self.fed;
+        let first = out.len();
+        'chunk: while out.len() < BATCH {
+            if fed & 7 != 0 || fed % BLCKSZ == 0 || off >= data.len() {
+                break;
+            }
+            let rest = &data[off..];
+            let avail = page_left(fed).min(rest.len());
+            // Up to three records that lie whole in this page and chunk; a long one alone.
+            let mut at = [0usize; 3];
+            let mut len = [0usize; 3];
+            let mut n = 0;
+            let mut pos = 0;
+            while n < 3 && pos + RECORD_HEADER <= avail {
+                let t = le_u32(rest, pos) as usize;
+                let (info, rmid) = (rest[pos + 16], rest[pos + 17]);
+                if t < RECORD_HEADER
+                    || maxalign(t as u64) as usize > avail - pos
+                    || !rmgr_id_is_valid(rmid)
+                    || (rmid <= RM_XACT_ID && !fast_kind(rmid, info))
+                    || (n > 0 && t - RECORD_HEADER >= crc::LONG)
+                {
+                    break;
+                }
+                at[n] = pos;
+                len[n] = t;
+                n += 1;
+                pos += maxalign(t as u64) as usize;
+                if t - RECORD_HEADER >= crc::LONG {
+                    break;
+                }
+            }
+            let p = |k: usize| &rest[at[k] + RECORD_HEADER..at[k] + len[k]];
+            let h = |k: usize| &rest[at[k]..at[k] + RECORD_HEADER];
+            let crcs: [u32; 3] = match n {
+                0 => break,
+                1 => [fast_crc1::<SSE42>(p(0), h(0)), 0, 0],
+                2 => {
+                    let [a, b] = fast_crcs::<SSE42, 2>([p(0), p(1)], [h(0), h(1)]);
+                    [a, b, 0]
+                }
+                _ => fast_crcs::<SSE42, 3>([p(0), p(1), p(2)], [h(0), h(1), h(2)]),
+            };
+            for k in 0..n {
+                let rec = &rest[at[k]..at[k] + len[k]];
+                let hd = RecordHeader::parse(rec);
+                let lsn = fed + at[k] as u64;
+                let kind = if hd.prev.0 != prev || hd.crc != crcs[k] {
+                    None
+                } else if hd.rmid <= RM_XACT_ID {
+                    decode_kind(&hd, rec).ok()
+                } else {
+                    Some(RecordKind::Other)
+                };
+                let Some(kind) = kind else {
+                    fed = lsn;
+                    off += at[k];
+                    break 'chunk;
+                };
+                out.push(Record {
+                    lsn: Lsn(lsn),
+                    end: Lsn(lsn + maxalign(len[k] as u64)),
+                    prev: hd.prev,
+                    tot_len: hd.tot_len,
+                    xid: hd.xid,
+                    rmid: hd.rmid,
+                    info: hd.info,
+                    kind,
+                });
+                prev = lsn;
+            }
+            fed += pos as u64;
+            off += pos;
+        }
+        if out.len() > first {
+            self.fed = fed;
+            self.valid_end = fed;
+            self.prev = Some(prev);
+        }
+        off
+    }
+
+    /// [`WalDecoder::fast_loop`] with the SSE 4.2 kernels compiled in.
+    ///
+    /// # Safety
+    /// The CPU must support SSE 4.2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "sse4.2")]
+    unsafe fn fast_loop_sse42(&mut self, data: &[u8], off: usize, out: &mut Vec<Record>) -> usize {
+        self.fast_loop::<true>(data, off, out)
+    }
+
+    /// Runs the fast loop from `off`, appending to `out`; returns the new offset.
+    fn fast(&mut self, data: &[u8], off: usize, out: &mut Vec<Record>) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.sse42 {
+            // SAFETY: `sse42` says the CPU supports SSE 4.2 (crc::sse42_available).
+            return unsafe { self.fast_loop_sse42(data, off, out) };
+        }
+        self.fast_loop::<false>(data, off, out)
+    }
+
+    /// The CRC of a record (outside the fast loop).
+    #[inline]
+    fn record_crc(&self, payload: &[u8], header: &[u8]) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.sse42 {
+            // SAFETY: `sse42` says the CPU supports SSE 4.2 (crc::sse42_available).
+            return unsafe { record_crc_sse42(payload, header) };
+        }
+        crc::record_portable(payload, header)
     }
 
     /// Decodes from `data[*off..]` until a record is complete, an error, or the bytes run out.
@@ -297,19 +443,21 @@ impl WalDecoder {
         let rest = &data[*off..];
         let avail = page_left(self.fed).min(rest.len());
         if avail >= RECORD_HEADER {
-            let tot_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let tot_len = le_u32(rest, 0) as usize;
             if tot_len >= RECORD_HEADER && tot_len <= avail {
                 let rec = &rest[..tot_len];
                 let h = RecordHeader::parse(rec);
                 let lsn = self.fed;
                 self.check_header(lsn, &h)?;
-                let crc = record_crc(&rec[RECORD_HEADER..], rec);
+                let crc = self.record_crc(&rec[RECORD_HEADER..], rec);
                 if crc != h.crc {
                     return Err(checksum_error(lsn, h.crc, crc));
                 }
                 self.fed += tot_len as u64;
                 *off += tot_len;
-                return self.complete(lsn, &h, rec).map(Some);
+                let r = self.complete(lsn, &h, rec)?;
+                self.skip_padding(data, off);
+                return Ok(Some(r));
             }
         }
         self.rec.lsn = self.fed;
@@ -337,12 +485,7 @@ impl WalDecoder {
             used += n;
             if got < 4 && self.rec.got >= 4 {
                 // xl_tot_len is always on the record's first page (records are 8-aligned).
-                let tot_len = u32::from_le_bytes([
-                    self.rec.hdr[0],
-                    self.rec.hdr[1],
-                    self.rec.hdr[2],
-                    self.rec.hdr[3],
-                ]);
+                let tot_len = le_u32(&self.rec.hdr, 0);
                 if tot_len == 0 {
                     self.fed += used as u64;
                     *off += used;
@@ -391,14 +534,17 @@ impl WalDecoder {
             if crc != h.crc {
                 return Err(checksum_error(lsn, h.crc, crc));
             }
-            if !self.rec.keep {
+            let r = if self.rec.keep {
+                let buf = std::mem::take(&mut self.buf);
+                let r = self.complete(lsn, &h, &buf);
+                self.buf = buf;
+                r?
+            } else {
                 let hdr = self.rec.hdr;
-                return self.complete(lsn, &h, &hdr).map(Some);
-            }
-            let buf = std::mem::take(&mut self.buf);
-            let r = self.complete(lsn, &h, &buf);
-            self.buf = buf;
-            return r.map(Some);
+                self.complete(lsn, &h, &hdr)?
+            };
+            self.skip_padding(data, off);
+            return Ok(Some(r));
         }
         Ok(None)
     }
@@ -450,6 +596,17 @@ impl WalDecoder {
             info: h.info,
             kind,
         })
+    }
+
+    /// Consumes the alignment padding after a record, as far as this chunk has it, so the
+    /// next record can take the fast path.
+    #[inline(always)]
+    fn skip_padding(&mut self, data: &[u8], off: &mut usize) {
+        if self.state == State::Between {
+            let n = ((maxalign(self.fed) - self.fed) as usize).min(data.len() - *off);
+            self.fed += n as u64;
+            *off += n;
+        }
     }
 
     /// ValidXLogRecordHeader, minus the length check done when the length was read.
@@ -721,9 +878,39 @@ fn page_left(pos: u64) -> usize {
     (BLCKSZ - pos % BLCKSZ) as usize
 }
 
+/// Record kinds the fast loop may return: all but those that change the decoder's state.
 #[inline(always)]
-fn record_crc(payload: &[u8], header: &[u8]) -> u32 {
-    super::record::record_crc(payload, header)
+fn fast_kind(rmid: u8, info: u8) -> bool {
+    !(is_switch(rmid, info)
+        || (rmid == RM_XLOG_ID && info & !XLR_INFO_MASK == XLOG_OVERWRITE_CONTRECORD))
+}
+
+#[inline(always)]
+fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if SSE42 {
+        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
+        return unsafe { crc::sse42::record(payload, header) };
+    }
+    crc::record_portable(payload, header)
+}
+
+#[inline(always)]
+fn fast_crcs<const SSE42: bool, const N: usize>(p: [&[u8]; N], h: [&[u8]; N]) -> [u32; N] {
+    #[cfg(target_arch = "x86_64")]
+    if SSE42 {
+        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
+        return unsafe { crc::sse42::records(p, h) };
+    }
+    std::array::from_fn(|k| crc::record_portable(p[k], h[k]))
+}
+
+/// # Safety
+/// The CPU must support SSE 4.2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn record_crc_sse42(payload: &[u8], header: &[u8]) -> u32 {
+    crc::sse42::record(payload, header)
 }
 
 #[cold]
@@ -749,6 +936,8 @@ pub struct Feed<'a> {
     dec: &'a mut WalDecoder,
     data: &'a [u8],
     off: usize,
+    /// Next record to return from `dec.batch`.
+    next: usize,
     done: bool,
 }
 
@@ -757,6 +946,18 @@ impl Iterator for Feed<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(r) = self.dec.batch.get(self.next) {
+            self.next += 1;
+            return Some(Ok(*r));
+        }
+        self.refill()
+    }
+}
+
+impl Feed<'_> {
+    /// Runs the fast loop for a new batch; when it checks nothing, the general path.
+    #[inline(never)]
+    fn refill(&mut self) -> Option<Result<Record, WalError>> {
         if self.done {
             return None;
         }
@@ -764,6 +965,15 @@ impl Iterator for Feed<'_> {
             self.done = true;
             return self.dec.error.clone().map(Err);
         }
+        let mut batch = std::mem::take(&mut self.dec.batch);
+        batch.clear();
+        self.off = self.dec.fast(self.data, self.off, &mut batch);
+        self.dec.batch = batch;
+        if let Some(r) = self.dec.batch.first() {
+            self.next = 1;
+            return Some(Ok(*r));
+        }
+        self.next = 0;
         match self.dec.step(self.data, &mut self.off) {
             Ok(Some(r)) => Some(Ok(r)),
             Ok(None) => {

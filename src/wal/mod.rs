@@ -1,6 +1,7 @@
 //! PostgreSQL WAL knowledge in one place: positions, timelines, segment naming and
 //! timeline history files. Everything here is pure data and parsing: no I/O.
 
+mod crc;
 pub mod decoder;
 mod error;
 mod history;

@@ -1,0 +1,215 @@
+//! Decode + validate throughput of `WalDecoder` on real PostgreSQL 15 WAL, fed in 128 KiB
+//! chunks as a walsender sends it (walsender.c MAX_SEND_SIZE).
+//!
+//! Set-up builds the WAL once: `initdb` a temp cluster, start it on a free loopback port, run
+//! a bulk insert (`create table t as select g, md5(g::text) from generate_series(1,300000)`),
+//! stop it and read the segments up to the end of the WAL. Without PostgreSQL programs (or
+//! with `WALFERRY_BENCH_SYNTHETIC=1`) a synthetic stream of the same shape is used instead.
+//! A CRC-32C pass over the same bytes is measured alongside as the ceiling.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+
+use walferry::wal::synth::WalBuilder;
+use walferry::wal::{Lsn, TimeLineId, WalDecoder};
+
+const SEG: u64 = 16 << 20;
+const CHUNK: usize = 128 * 1024;
+const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// WAL bytes from `start`, ending at the end of the valid WAL.
+struct Wal {
+    what: &'static str,
+    start: Lsn,
+    bytes: Vec<u8>,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WALFERRY_PG_BIN").unwrap_or_else(|| PG_BIN_DIR.into());
+    PathBuf::from(dir).join(name)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A PostgreSQL program, as `postgres` when we are root (postgres refuses root).
+fn pg(name: &str, cwd: &Path) -> Command {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_bin(name));
+        c
+    } else {
+        Command::new(pg_bin(name))
+    };
+    cmd.current_dir(cwd).env("LC_ALL", "C");
+    cmd
+}
+
+fn run(mut cmd: Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn real_wal() -> Result<Wal, String> {
+    if !pg_bin("initdb").exists() {
+        return Err(format!("no initdb in {PG_BIN_DIR}"));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("walferry-bench-wal-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let dir = tmp.path();
+    if is_root() {
+        let mut chown = Command::new("chown");
+        chown.arg("postgres:").arg(dir);
+        run(chown)?;
+    }
+    let data = dir.join("data");
+    let mut initdb = pg("initdb", dir);
+    initdb
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(&data);
+    run(initdb)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port()
+        .to_string();
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses='' -c wal_keep_size=1GB -c fsync=off",
+        dir.display()
+    );
+    let mut start = pg("pg_ctl", dir);
+    start
+        .args(["-w", "-l"])
+        .arg(dir.join("log"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-o", &opts, "start"]);
+    run(start)?;
+    let mut psql = pg("psql", dir);
+    psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(dir)
+        .args(["-p", &port, "-U", "postgres", "-d", "postgres", "-c"])
+        .arg("create table t as select g, md5(g::text) from generate_series(1,300000) g");
+    let workload = run(psql);
+    let mut stop = pg("pg_ctl", dir);
+    stop.args(["-w", "-m", "fast", "-D"]).arg(&data).arg("stop");
+    run(stop)?;
+    workload?;
+
+    // Segment 2 on: the workload's WAL (segment 1 is mostly initdb's).
+    let mut names: Vec<PathBuf> = std::fs::read_dir(data.join("pg_wal"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 24))
+        .collect();
+    names.sort();
+    let mut bytes = Vec::new();
+    let start = Lsn(2 * SEG);
+    for name in names.iter().skip(1) {
+        bytes.extend(std::fs::read(name).map_err(|e| e.to_string())?);
+    }
+    // Cut at the end of the valid WAL: the zeros after it are not work.
+    let mut dec = WalDecoder::new(start, TimeLineId(1), SEG, None).map_err(|e| e.to_string())?;
+    for r in dec.feed(&bytes) {
+        r.map_err(|e| e.to_string())?;
+    }
+    let end = dec.end_of_wal().ok_or("the WAL does not end in zeros")?;
+    bytes.truncate((end.0 - start.0) as usize);
+    Ok(Wal {
+        what: "pg15_ctas_300k",
+        start,
+        bytes,
+    })
+}
+
+/// 64 MiB shaped like the bulk insert: 92-byte heap inserts, a full-page-image-sized record
+/// every 200, a commit every 5000.
+fn synthetic_wal() -> Wal {
+    let mut b = WalBuilder::new(Lsn(2 * SEG), TimeLineId(1), SEG, 7_300_000_000_000_000_001);
+    let mut i = 0u64;
+    while b.end().0 < 6 * SEG {
+        i += 1;
+        if i % 5000 == 0 {
+            b.commit(700, 800_000_000_000_000 + i as i64);
+        } else if i % 200 == 0 {
+            b.filler(8200);
+        } else {
+            b.filler(92);
+        }
+    }
+    Wal {
+        what: "synthetic_92b",
+        start: Lsn(2 * SEG),
+        bytes: b.into_bytes(),
+    }
+}
+
+fn decode(wal: &Wal) -> u64 {
+    let mut dec = WalDecoder::new(wal.start, TimeLineId(1), SEG, None).unwrap();
+    let mut n = 0u64;
+    for chunk in wal.bytes.chunks(CHUNK) {
+        for r in dec.feed(chunk) {
+            let r = r.unwrap();
+            n += u64::from(r.rmid);
+        }
+    }
+    assert_eq!(dec.valid_end().0, wal.start.0 + wal.bytes.len() as u64);
+    n
+}
+
+fn wal_decode(c: &mut Criterion) {
+    let mut wals = Vec::new();
+    if std::env::var_os("WALFERRY_BENCH_SYNTHETIC").is_none() {
+        match real_wal() {
+            Ok(w) => wals.push(w),
+            Err(e) => eprintln!("real WAL unavailable ({e}); synthetic WAL only"),
+        }
+    }
+    wals.push(synthetic_wal());
+
+    let mut group = c.benchmark_group("wal_decode");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(5));
+    for wal in &wals {
+        let mut dec = WalDecoder::new(wal.start, TimeLineId(1), SEG, None).unwrap();
+        let records = dec.feed(&wal.bytes).count();
+        eprintln!(
+            "{}: {} bytes, {} records ({} bytes/record)",
+            wal.what,
+            wal.bytes.len(),
+            records,
+            wal.bytes.len() / records.max(1)
+        );
+        group.throughput(Throughput::Bytes(wal.bytes.len() as u64));
+        group.bench_function(format!("{}/decode_128k_chunks", wal.what), |b| {
+            b.iter(|| black_box(decode(wal)))
+        });
+        group.bench_function(format!("{}/crc32c_only", wal.what), |b| {
+            b.iter(|| {
+                let mut crc = 0;
+                for chunk in wal.bytes.chunks(CHUNK) {
+                    crc = crc32c::crc32c_append(crc, black_box(chunk));
+                }
+                black_box(crc)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, wal_decode);
+criterion_main!(benches);
