@@ -69,6 +69,29 @@ fn run_chunks(
     (recs, None)
 }
 
+/// As [`run_chunks`], through the callback API.
+fn run_chunks_with(
+    dec: &mut WalDecoder,
+    bytes: &[u8],
+    sizes: impl IntoIterator<Item = usize>,
+) -> (Vec<Record>, Option<WalError>) {
+    let mut recs = Vec::new();
+    let mut off = 0;
+    let mut sizes = sizes.into_iter();
+    while off < bytes.len() {
+        let n = sizes
+            .next()
+            .unwrap_or(bytes.len())
+            .max(1)
+            .min(bytes.len() - off);
+        if let Err(e) = dec.feed_with(&bytes[off..off + n], |r| recs.push(r.clone())) {
+            return (recs, Some(e));
+        }
+        off += n;
+    }
+    (recs, None)
+}
+
 fn run(start: Lsn, bytes: &[u8]) -> (Vec<Record>, Option<WalError>, WalDecoder) {
     let mut dec = decoder(start);
     let (recs, err) = run_chunks(&mut dec, bytes, [bytes.len()]);
@@ -288,10 +311,17 @@ fn every_chunking_of_a_stream_decodes_the_same() {
             })
             .collect();
         let mut d = decoder(b.start());
-        let (got, err) = run_chunks(&mut d, bytes, sizes);
+        let (got, err) = run_chunks(&mut d, bytes, sizes.iter().copied());
         assert_eq!((&got, &err), (&want, &None), "seed {seed}");
         assert_eq!(d.valid_end(), b.end(), "seed {seed}");
+        let mut d = decoder(b.start());
+        let (got, err) = run_chunks_with(&mut d, bytes, sizes);
+        assert_eq!((&got, &err), (&want, &None), "seed {seed}, callback");
+        assert_eq!(d.valid_end(), b.end(), "seed {seed}, callback");
     }
+    let mut d = decoder(b.start());
+    let (got, err) = run_chunks_with(&mut d, bytes, std::iter::repeat(1));
+    assert_eq!((got, err), (want.clone(), None), "byte by byte, callback");
 }
 
 #[test]
@@ -363,7 +393,7 @@ fn xlog_switch_skips_to_the_next_segment() {
     let (recs, dec) = decode_ok(&b);
     let s = recs.iter().find(|r| r.lsn == sw).unwrap();
     assert_eq!(
-        (s.kind, s.end, s.tot_len),
+        (s.kind.clone(), s.end, s.tot_len),
         (RecordKind::Switch, Lsn(4 * SEG), 24)
     );
     assert_eq!(recs.last().unwrap().lsn, next);
@@ -647,9 +677,13 @@ fn a_flipped_byte_in_a_record_is_caught_at_that_record() {
         {
             let mut bytes = b.bytes().to_vec();
             bytes[off] ^= 0x20;
-            for chunk in [bytes.len(), 1000] {
+            for (chunk, callback) in [(bytes.len(), false), (1000, false), (700, true)] {
                 let mut d = decoder(b.start());
-                let (got, err) = run_chunks(&mut d, &bytes, std::iter::repeat(chunk));
+                let (got, err) = if callback {
+                    run_chunks_with(&mut d, &bytes, std::iter::repeat(chunk))
+                } else {
+                    run_chunks(&mut d, &bytes, std::iter::repeat(chunk))
+                };
                 let err = err.unwrap_or_else(|| panic!("flip at byte {i} of {target} not caught"));
                 assert_eq!(err.lsn(), target, "flip at byte {i} of {target}: {err}");
                 assert!(got.iter().all(|r| r.lsn < target));
@@ -783,6 +817,10 @@ fn a_failed_decoder_stays_failed() {
     assert_eq!(first.len(), 1);
     let again: Vec<_> = d.feed(&bytes).collect();
     assert_eq!(again, first);
+    assert_eq!(
+        d.feed_with(&bytes, |_| panic!("no record")),
+        first[0].clone().map(|_| ())
+    );
     assert_eq!(d.error(), first[0].as_ref().err());
     assert_eq!(d.valid_end(), b.start());
 }
