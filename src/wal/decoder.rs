@@ -37,6 +37,8 @@ const BLCKSZ: u64 = XLOG_BLCKSZ as u64;
 /// Records the fast loop checks per call: enough to amortise a call, few enough that the
 /// batch stays in L1.
 const BATCH: usize = 32;
+/// Reassembly buffer capacity kept after a record: larger ones are let go.
+const KEEP_BUF_MAX: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -156,7 +158,8 @@ impl WalDecoder {
                 crc: 0,
                 keep: false,
             },
-            buf: Vec::new(),
+            // Like xlogreader.c's readRecordBuf, sized for ordinary records up front.
+            buf: Vec::with_capacity(2 * XLOG_BLCKSZ),
             overwritten: None,
             end_of_wal: None,
             error: None,
@@ -574,8 +577,12 @@ impl WalDecoder {
                 return Err(checksum_error(lsn, h.crc, crc));
             }
             let r = if self.rec.keep {
-                let buf = std::mem::take(&mut self.buf);
+                let mut buf = std::mem::take(&mut self.buf);
                 let r = self.complete(lsn, &h, &buf);
+                if buf.capacity() > KEEP_BUF_MAX {
+                    // A huge commit record passed: do not hold its size for good.
+                    buf = Vec::new();
+                }
                 self.buf = buf;
                 r?
             } else {

@@ -835,3 +835,115 @@ fn dropping_the_iterator_still_consumes_the_chunk() {
     assert_eq!(d.fed_end(), b.end());
     assert_eq!(d.valid_end(), b.end());
 }
+
+/// Counts this thread's allocations, to hold the decoder to "no allocation in the steady
+/// state". Other tests' threads are not counted.
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    // SAFETY: every call is passed on to the system allocator unchanged; the counter is a
+    // const-initialised thread local, which does not allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            System.alloc(layout)
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    pub fn allocations() -> u64 {
+        ALLOCS.with(|c| c.get())
+    }
+}
+
+#[test]
+fn the_steady_state_does_not_allocate() {
+    let mut b = builder();
+    for i in 0..3000u32 {
+        match i % 50 {
+            0 => {
+                b.commit(i, T0);
+            }
+            1 => {
+                b.filler(9000);
+            }
+            _ => {
+                b.filler(92);
+            }
+        }
+    }
+    // A commit that crosses pages, so it is reassembled.
+    fill_to_page_offset(&mut b, 8192 - 16);
+    b.commit(4, T0);
+    b.filler(100);
+    let bytes = b.bytes();
+    let half = bytes.len() / 2;
+    let mut d = decoder(b.start());
+    let mut n = 0;
+    // Warm-up: the first chunk sizes the reused buffers.
+    d.feed_with(&bytes[..20_000], |_| n += 1).unwrap();
+    for r in d.feed(&bytes[20_000..40_000]) {
+        r.unwrap();
+        n += 1;
+    }
+    let before = alloc_count::allocations();
+    for chunk in bytes[40_000..half].chunks(128 * 1024) {
+        for r in d.feed(chunk) {
+            r.unwrap();
+            n += 1;
+        }
+    }
+    for chunk in bytes[half..].chunks(7777) {
+        d.feed_with(chunk, |_| n += 1).unwrap();
+    }
+    assert_eq!(alloc_count::allocations() - before, 0);
+    assert_eq!(d.valid_end(), b.end());
+    assert!(n > 3000);
+}
+
+#[test]
+fn a_commit_record_larger_than_a_segment() {
+    let mut b = builder();
+    b.filler(100);
+    let mut main = T0.to_le_bytes().to_vec();
+    main.extend_from_slice(&(1u32 << 1).to_le_bytes()); // XACT_XINFO_HAS_SUBXACTS
+    let n = 300_000u32;
+    main.extend_from_slice(&n.to_le_bytes());
+    main.extend((0..n).flat_map(|x| (x + 1000).to_le_bytes()));
+    let big = b.record(RM_XACT_ID, XLOG_XACT_HAS_INFO, 999, &main_data_body(&main));
+    let after = b.commit(1000, T0 + 1);
+    for chunk in [usize::MAX, 100_000, 4096] {
+        let mut d = decoder(b.start());
+        let (recs, err) = run_chunks(&mut d, b.bytes(), std::iter::repeat(chunk));
+        assert_eq!(err, None);
+        let r = recs.iter().find(|r| r.lsn == big).unwrap();
+        assert!(r.tot_len as u64 > SEG);
+        assert_eq!(
+            r.kind,
+            RecordKind::Commit(XactEnd {
+                xid: 999,
+                time: TimestampTz(T0),
+                prepared: false
+            })
+        );
+        assert_eq!(recs.last().unwrap().lsn, after);
+    }
+}
