@@ -170,3 +170,34 @@ fn wf_stat(pg: &PgCluster) -> Option<common::ReplicationStat> {
         .into_iter()
         .find(|s| s.application_name == "walferry" && s.state == "streaming")
 }
+
+#[test]
+fn endpos_at_a_segment_boundary_leaves_complete_segments_only() {
+    let pg = PgCluster::primary();
+    let slot_lsn = pg.create_physical_slot("wf");
+    emit_wal(&pg, 20);
+    pg.switch_wal();
+    let endpos = flush_lsn(&pg);
+    assert_eq!(
+        endpos % WAL_SEGMENT_SIZE,
+        0,
+        "after a switch the flush point is a boundary"
+    );
+    let dir = tempdir();
+    run_ok(walferry(&pg, dir.path()).args(["-S", "wf", "-E", &format_lsn(endpos)]));
+    let first = segment_name(1, slot_lsn);
+    let n = assert_contiguous(dir.path(), 1, &first);
+    assert_eq!(segno_of(&first) + n as u64, endpos / WAL_SEGMENT_SIZE);
+    assert_complete_segments_match(dir.path(), &pg);
+    assert_eq!(partial_segments(dir.path()), Vec::<String>::new());
+
+    // Resuming from there starts at the next segment, which pg_receivewal agrees on.
+    small_commit(&pg);
+    let next = flush_lsn(&pg);
+    let out = run_ok(walferry(&pg, dir.path()).args(["-S", "wf", "-E", &format_lsn(next), "-v"]));
+    assert!(
+        stderr_of(&out).contains(&format!("starting log streaming at {}", format_lsn(endpos))),
+        "{}",
+        stderr_of(&out)
+    );
+}

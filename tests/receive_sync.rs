@@ -50,7 +50,8 @@ impl Burst {
                         while !s.load(Ordering::SeqCst) {
                             let Ok(msgs) = client
                                 .simple_query(
-                                    "INSERT INTO burst VALUES (1) RETURNING txid_current()",
+                                    "INSERT INTO burst SELECT 1, string_agg(md5(random()::text), '') \
+                                     FROM generate_series(1, 200) RETURNING txid_current()",
                                 )
                                 .await
                             else {
@@ -135,11 +136,24 @@ fn committed_xids(dir: &std::path::Path, start: u64) -> BTreeSet<u64> {
 
 #[test]
 fn acknowledged_commits_survive_kill9_of_the_synchronous_walferry() {
+    sync_standby_kill9("none");
+}
+
+/// The same with a slow writer (gzip level 9 flushed at every acknowledgement): the queue
+/// between network and disk fills, so an acknowledgement sent for WAL still in the queue
+/// would show up as a lost commit.
+#[test]
+fn acknowledged_commits_survive_kill9_with_a_slow_compressing_writer() {
+    sync_standby_kill9("gzip:9");
+}
+
+fn sync_standby_kill9(compress: &str) {
     let pg = PgCluster::primary();
-    pg.psql("CREATE TABLE burst (id bigint)");
+    pg.psql("CREATE TABLE burst (id bigint, pad text)");
     let dir = tempdir();
     let start = pg.current_wal_lsn();
-    let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["--synchronous", "-v"]));
+    let sync_args = ["--synchronous", "-v", "-Z", compress];
+    let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(sync_args));
     common::wait_until("walferry to stream", Duration::from_secs(30), || {
         wf_stat(&pg).is_some()
     });
@@ -182,20 +196,27 @@ fn acknowledged_commits_survive_kill9_of_the_synchronous_walferry() {
 
     // Everything walferry reported flushed is in the archive, byte for byte...
     let last = segment_name(1, reported - 1);
-    for (seg, _) in complete_segments(dir.path()) {
+    for (seg, file) in complete_segments(dir.path()) {
         if segno_of(&seg) <= segno_of(&last) {
             assert_same_segment(
-                &seg,
-                &read_wal_file(&dir.path().join(&seg)),
+                &file,
+                &read_wal_file(&dir.path().join(&file)),
                 &pg.wal_segment_path(&seg),
             );
         }
     }
-    let tail = if dir.path().join(&last).exists() {
-        dir.path().join(&last)
-    } else {
-        dir.path().join(format!("{last}.partial"))
-    };
+    // The segment holding the last reported byte, complete or not (complete first).
+    let tail = complete_segments(dir.path())
+        .into_iter()
+        .find(|(seg, _)| *seg == last)
+        .map(|(_, file)| file)
+        .or_else(|| {
+            partial_segments(dir.path())
+                .into_iter()
+                .find(|f| f.starts_with(&last))
+        })
+        .map(|f| dir.path().join(f))
+        .unwrap_or_else(|| panic!("no file for {last}: {:?}", list_dir(dir.path())));
     assert_partial_prefix(
         &tail,
         &pg.wal_segment_path(&last),
@@ -216,7 +237,7 @@ fn acknowledged_commits_survive_kill9_of_the_synchronous_walferry() {
     );
 
     // A new walferry resumes the archive and releases the waiting commits.
-    let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["--synchronous", "-v"]));
+    let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(sync_args));
     burst.wait_for(acked.len() + 50, Duration::from_secs(60));
     let all = burst.finish();
     wf.signal(libc::SIGTERM);
