@@ -446,3 +446,28 @@ fn require_against_a_server_without_tls_fails() {
     );
     assert_ok("prefer", &out);
 }
+
+#[test]
+fn unix_socket_and_a_role_without_replication() {
+    let pg = PgCluster::primary();
+    // A Unix-socket directory as host, as libpq takes it (trust for local replication).
+    let socket = format!(
+        "host={} port={} user=postgres",
+        pg.socket_dir().display(),
+        pg.port()
+    );
+    assert_ok("unix socket", &probe(&pg, &socket, |_| {}));
+    assert!(pg
+        .server_log()
+        .contains("replication connection authorized: user=postgres application_name=walferry"));
+
+    // A login role without REPLICATION cannot start a walsender: final, with a hint.
+    pg.psql("CREATE ROLE plain_user LOGIN");
+    let out = probe(&pg, &pg.conninfo("plain_user"), |_| {});
+    assert_fails("role without REPLICATION", &out, "replication", &[]);
+    assert!(
+        stderr_of(&out).contains("walferry: hint: ") && stderr_of(&out).contains("REPLICATION"),
+        "{}",
+        stderr_of(&out)
+    );
+}

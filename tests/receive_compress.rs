@@ -55,6 +55,11 @@ fn each_compression_decompresses_to_the_servers_wal() {
             vec![partial.clone()],
             "{method}"
         );
+        // Stopping at endpos closes the compressed stream properly.
+        assert_decompresses_cleanly(&dir.path().join(&partial));
+        for (_, file) in &segs {
+            assert_decompresses_cleanly(&dir.path().join(file));
+        }
         assert_partial_prefix(
             &dir.path().join(&partial),
             &pg.wal_segment_path(&last),

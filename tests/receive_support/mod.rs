@@ -364,6 +364,30 @@ pub fn read_wal_file(path: &Path) -> Vec<u8> {
     out.stdout
 }
 
+/// A compressed file decompresses without error (a cleanly closed stream, as walferry
+/// leaves a `.partial` when it stops at `--endpos` or on a signal).
+pub fn assert_decompresses_cleanly(path: &Path) {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let tool = match split_wal_name(&name).map(|(_, suffix, _)| suffix) {
+        Some(".gz") => "gzip",
+        Some(".lz4") => "lz4",
+        Some(".zst") => "zstd",
+        _ => return,
+    };
+    let out = Command::new(tool)
+        .args(["-t"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} -t {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// First position where `a` and `b` differ (or the shorter length), for messages.
 pub fn first_difference(a: &[u8], b: &[u8]) -> usize {
     a.iter()
