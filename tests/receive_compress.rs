@@ -5,7 +5,7 @@
 mod common;
 mod receive_support;
 
-use common::{format_lsn, segment_name, tempdir, PgCluster, WAL_SEGMENT_SIZE};
+use common::{format_lsn, segment_name, tempdir, PgCluster};
 use receive_support::*;
 
 #[test]

@@ -297,7 +297,7 @@ fn a_fast_shutdown_of_the_server_is_not_held_up_by_walferry() {
     // status interval (default 10 s).
     let mut pg = PgCluster::primary();
     let dir = tempdir();
-    let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["-v"]));
+    let wf = Proc::spawn(walferry(&pg, dir.path()).args(["-v"]));
     common::wait_until("walferry to stream", Duration::from_secs(30), || {
         wf_stat(&pg).is_some()
     });

@@ -51,7 +51,9 @@ fn rss_stays_under_32_mib_during_a_200_mib_catch_up() {
         (endpos - slot_lsn) >> 20,
         samples.len(),
     );
-    assert!(samples.len() >= 5, "too few samples to judge: {samples:?}");
+    // VmHWM is the peak over the whole run up to the last sample, so even a catch-up too
+    // fast for many VmRSS samples is judged on its real peak.
+    assert!(peak > 0, "walferry exited before its memory could be read");
     assert!(max < LIMIT_KIB, "VmRSS reached {max} KiB: {samples:?}");
     assert!(peak < LIMIT_KIB, "VmHWM reached {peak} KiB");
 
