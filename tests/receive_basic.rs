@@ -201,3 +201,30 @@ fn endpos_at_a_segment_boundary_leaves_complete_segments_only() {
         stderr_of(&out)
     );
 }
+
+#[test]
+fn an_idle_stream_survives_a_short_wal_sender_timeout() {
+    // The walsender drops a standby that does not answer within wal_sender_timeout; it asks
+    // for a reply at half of it. walferry (default 10 s status interval) must answer.
+    let pg = PgCluster::builder()
+        .conf("wal_sender_timeout = '2s'")
+        .start();
+    let dir = tempdir();
+    let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["-v"]));
+    common::wait_until("walferry to stream", Duration::from_secs(30), || {
+        wf_stat(&pg).is_some()
+    });
+    let pid = wf_stat(&pg).unwrap().pid;
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(wf.is_running(), "{}", wf.stderr());
+    assert_eq!(
+        wf_stat(&pg).map(|s| s.pid),
+        Some(pid),
+        "the server dropped walferry:\n{}",
+        wf.stderr()
+    );
+    assert!(!wf.stderr().contains("reconnecting"), "{}", wf.stderr());
+    assert!(!pg
+        .server_log()
+        .contains("terminating walsender process due to replication timeout"));
+}
