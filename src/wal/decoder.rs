@@ -875,7 +875,7 @@ impl WalDecoder {
             State::Between => {
                 if cont {
                     return Err(WalError::UnexpectedContrecord {
-                        lsn: Lsn(page + h.len() as u64),
+                        lsn: Lsn(page + h.size() as u64),
                     });
                 }
             }

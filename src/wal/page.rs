@@ -105,13 +105,9 @@ impl PageHeader {
         self.info & XLP_LONG_HEADER != 0
     }
 
-    /// XLogPageHeaderSize.
-    pub fn len(&self) -> usize {
+    /// XLogPageHeaderSize: 40 with the long header, else 24.
+    pub fn size(&self) -> usize {
         header_len(self.info)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Appends the header's bytes (24 or 40, by the long flag) to `out`.
