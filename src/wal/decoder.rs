@@ -164,7 +164,8 @@ impl WalDecoder {
             end_of_wal: None,
             error: None,
             sse42: crc::sse42_available(),
-            batch: Vec::with_capacity(BATCH),
+            // The fast loop finishes its group of three after the batch says full.
+            batch: Vec::with_capacity(BATCH + 2),
         })
     }
 
@@ -270,7 +271,8 @@ impl WalDecoder {
 
     /// The fast loop, for the common case: records that lie whole (with their alignment
     /// padding) inside one page of the chunk, following a record already checked. It checks
-    /// them in place, three at a time, and appends them to `out` (up to [`BATCH`]). It stops,
+    /// them in place, three at a time, and hands them to `sink` until it returns false (then
+    /// at the end of that group of three). It stops,
     /// leaving the decoder exactly after the last record appended, at anything else: a page
     /// boundary, a record crossing it or the chunk end, an XLOG switch or overwrite-contrecord
     /// record, and any record that fails a check; [`WalDecoder::step`] takes over from there
