@@ -323,7 +323,9 @@ mod tests {
         let data = pattern(SEG as usize);
         // Aligned 128 KiB + 8 KiB pieces, then unaligned ones, then aligned again
         // after an unaligned run lands back on a boundary, then a large aligned one.
-        let cuts = [0usize, 131072, 139264, 139300, 143360, 200000, 204800, 600000, 1048576];
+        let cuts = [
+            0usize, 131072, 139264, 139300, 143360, 200000, 204800, 600000, 1048576,
+        ];
         for pair in cuts.windows(2) {
             w.write(&data[pair[0]..pair[1]]).unwrap();
         }
@@ -331,7 +333,10 @@ mod tests {
         w.finish().unwrap();
         let written = std::fs::read(dir.path().join("000000010000000000000003")).unwrap();
         assert_eq!(written.len(), data.len());
-        assert!(written == data, "segment contents differ from what was written");
+        assert!(
+            written == data,
+            "segment contents differ from what was written"
+        );
         assert!(!dir.path().join("000000010000000000000003.partial").exists());
     }
 
