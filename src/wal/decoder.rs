@@ -32,6 +32,7 @@ use super::record::{
     XLOG_OVERWRITE_CONTRECORD, XLR_INFO_MASK,
 };
 use super::{Lsn, SegNo, SegmentName, TimeLineId};
+use std::collections::VecDeque;
 
 const BLCKSZ: u64 = XLOG_BLCKSZ as u64;
 /// Records the fast loop checks per call: enough to amortise a call, few enough that the
@@ -108,8 +109,9 @@ pub struct WalDecoder {
     error: Option<WalError>,
     /// The CPU has SSE 4.2: the fast loop runs the CRC kernels inline.
     sse42: bool,
-    /// Records checked by the fast loop, not yet returned by the iterator (reused).
-    batch: Vec<Record>,
+    /// Records checked by the fast loop, not yet returned by the iterator (reused). Records
+    /// are moved out of it, not cloned: a clone would branch on the kind of every record.
+    batch: VecDeque<Record>,
 }
 
 impl WalDecoder {
@@ -165,7 +167,7 @@ impl WalDecoder {
             error: None,
             sse42: crc::sse42_available(),
             // The fast loop finishes its group of three after the batch says full.
-            batch: Vec::with_capacity(BATCH + 2),
+            batch: VecDeque::with_capacity(BATCH + 2),
         })
     }
 
@@ -188,7 +190,6 @@ impl WalDecoder {
             dec: self,
             data,
             off: 0,
-            next: 0,
             done: false,
         }
     }
@@ -329,10 +330,10 @@ impl WalDecoder {
                 0 => break,
                 1 => [fast_crc1::<SSE42>(p(0), h(0)), 0, 0],
                 2 => {
-                    let [a, b] = fast_crcs::<SSE42, 2>([p(0), p(1)], [h(0), h(1)]);
+                    let [a, b] = fast_crc2::<SSE42>([p(0), p(1)], [h(0), h(1)]);
                     [a, b, 0]
                 }
-                _ => fast_crcs::<SSE42, 3>([p(0), p(1), p(2)], [h(0), h(1), h(2)]),
+                _ => fast_crc3::<SSE42>([p(0), p(1), p(2)], [h(0), h(1), h(2)]),
             };
             for k in 0..n {
                 let rec = &rest[at[k]..at[k] + len[k]];
@@ -944,13 +945,30 @@ fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8]) -> u32 {
 }
 
 #[inline(always)]
-fn fast_crcs<const SSE42: bool, const N: usize>(p: [&[u8]; N], h: [&[u8]; N]) -> [u32; N] {
+fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
     #[cfg(target_arch = "x86_64")]
     if SSE42 {
         // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
-        return unsafe { crc::sse42::records(p, h) };
+        return unsafe { crc::sse42::records2(p, h) };
     }
-    std::array::from_fn(|k| crc::record_portable(p[k], h[k]))
+    [
+        crc::record_portable(p[0], h[0]),
+        crc::record_portable(p[1], h[1]),
+    ]
+}
+
+#[inline(always)]
+fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
+    #[cfg(target_arch = "x86_64")]
+    if SSE42 {
+        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
+        return unsafe { crc::sse42::records3(p, h) };
+    }
+    [
+        crc::record_portable(p[0], h[0]),
+        crc::record_portable(p[1], h[1]),
+        crc::record_portable(p[2], h[2]),
+    ]
 }
 
 /// # Safety
@@ -984,8 +1002,6 @@ pub struct Feed<'a> {
     dec: &'a mut WalDecoder,
     data: &'a [u8],
     off: usize,
-    /// Next record to return from `dec.batch`.
-    next: usize,
     done: bool,
 }
 
@@ -994,9 +1010,8 @@ impl Iterator for Feed<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(r) = self.dec.batch.get(self.next) {
-            self.next += 1;
-            return Some(Ok(r.clone()));
+        if let Some(r) = self.dec.batch.pop_front() {
+            return Some(Ok(r));
         }
         self.refill()
     }
@@ -1016,15 +1031,13 @@ impl Feed<'_> {
         let mut batch = std::mem::take(&mut self.dec.batch);
         batch.clear();
         self.off = self.dec.fast(self.data, self.off, &mut |r| {
-            batch.push(r);
+            batch.push_back(r);
             batch.len() < BATCH
         });
         self.dec.batch = batch;
-        if let Some(r) = self.dec.batch.first() {
-            self.next = 1;
-            return Some(Ok(r.clone()));
+        if let Some(r) = self.dec.batch.pop_front() {
+            return Some(Ok(r));
         }
-        self.next = 0;
         match self.dec.step(self.data, &mut self.off) {
             Ok(Some(r)) => Some(Ok(r)),
             Ok(None) => {
