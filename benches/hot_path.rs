@@ -14,7 +14,7 @@ use walferry::archive::{Archive, CompressionSpec};
 use walferry::protocol::frame::parse_frame;
 use walferry::protocol::replication::encode_xlog_data;
 use walferry::protocol::ReplicationMessage;
-use walferry::receiver::writer::{WalWriter, WriterCmd};
+use walferry::receiver::writer::{WalWriter, WriterCmd, WriterOptions};
 use walferry::wal::{Lsn, TimeLineId};
 
 const SEG: u64 = 16 << 20;
@@ -41,7 +41,8 @@ fn wire_stream() -> BytesMut {
 
 fn run_pipeline(wire: BytesMut, dir: &std::path::Path, no_sync: bool) -> Lsn {
     let archive = Archive::open(dir, SEG, CompressionSpec::None, no_sync).unwrap();
-    let (writer, _progress) = WalWriter::new(archive, TimeLineId(1), Lsn(0), false);
+    let (writer, _progress) =
+        WalWriter::new(archive, TimeLineId(1), Lsn(0), WriterOptions::default()).unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let handle = std::thread::spawn(move || writer.run(rx));
     let mut buf = wire;

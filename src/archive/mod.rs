@@ -47,6 +47,13 @@ pub enum ArchiveError {
         found: u64,
         expected: u64,
     },
+    #[error(
+        "received WAL fails validation; it stays in \"{path}\" and was not acknowledged: {source}"
+    )]
+    InvalidWal {
+        path: PathBuf,
+        source: crate::wal::WalError,
+    },
     #[error("WAL stream gap in \"{path}\": expected data at {expected}, got {got}")]
     Gap {
         path: PathBuf,

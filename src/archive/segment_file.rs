@@ -44,12 +44,20 @@ impl SegmentWriter {
 
         // An uncompressed .partial is overwritten in place (its durable bytes stay valid
         // until replaced by the same WAL); a compressed one must restart its stream.
+        let existed = partial_path.exists();
         let file = open_rw(&partial_path, kind != Compression::None)
             .map_err(|e| ArchiveError::io("create", &partial_path, e))?;
         let sink = match archive.compression() {
             CompressionSpec::None => {
-                preallocate(&file, seg_size)
-                    .map_err(|e| ArchiveError::io("preallocate", &partial_path, e))?;
+                if let Err(e) = preallocate(&file, seg_size) {
+                    // Leave no empty .partial of ours behind: resume starts at the newest
+                    // .partial, and an empty one would skip an earlier segment that is
+                    // still incomplete (it would never get its final name).
+                    if !existed {
+                        let _ = fs::remove_file(&partial_path);
+                    }
+                    return Err(ArchiveError::io("preallocate", &partial_path, e));
+                }
                 Sink::Plain(PlainSink::new(file, &partial_path))
             }
             CompressionSpec::Gzip(level) => Sink::Gzip(flate2::write::GzEncoder::new(

@@ -85,6 +85,10 @@ pub struct Args {
     #[arg(long = "no-sync")]
     no_sync: bool,
 
+    /// Do not check received WAL (page headers, record CRC-32C) before archiving it
+    #[arg(long = "no-validate")]
+    no_validate: bool,
+
     /// Compress segments: none, gzip[:LEVEL], lz4 or zstd[:LEVEL] (a bare 0-9 means gzip)
     #[arg(
         short = 'Z',
@@ -124,6 +128,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     opts.synchronous = args.synchronous;
     opts.no_sync = args.no_sync;
     opts.compression = args.compress;
+    opts.validate = !args.no_validate;
 
     rt.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);

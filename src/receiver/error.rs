@@ -102,6 +102,9 @@ impl ReceiveError {
             ReceiveError::Archive(ArchiveError::SystemMismatch { .. }) => Some(
                 "each archive directory holds one database system; use a new directory for this server".into(),
             ),
+            ReceiveError::Archive(ArchiveError::InvalidWal { .. }) => Some(
+                "the server sent WAL that PostgreSQL's own reader would reject; nothing past the last valid record was acknowledged. Inspect the server's pg_wal with pg_waldump, and the kept .partial file".into(),
+            ),
             ReceiveError::Archive(ArchiveError::Conflict { .. }) => Some(
                 "the archive holds a different segment under this name; inspect it before moving it aside".into(),
             ),

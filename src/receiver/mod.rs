@@ -24,7 +24,7 @@ use crate::protocol::client::parse_size_setting;
 use crate::protocol::replication::{encode_status_update, pg_now};
 use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage};
 use crate::wal::{parse_history, HistoryEntry, Lsn, TimeLineId};
-use writer::{Progress, WalWriter, WriterCmd};
+use writer::{Progress, WalWriter, WriterCmd, WriterOptions};
 
 /// Everything `walferry receive` needs to run.
 #[derive(Debug, Clone)]
@@ -44,6 +44,9 @@ pub struct ReceiveOptions {
     pub compression: CompressionSpec,
     /// Chunks queued between the network and the writer (each up to 128 KiB of WAL).
     pub queue_depth: usize,
+    /// Check every received byte as PostgreSQL's WAL reader would (page headers, record
+    /// headers, CRC-32C) before it is written; nothing unchecked is acknowledged.
+    pub validate: bool,
 }
 
 impl ReceiveOptions {
@@ -59,6 +62,7 @@ impl ReceiveOptions {
             no_sync: false,
             compression: CompressionSpec::None,
             queue_depth: 64,
+            validate: true,
         }
     }
 }
@@ -185,7 +189,10 @@ impl Session<'_> {
             tracing::info!("starting log streaming at {start} (timeline {tli})");
             conn.start_replication(opts.slot.as_deref(), start, tli)
                 .await?;
-            match self.stream(&mut conn, &archive, start, tli).await? {
+            match self
+                .stream(&mut conn, &archive, start, tli, system.system_id)
+                .await?
+            {
                 StreamEnd::Done(outcome) => {
                     conn.close().await;
                     return Ok(SessionEnd::Done(outcome));
@@ -216,12 +223,20 @@ impl Session<'_> {
         archive: &Archive,
         start: Lsn,
         tli: TimeLineId,
+        system_id: u64,
     ) -> Result<StreamEnd, ReceiveError> {
-        let (writer, progress) = WalWriter::new(archive.clone(), tli, start, self.opts.synchronous);
+        let writer_opts = WriterOptions {
+            synchronous: self.opts.synchronous,
+            validate: self.opts.validate,
+            system_id: Some(system_id),
+        };
+        let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts)?;
         let (tx, rx) = mpsc::channel(self.opts.queue_depth.max(1));
         let handle = tokio::task::spawn_blocking(move || writer.run(rx));
 
-        let result = self.pump(conn, tx, progress, start).await;
+        let result = self
+            .pump(conn, tx, progress, start, archive.seg_size())
+            .await;
         let written = match handle.await {
             Ok(Ok(p)) => p,
             // The writer's error explains a closed channel better than the channel does.
@@ -246,11 +261,13 @@ impl Session<'_> {
         tx: mpsc::Sender<WriterCmd>,
         mut progress: watch::Receiver<Progress>,
         start: Lsn,
+        seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
         let opts = self.opts;
         let mut status = Status::default();
         let mut received = start;
         let mut endpos_flush_sent = false;
+        let session_start = std::time::Instant::now();
         let interval = opts
             .status_interval
             .unwrap_or(Duration::from_secs(3600 * 24 * 365));
@@ -259,7 +276,13 @@ impl Session<'_> {
 
         loop {
             let p = *progress.borrow_and_update();
-            if p.written > start {
+            // Progress that justifies reconnecting at once after a failure: the resume
+            // point moved (flushed WAL left the starting segment, which therefore got its
+            // final name), or the session streamed durably for a good while. A retry that
+            // rewrites the same segment (full disk) is not progress and must back off.
+            if p.flushed >= start.checked_add(seg_size).unwrap_or(start)
+                || (p.flushed > start && session_start.elapsed() >= Duration::from_secs(60))
+            {
                 self.streamed = true;
             }
             if let Some(endpos) = opts.endpos {
