@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod conninfo;
+pub mod inspect;
 pub mod protocol;
 pub mod wal;
 pub mod receiver;

@@ -41,6 +41,15 @@ enum Command {
     /// Stream WAL from a PostgreSQL server into an archive directory (like pg_receivewal)
     #[command(after_help = commands::receive::AFTER_HELP, disable_help_flag = true)]
     Receive(commands::receive::Args),
+    /// Check a whole archive directory: gaps, history files, every page, record and CRC
+    #[command(after_help = commands::verify::AFTER_HELP, disable_help_flag = true)]
+    Verify(commands::verify::Args),
+    /// List the named restore points in an archive, and the recoverable range per timeline
+    #[command(after_help = commands::restore_points::AFTER_HELP, disable_help_flag = true)]
+    RestorePoints(commands::restore_points::Args),
+    /// Show per timeline the WAL range, first and last commit, and restore point count
+    #[command(after_help = commands::restore_points::WAL_INFO_AFTER_HELP, disable_help_flag = true)]
+    WalInfo(commands::restore_points::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +57,9 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Receive(args) => commands::receive::run(args),
+        Command::Verify(args) => commands::verify::run(args, cli.verbose),
+        Command::RestorePoints(args) => commands::restore_points::run(args, cli.verbose),
+        Command::WalInfo(args) => commands::restore_points::run_wal_info(args, cli.verbose),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

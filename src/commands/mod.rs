@@ -1,6 +1,8 @@
 //! One file per subcommand. Commands are thin: options -> library calls -> output.
 
 pub mod receive;
+pub mod restore_points;
+pub mod verify;
 
 use clap::Args;
 
