@@ -509,3 +509,6 @@ mod tests {
         assert_eq!(b.next().as_millis(), 500);
     }
 }
+
+#[cfg(test)]
+mod fake_walsender_tests;

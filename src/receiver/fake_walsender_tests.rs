@@ -1,0 +1,234 @@
+//! `receive()` against a scripted walsender on 127.0.0.1:0 that serves synthetic WAL: the
+//! byte-level tier, for what a real server never does — send WAL that fails validation.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::{receive, Outcome, ReceiveError, ReceiveOptions};
+use crate::archive::ArchiveError;
+use crate::conninfo::{ConnParams, Host, PasswordPrompt, SslMode};
+use crate::protocol::backend::{encode_result_set, Authentication, CopyResponse};
+use crate::protocol::frame::MAX_MESSAGE_LEN;
+use crate::protocol::replication::encode_xlog_data;
+use crate::protocol::{BackendMessage, FrontendMessage, StandbyMessage, StartupPacket};
+use crate::wal::synth::WalBuilder;
+use crate::wal::{Lsn, TimeLineId};
+
+const SEG: u64 = 1 << 20;
+const SYSID: u64 = 7_300_000_000_000_000_007;
+const SEG1: &str = "000000010000000000000001";
+
+/// Segment 1 and some of segment 2, with a record crossing the boundary.
+fn wal() -> (Vec<u8>, Lsn) {
+    let mut b = WalBuilder::new(Lsn(SEG), TimeLineId(1), SEG, SYSID);
+    let mut crossing = Lsn(0);
+    while b.end().0 < 2 * SEG + 200_000 {
+        let lsn = b.filler(3000);
+        if lsn.0 < 2 * SEG && b.end().0 > 2 * SEG {
+            crossing = lsn;
+        }
+    }
+    (b.into_bytes(), crossing)
+}
+
+struct Walsender {
+    sock: TcpStream,
+    buf: BytesMut,
+}
+
+impl Walsender {
+    async fn recv(&mut self) -> Option<FrontendMessage> {
+        loop {
+            if let Some(m) = FrontendMessage::parse(&mut self.buf, MAX_MESSAGE_LEN).unwrap() {
+                return Some(m);
+            }
+            if self.sock.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn send(&mut self, msgs: &[BackendMessage]) {
+        let mut out = BytesMut::new();
+        for m in msgs {
+            m.encode(&mut out).unwrap();
+        }
+        self.sock.write_all(&out).await.unwrap();
+    }
+
+    async fn rows(&mut self, columns: &[(&str, u32)], row: Vec<Option<&[u8]>>, tag: &str) {
+        let mut out = BytesMut::new();
+        encode_result_set(columns, &[row], tag, &mut out).unwrap();
+        BackendMessage::ReadyForQuery { status: b'I' }
+            .encode(&mut out)
+            .unwrap();
+        self.sock.write_all(&out).await.unwrap();
+    }
+
+    /// Serve one connection: startup, IDENTIFY_SYSTEM, SHOW, START_REPLICATION, then `wal`
+    /// in 128 KiB messages; returns every flush position the client reported.
+    async fn serve(listener: TcpListener, wal: Vec<u8>) -> Vec<Lsn> {
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut s = Walsender {
+            sock,
+            buf: BytesMut::new(),
+        };
+        loop {
+            if StartupPacket::parse(&mut s.buf).unwrap().is_some() {
+                break;
+            }
+            s.sock.read_buf(&mut s.buf).await.unwrap();
+        }
+        s.send(&[
+            BackendMessage::Authentication(Authentication::Ok),
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+        let sysid = SYSID.to_string();
+        loop {
+            let Some(FrontendMessage::Query(q)) = s.recv().await else {
+                panic!("client went away before START_REPLICATION");
+            };
+            if q.starts_with("IDENTIFY_SYSTEM") {
+                let cols = [
+                    ("systemid", 25),
+                    ("timeline", 23),
+                    ("xlogpos", 25),
+                    ("dbname", 25),
+                ];
+                let row = vec![
+                    Some(sysid.as_bytes()),
+                    Some(&b"1"[..]),
+                    Some(&b"0/100000"[..]),
+                    None,
+                ];
+                s.rows(&cols, row, "IDENTIFY_SYSTEM").await;
+            } else if q.starts_with("SHOW") {
+                s.rows(&[("wal_segment_size", 25)], vec![Some(&b"1MB"[..])], "SHOW")
+                    .await;
+            } else if q.starts_with("START_REPLICATION") {
+                assert!(q.contains("0/100000"), "{q}");
+                break;
+            } else {
+                panic!("unexpected query {q}");
+            }
+        }
+        s.send(&[BackendMessage::CopyBothResponse(CopyResponse {
+            format: 0,
+            column_formats: vec![],
+        })])
+        .await;
+        let mut payload = BytesMut::new();
+        for (i, chunk) in wal.chunks(128 * 1024).enumerate() {
+            let start = Lsn(SEG + (i * 128 * 1024) as u64);
+            payload.clear();
+            encode_xlog_data(
+                start,
+                Lsn(start.0 + chunk.len() as u64),
+                0,
+                chunk,
+                &mut payload,
+            );
+            s.send(&[BackendMessage::CopyData(payload.clone().freeze())])
+                .await;
+        }
+        let mut flushes = Vec::new();
+        while let Some(m) = s.recv().await {
+            if let FrontendMessage::CopyData(body) = m {
+                if let Ok(StandbyMessage::StatusUpdate(u)) = StandbyMessage::parse(&body) {
+                    flushes.push(u.flush);
+                }
+            }
+        }
+        flushes
+    }
+}
+
+fn options(port: u16, dir: &std::path::Path) -> ReceiveOptions {
+    let conn = ConnParams {
+        hosts: vec![Host::Tcp("127.0.0.1".into())],
+        ports: vec![port],
+        user: "rep".into(),
+        password: None,
+        passfile: None,
+        dbname: None,
+        application_name: "walferry-test".into(),
+        sslmode: SslMode::Disable,
+        sslrootcert: None,
+        connect_timeout: Some(Duration::from_secs(5)),
+        prompt: PasswordPrompt::Never,
+    };
+    let mut opts = ReceiveOptions::new(conn, dir.to_path_buf());
+    opts.synchronous = true;
+    opts.no_loop = true;
+    opts
+}
+
+async fn run(
+    wal: Vec<u8>,
+    endpos: Option<Lsn>,
+    dir: &std::path::Path,
+) -> (Result<Outcome, ReceiveError>, Vec<Lsn>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(Walsender::serve(listener, wal));
+    let mut opts = options(port, dir);
+    opts.endpos = endpos;
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let result = tokio::time::timeout(Duration::from_secs(30), receive(&opts, stop_rx))
+        .await
+        .expect("receive did not finish");
+    let flushes = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not finish")
+        .unwrap();
+    (result, flushes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_wal_is_archived_and_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = wal();
+    let end = Lsn(SEG + wal.len() as u64 - 100_000);
+    let (result, flushes) = run(wal.clone(), Some(end), dir.path()).await;
+    assert!(
+        matches!(result, Ok(Outcome::EndposReached(l)) if l >= end),
+        "{result:?}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(SEG1)).unwrap(),
+        &wal[..SEG as usize]
+    );
+    assert!(flushes.iter().any(|f| *f >= end), "{flushes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_wal_is_never_acknowledged_nor_given_a_final_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, crossing) = wal();
+    // One flipped bit in the payload of the record that crosses into segment 2.
+    wal[SEG as usize + 40 + 16] ^= 0x04;
+    let (result, flushes) = run(wal, None, dir.path()).await;
+    let err = result.expect_err("corrupt WAL was accepted");
+    match &err {
+        ReceiveError::Archive(ArchiveError::InvalidWal { source, .. }) => {
+            assert_eq!(source.lsn(), crossing)
+        }
+        other => panic!("expected InvalidWal, got {other}"),
+    }
+    assert!(err.is_fatal());
+    assert!(err.hint().is_some());
+    assert!(
+        flushes.iter().all(|f| *f <= crossing),
+        "acknowledged past the bad record: {flushes:?}"
+    );
+    assert!(
+        !dir.path().join(SEG1).exists(),
+        "a segment with bad WAL got its final name"
+    );
+    assert!(dir.path().join(format!("{SEG1}.partial")).exists());
+}
