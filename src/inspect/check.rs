@@ -3,7 +3,8 @@
 //! of [`crate::inspect`] for the rules.
 
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
 use super::catalog::Catalog;
 use super::layout::{Plan, PlannedFile, TimelinePlan};
@@ -13,14 +14,34 @@ use crate::wal::page::{
     le_u16, le_u32, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD,
 };
 use crate::wal::record::maxalign;
-use crate::wal::{Lsn, Record, RecordKind, SegNo, WalDecoder, WalError};
+use crate::wal::{Compression, Lsn, Record, RecordKind, SegNo, WalDecoder, WalError};
 
 const BLCKSZ: u64 = XLOG_BLCKSZ as u64;
 /// SizeOfXLogShortPHD and SizeOfXLogLongPHD.
 const SHORT_PHD: u64 = 24;
 const LONG_PHD: u64 = 40;
+/// Chunks read ahead of the decoder.
+const READ_AHEAD: usize = 4;
 
+/// Decodes the planned files. Reading and decompressing run on a second thread, a few
+/// chunks ahead of the decoder, in the order the decoder takes the files.
 pub(crate) fn run(dir: &Path, plan: Plan, progress: &mut dyn FnMut(&Progress<'_>)) -> Report {
+    let jobs: Vec<(PathBuf, Compression)> = plan
+        .timelines
+        .iter()
+        .flat_map(|t| &t.files)
+        .filter(|f| f.decode)
+        .map(|f| (dir.join(&f.entry.name), f.entry.wal.compression))
+        .collect();
+    let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
+    let (free_tx, free_rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(move || read_ahead(jobs, tx, free_rx));
+        decode_all(plan, ReadAhead { rx, free: free_tx }, progress)
+    })
+}
+
+fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'_>)) -> Report {
     let files_total = plan.timelines.iter().map(|t| t.files.len()).sum();
     let stored_total = plan
         .timelines
@@ -29,7 +50,7 @@ pub(crate) fn run(dir: &Path, plan: Plan, progress: &mut dyn FnMut(&Progress<'_>
         .map(|f| f.entry.len)
         .sum();
     let mut eng = Engine {
-        dir,
+        ahead,
         seg_size: plan.seg_size,
         sysid: plan.sysid,
         problems: plan.problems,
@@ -37,7 +58,6 @@ pub(crate) fn run(dir: &Path, plan: Plan, progress: &mut dyn FnMut(&Progress<'_>
         segments: 0,
         records: 0,
         decoded: 0,
-        buf: vec![0; CHUNK],
         whole: Vec::new(),
         files_done: 0,
         files_total,
@@ -71,7 +91,7 @@ pub(crate) fn run(dir: &Path, plan: Plan, progress: &mut dyn FnMut(&Progress<'_>
 }
 
 struct Engine<'a> {
-    dir: &'a Path,
+    ahead: ReadAhead,
     seg_size: u64,
     sysid: Option<u64>,
     problems: Vec<Problem>,
@@ -79,8 +99,6 @@ struct Engine<'a> {
     segments: usize,
     records: u64,
     decoded: u64,
-    /// The chunk being decoded.
-    buf: Vec<u8>,
     /// A `.partial` file's whole contents, for the check of what follows its end.
     whole: Vec<u8>,
     files_done: usize,
@@ -153,6 +171,7 @@ impl Engine<'_> {
                             Some(start),
                             e.to_string(),
                         ));
+                        self.ahead.skip_file();
                         self.file_done(pf);
                         continue;
                     }
@@ -216,14 +235,6 @@ impl Engine<'_> {
         let partial = pf.entry.wal.partial;
         let base = pf.entry.segno().start_lsn(seg_size).0;
         self.segments += 1;
-        let mut reader = match SegmentReader::open(&self.dir.join(name), pf.entry.wal.compression) {
-            Ok(r) => r,
-            Err(e) => {
-                self.problems
-                    .push(Problem::new(name, None, format!("could not open: {e}")));
-                return Outcome::Stopped;
-            }
-        };
         self.whole.clear();
         let mut off = 0u64;
         // The first problem in bytes the decoder skips (one per file is enough).
@@ -231,9 +242,24 @@ impl Engine<'_> {
         // After an XLOG SWITCH: the zeros still to check, [from, to), and the record.
         let mut switch_zeros: Option<(u64, u64, Lsn)> = None;
         loop {
-            let (n, read_err) = read_chunk(&mut reader, &mut self.buf);
-            let mut n = n as u64;
-            let mut stop = read_err.is_some();
+            let Some(got) = self.ahead.next() else {
+                self.problems.push(Problem::new(
+                    name,
+                    Some(Lsn(base + off)),
+                    "could not read the file: the reading thread stopped",
+                ));
+                return Outcome::Stopped;
+            };
+            if got.open_failed {
+                let e = got.err.expect("an open failure carries its error");
+                self.problems
+                    .push(Problem::new(name, None, format!("could not open: {e}")));
+                return Outcome::Stopped;
+            }
+            let mut n = got.len as u64;
+            let read_err = got.err;
+            let last = got.last;
+            let mut stop = last;
             if off + n > seg_size {
                 self.problems.push(Problem::new(
                     name,
@@ -243,10 +269,11 @@ impl Engine<'_> {
                 n = seg_size - off;
                 stop = true;
             }
+            let buf = got.buf;
             if n > 0 {
                 let c0 = base + off;
                 let c1 = c0 + n;
-                let chunk = &self.buf[..n as usize];
+                let chunk = &buf[..n as usize];
                 let catalog = &mut self.catalog;
                 let records = &mut self.records;
                 let problems = &mut self.problems;
@@ -308,6 +335,10 @@ impl Engine<'_> {
                         .push(decode_problem(&e, files, name, seg_size));
                     self.problems.extend(strict);
                     self.decoded += off + n;
+                    self.ahead.recycle(buf);
+                    if !last {
+                        self.ahead.skip_file();
+                    }
                     return Outcome::Stopped;
                 }
                 if strict.is_none() {
@@ -338,6 +369,7 @@ impl Engine<'_> {
                 }
                 off += n;
             }
+            self.ahead.recycle(buf);
             if let Some(e) = read_err {
                 // A compressed .partial cut short by a crash ends early; that is its end.
                 if !(partial && e.kind() == io::ErrorKind::UnexpectedEof) {
@@ -351,7 +383,10 @@ impl Engine<'_> {
                     return Outcome::Stopped;
                 }
             }
-            if stop || n == 0 {
+            if stop {
+                if !last {
+                    self.ahead.skip_file();
+                }
                 break;
             }
         }
@@ -399,6 +434,87 @@ impl Engine<'_> {
             // complete one.
             None if off == seg_size => Outcome::Continue,
             None => Outcome::PartialEnd(dec.valid_end()),
+        }
+    }
+}
+
+/// A chunk of a file's uncompressed bytes.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+    /// The read error after these bytes, if any.
+    err: Option<io::Error>,
+    /// The file could not be opened (`err` says why; nothing else follows for it).
+    open_failed: bool,
+    /// The file's last chunk.
+    last: bool,
+}
+
+/// The decoder's end of the read-ahead: chunks of each file in turn, buffers handed back.
+struct ReadAhead {
+    rx: Receiver<Chunk>,
+    free: Sender<Vec<u8>>,
+}
+
+impl ReadAhead {
+    fn next(&mut self) -> Option<Chunk> {
+        self.rx.recv().ok()
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        // The reader may be done; then the buffer is simply dropped.
+        let _ = self.free.send(buf);
+    }
+
+    /// Drops the rest of the current file (decoding stopped early).
+    fn skip_file(&mut self) {
+        while let Some(c) = self.next() {
+            let last = c.last;
+            self.recycle(c.buf);
+            if last {
+                break;
+            }
+        }
+    }
+}
+
+/// The reading thread: the files in order, each as chunks ending with one marked `last`.
+/// Stops when the decoder is gone.
+fn read_ahead(jobs: Vec<(PathBuf, Compression)>, tx: SyncSender<Chunk>, free: Receiver<Vec<u8>>) {
+    for (path, compression) in jobs {
+        let mut reader = match SegmentReader::open(&path, compression) {
+            Ok(r) => r,
+            Err(e) => {
+                let c = Chunk {
+                    buf: Vec::new(),
+                    len: 0,
+                    err: Some(e),
+                    open_failed: true,
+                    last: true,
+                };
+                if tx.send(c).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let mut buf = free.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+            let (len, err) = read_chunk(&mut reader, &mut buf);
+            let last = err.is_some() || len < CHUNK;
+            let c = Chunk {
+                buf,
+                len,
+                err,
+                open_failed: false,
+                last,
+            };
+            if tx.send(c).is_err() {
+                return;
+            }
+            if last {
+                break;
+            }
         }
     }
 }

@@ -713,3 +713,39 @@ fn record_data_end_skips_page_headers() {
     assert_eq!(data_end(2 * SEG - 100, 200, SEG), 2 * SEG + 40 + 100);
     assert_eq!(data_end(SEG + 40, 50, SEG), SEG + 90);
 }
+
+/// A compressed `.partial` cut short by a crash (in any of the three formats) ends where its
+/// stream ends; that is not a problem.
+#[test]
+fn a_cut_short_compressed_partial_is_its_end() {
+    let t = timeline1();
+    let d = t.dir.path();
+    let partial = format!("{}.partial", name(1, 6));
+    let written = &std::fs::read(d.join(&partial)).unwrap()[..(t.b.end().0 % SEG) as usize];
+    std::fs::remove_file(d.join(&partial)).unwrap();
+    let compressed: [(&str, Vec<u8>); 3] = [
+        (".gz", {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(written).unwrap();
+            e.finish().unwrap()
+        }),
+        (".lz4", {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            e.write_all(written).unwrap();
+            e.finish().unwrap()
+        }),
+        (".zst", zstd::encode_all(written, 1).unwrap()),
+    ];
+    for (ext, bytes) in compressed {
+        let f = d.join(format!("{}{ext}.partial", name(1, 6)));
+        for cut in [bytes.len(), bytes.len() * 2 / 3, bytes.len() / 3, 5] {
+            std::fs::write(&f, &bytes[..cut]).unwrap();
+            let r = check(d);
+            assert_clean(&r);
+            if cut == bytes.len() {
+                assert_eq!(r.timelines[0].end_lsn, t.b.end(), "{ext}");
+            }
+        }
+        std::fs::remove_file(&f).unwrap();
+    }
+}
