@@ -370,3 +370,40 @@ fn compressed_archives_verify_clean_and_damage_is_found() {
         );
     }
 }
+
+/// After pg_switch_wal() the server zeroes the rest of the segment, page headers included
+/// (xlog.c CopyXLogRecordToWAL): a clean archive with a switch verifies clean, and a byte
+/// changed in those zeros is found.
+#[test]
+fn zeros_after_a_real_xlog_switch_are_checked() {
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    small_commit(&pg);
+    let switched = pg.switch_wal();
+    emit_wal(&pg, 2);
+    small_commit(&pg);
+    let endpos = flush_lsn(&pg);
+    let dir = tempdir();
+    run_ok(walferry(&pg, dir.path()).args(["-S", "wf", "-E", &format_lsn(endpos)]));
+    assert!(
+        dir.path().join(&switched).exists(),
+        "{:?}",
+        list_dir(dir.path())
+    );
+    assert_clean(dir.path());
+
+    let path = dir.path().join(&switched);
+    let mut bytes = fs::read(&path).unwrap();
+    let pos = SEG as usize * 3 / 4 + 100;
+    assert_eq!(bytes[pos], 0);
+    bytes[pos] = 0x20;
+    fs::write(&path, &bytes).unwrap();
+    let found = problems(dir.path());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, switched);
+    assert_eq!(found[0].1, Some(segno_of(&switched) * SEG + pos as u64));
+    assert!(
+        found[0].2.contains("after the XLOG SWITCH record"),
+        "{found:?}"
+    );
+}
