@@ -102,7 +102,10 @@ pub(crate) fn list_dir(dir: &Path, seg_size: Option<u64>) -> Result<Listing, Ins
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        let Ok(meta) = entry.metadata() else { continue };
+        // Follows symbolic links: an archive may link segments in from elsewhere.
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
