@@ -50,9 +50,7 @@ impl fmt::Display for ServerError {
         if let Some(d) = &self.detail {
             write!(f, "\nDETAIL: {d}")?;
         }
-        if let Some(h) = &self.hint {
-            write!(f, "\nHINT: {h}")?;
-        }
+        // The hint is the caller's to print (walferry prints it on its own `hint:` line).
         Ok(())
     }
 }
@@ -689,7 +687,9 @@ Mpassword authentication failed for user \"md5user\"\0Fauth.c\0L334\0Rauth_faile
             m.encode(&mut out).unwrap();
             assert_eq!(parse_all(&out), vec![m]);
         }
-        assert!(e.to_string().ends_with("\nDETAIL: d\nHINT: h"));
+        // DETAIL stays in the message; the hint is printed by the caller on its own line.
+        assert!(e.to_string().ends_with("\nDETAIL: d"));
+        assert_eq!(e.hint.as_deref(), Some("h"));
     }
 
     /// IDENTIFY_SYSTEM's result, captured from PostgreSQL 15.18.

@@ -68,20 +68,18 @@ pub enum ClientError {
     /// An ErrorResponse; `code` is the SQLSTATE callers decide on.
     #[error("{0}")]
     Server(ServerError),
-    #[error(
-        "password authentication required but no password was supplied\nHINT: {PASSWORD_HINT}"
-    )]
+    #[error("password authentication required but no password was supplied")]
     PasswordRequired,
-    #[error("authentication method \"{0}\" requested by the server is not supported\nHINT: allow scram-sha-256, md5, password or trust for replication connections from this host in pg_hba.conf")]
+    #[error("authentication method \"{0}\" requested by the server is not supported")]
     UnsupportedAuth(String),
     /// SCRAM exchange failed on our side (e.g. the server's proof did not verify).
     #[error("SCRAM authentication failed: {0}")]
     Auth(String),
-    #[error("{}{}", .0.message, .0.hint.as_ref().map(|h| format!("\nHINT: {h}")).unwrap_or_default())]
+    #[error("{}", .0.message)]
     TlsConfig(TlsConfigError),
     #[error("SSL connection to {target} failed: {message}")]
     Tls { target: String, message: String },
-    #[error("server {target} does not support SSL, but SSL was required")]
+    #[error("{target} does not support SSL, but SSL was required")]
     SslNotSupported { target: String },
     #[error("replication slot \"{slot}\" is a {slot_type} slot, expected a physical one")]
     WrongSlotType { slot: String, slot_type: String },
@@ -102,6 +100,20 @@ impl From<ProtocolError> for ClientError {
 impl ClientError {
     /// Errors a reconnect cannot fix: authentication and configuration problems. Network
     /// trouble, timeouts, TLS handshake failures and protocol confusion may pass.
+    /// What to do about it, printed by the caller on its own line.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ClientError::Server(e) => e.hint.clone(),
+            ClientError::PasswordRequired => Some(PASSWORD_HINT.to_string()),
+            ClientError::UnsupportedAuth(_) => Some(
+                "allow scram-sha-256, md5, password or trust for replication connections from this host in pg_hba.conf".to_string(),
+            ),
+            ClientError::TlsConfig(e) => e.hint.clone(),
+            ClientError::AllHostsFailed(all) => all.iter().find_map(ClientError::hint),
+            _ => None,
+        }
+    }
+
     pub fn is_fatal(&self) -> bool {
         match self {
             ClientError::Server(e) => e.code.starts_with("28") || e.code == "42501",
@@ -1248,6 +1260,7 @@ mod tests {
         assert!(ClientError::AllHostsFailed(vec![server("28000")]).is_fatal());
         let msg = ClientError::PasswordRequired.to_string();
         assert!(msg.starts_with("password authentication required but no password was supplied"));
-        assert!(msg.contains("PGPASSWORD") && msg.contains("~/.pgpass") && msg.contains("-W"));
+        let hint = ClientError::PasswordRequired.hint().unwrap();
+        assert!(hint.contains("PGPASSWORD") && hint.contains("~/.pgpass") && hint.contains("-W"));
     }
 }

@@ -77,7 +77,6 @@ impl ReceiveError {
             return Some(hint.to_string());
         }
         match self {
-            ReceiveError::Client(ClientError::Server(e)) => e.hint.clone(),
             ReceiveError::Client(ClientError::Tls { message, .. })
                 if message.contains("certificate") =>
             {
@@ -93,6 +92,7 @@ impl ReceiveError {
             ) => Some(
                 "check that the server is running and accepts TCP/IP connections on that host and port (-h/-p, or host/port in -d)".into(),
             ),
+            ReceiveError::Client(c) => c.hint(),
             ReceiveError::UnknownSlot(_) => {
                 Some("create the slot first with: walferry receive -S NAME --create-slot".into())
             }
