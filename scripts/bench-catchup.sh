@@ -5,7 +5,8 @@
 # each tool a fresh archive directory on disk, seeded with the one complete segment before
 # the retained range (so both tools start right after it, as when resuming), and times the
 # catch-up to --endpos. Tools alternate (walferry, pg_receivewal, walferry, ...) so both see
-# the same machine conditions; medians of wall and CPU (user+sys) time are compared.
+# the same machine conditions; medians of wall and CPU (user+sys) time are compared. A third
+# contender, walferry --no-validate, shows what in-stream WAL validation costs.
 #
 #   bash scripts/bench-catchup.sh
 #   BENCH_WAL_MB=256 BENCH_ROUNDS=2 bash scripts/bench-catchup.sh   # quicker
@@ -60,6 +61,8 @@ run_one() {
     local cmd
     if [ "$tool" = walferry ]; then
         cmd=("$REPO/target/release/walferry" receive)
+    elif [ "$tool" = walferry-novalidate ]; then
+        cmd=("$REPO/target/release/walferry" receive --no-validate)
     else
         cmd=("$PG_BIN/pg_receivewal")
     fi
@@ -84,7 +87,7 @@ run_one() {
         echo "$tool round $round: $problems segment(s) missing or different" >&2
         exit 1
     fi
-    printf '%-14s round %d: wall %6d ms (stream %6d ms)  cpu %6d ms  %5d MB/s\n' \
+    printf '%-20s round %d: wall %6d ms (stream %6d ms)  cpu %6d ms  %5d MB/s\n' \
         "$tool" "$round" "$wall_ms" $(((t1 - t0) / 1000)) "$cpu_ms" $((MB * 1000 / (wall_ms + 1)))
     WALL[$tool]+="$wall_ms "
     CPU[$tool]+="$cpu_ms "
@@ -94,16 +97,22 @@ run_one() {
 for ((round = 1; round <= ROUNDS; round++)); do
     run_one walferry "$round"
     run_one pg_receivewal "$round"
+    run_one walferry-novalidate "$round"
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 wf_wall=$(echo "${WALL[walferry]}" | median)
 pr_wall=$(echo "${WALL[pg_receivewal]}" | median)
 wf_cpu=$(echo "${CPU[walferry]}" | median)
+nv_wall=$(echo "${WALL[walferry-novalidate]}" | median)
+nv_cpu=$(echo "${CPU[walferry-novalidate]}" | median)
 pr_cpu=$(echo "${CPU[pg_receivewal]}" | median)
 echo
 echo "catch-up of $MB MiB, median of $ROUNDS rounds each (archive on $(df --output=fstype "$WORK" | tail -1)):"
 printf '  walferry:      wall %6d ms  cpu %6d ms  (%d MB/s)\n' "$wf_wall" "$wf_cpu" $((MB * 1000 / (wf_wall + 1)))
+printf '  walferry --no-validate: wall %6d ms  cpu %6d ms\n' "$nv_wall" "$nv_cpu"
 printf '  pg_receivewal: wall %6d ms  cpu %6d ms  (%d MB/s)\n' "$pr_wall" "$pr_cpu" $((MB * 1000 / (pr_wall + 1)))
 awk -v a="$wf_wall" -v b="$pr_wall" -v c="$wf_cpu" -v d="$pr_cpu" \
     'BEGIN { printf "  ratio walferry/pg_receivewal: wall %.2fx (target <= 0.75x), cpu %.2fx (target <= 0.60x)\n", a/b, c/d }'
+awk -v a="$wf_cpu" -v b="$nv_cpu" -v c="$wf_wall" -v d="$nv_wall" \
+    'BEGIN { printf "  cost of in-stream validation: cpu %+.0f%%, wall %+.0f%%\n", (a/b-1)*100, (c/d-1)*100 }'
