@@ -172,11 +172,7 @@ impl SegmentWriter {
         }
         drop(file);
         if self.final_path.exists() {
-            let ours = fs::read(&self.partial_path)
-                .map_err(|e| ArchiveError::io("read", &self.partial_path, e))?;
-            let theirs = fs::read(&self.final_path)
-                .map_err(|e| ArchiveError::io("read", &self.final_path, e))?;
-            if ours != theirs {
+            if !same_contents(&self.partial_path, &self.final_path)? {
                 return Err(ArchiveError::Conflict {
                     path: self.final_path.clone(),
                 });
@@ -281,6 +277,35 @@ impl DirectWriter {
     }
 }
 
+/// Compare two files in small chunks (memory stays bounded: segments can be 1 GiB).
+fn same_contents(a: &std::path::Path, b: &std::path::Path) -> Result<bool, ArchiveError> {
+    use std::io::Read;
+    let open = |p: &std::path::Path| File::open(p).map_err(|e| ArchiveError::io("read", p, e));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let len = |f: &File, p| {
+        f.metadata()
+            .map(|m| m.len())
+            .map_err(|e| ArchiveError::io("stat", p, e))
+    };
+    if len(&fa, a)? != len(&fb, b)? {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 256 * 1024], vec![0u8; 256 * 1024]);
+    loop {
+        let n = fa
+            .read(&mut ba)
+            .map_err(|e| ArchiveError::io("read", a, e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])
+            .map_err(|e| ArchiveError::io("read", b, e))?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
 fn sync_data(f: &File, no_sync: bool) -> io::Result<()> {
     if no_sync {
         Ok(())
@@ -366,5 +391,35 @@ mod tests {
         assert_eq!(written.len() as u64, SEG);
         assert!(written[..data.len()] == data[..]);
         assert!(written[data.len()..].iter().all(|&b| b == 0));
+    }
+}
+
+#[cfg(test)]
+mod finish_tests {
+    use super::*;
+    use crate::wal::{SegNo, TimeLineId};
+
+    const SEG: u64 = 1 << 20;
+
+    fn write_full(archive: &Archive, fill: u8) -> Result<(), ArchiveError> {
+        let mut w = archive.create_segment(SegmentName::new(TimeLineId(1), SegNo(5)))?;
+        w.write(&vec![fill; SEG as usize])?;
+        w.finish()
+    }
+
+    #[test]
+    fn rearchiving_an_identical_segment_is_a_no_op_and_a_different_one_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false).unwrap();
+        write_full(&archive, 7).unwrap();
+        write_full(&archive, 7).unwrap();
+        let partial = dir.path().join("000000010000000000000005.partial");
+        assert!(!partial.exists());
+        let err = write_full(&archive, 8).unwrap_err();
+        assert!(matches!(err, ArchiveError::Conflict { .. }), "{err}");
+        // The archived segment is untouched; ours stays .partial for the DBA to inspect.
+        let kept = std::fs::read(dir.path().join("000000010000000000000005")).unwrap();
+        assert!(kept.iter().all(|&b| b == 7));
+        assert!(partial.exists());
     }
 }
