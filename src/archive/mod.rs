@@ -92,6 +92,9 @@ pub struct Archive {
     compression: CompressionSpec,
     /// `--no-sync`: skip every fsync (tests, or a file system with its own guarantees).
     no_sync: bool,
+    /// Write new uncompressed segments full of zeros before use instead of preallocating
+    /// them (see [`Archive::zero_filled`]).
+    zero_fill: bool,
 }
 
 impl Archive {
@@ -109,6 +112,7 @@ impl Archive {
             seg_size,
             compression,
             no_sync,
+            zero_fill: false,
         })
     }
 
@@ -136,6 +140,21 @@ impl Archive {
 
     pub fn compression(&self) -> CompressionSpec {
         self.compression
+    }
+
+    /// For `--synchronous`: fill each new uncompressed segment with zeros (one write, one
+    /// fsync) before any WAL goes into it, as pg_receivewal does and as a standby's recycled
+    /// segments are. Then every later fdatasync flushes data only; into preallocated
+    /// (unwritten) extents each one would also commit an extent conversion to the file
+    /// system journal, which is what a synchronous primary waits for on every commit.
+    /// Catch-up (async) keeps the cheaper preallocation.
+    pub fn zero_filled(mut self, on: bool) -> Self {
+        self.zero_fill = on;
+        self
+    }
+
+    pub fn zero_fill(&self) -> bool {
+        self.zero_fill
     }
 
     pub fn no_sync(&self) -> bool {

@@ -49,7 +49,12 @@ impl SegmentWriter {
             .map_err(|e| ArchiveError::io("create", &partial_path, e))?;
         let sink = match archive.compression() {
             CompressionSpec::None => {
-                if let Err(e) = preallocate(&file, seg_size) {
+                let prepared = if archive.zero_fill() {
+                    zero_fill(&file, seg_size)
+                } else {
+                    preallocate(&file, seg_size)
+                };
+                if let Err(e) = prepared {
                     // Leave no empty .partial of ours behind: resume starts at the newest
                     // .partial, and an empty one would skip an earlier segment that is
                     // still incomplete (it would never get its final name).
@@ -314,6 +319,18 @@ fn sync_data(f: &File, no_sync: bool) -> io::Result<()> {
     }
 }
 
+/// Write zeros from the file's current end to `size` (data that is already there stays).
+fn zero_fill(f: &File, size: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = f.metadata()?.len();
+    while at < size {
+        let n = zeros.len().min((size - at) as usize);
+        f.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Give the file its full size without writing it: unwritten extents where the file
 /// system has them, a sparse extension elsewhere.
 fn preallocate(f: &File, size: u64) -> io::Result<()> {
@@ -421,5 +438,37 @@ mod finish_tests {
         let kept = std::fs::read(dir.path().join("000000010000000000000005")).unwrap();
         assert!(kept.iter().all(|&b| b == 7));
         assert!(partial.exists());
+    }
+}
+
+#[cfg(test)]
+mod zero_fill_tests {
+    use super::*;
+    use crate::wal::{SegNo, TimeLineId};
+
+    const SEG: u64 = 1 << 20;
+
+    #[test]
+    fn zero_filled_segments_are_full_size_and_keep_bytes_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false)
+            .unwrap()
+            .zero_filled(true);
+        let name = SegmentName::new(TimeLineId(1), SegNo(2));
+        let path = dir.path().join("000000010000000000000002.partial");
+        // A .partial cut short by a crash, as resume finds it.
+        std::fs::write(&path, vec![0xAB; 5000]).unwrap();
+        let w = archive.create_segment(name).unwrap();
+        w.close_partial().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, SEG);
+        assert!(
+            bytes[..5000].iter().all(|&b| b == 0xAB),
+            "existing WAL was overwritten"
+        );
+        assert!(bytes[5000..].iter().all(|&b| b == 0));
+        // Really written, not a hole: every block is allocated.
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= SEG);
     }
 }

@@ -158,7 +158,8 @@ impl Session<'_> {
             .ok_or_else(|| {
                 ReceiveError::Protocol(format!("unexpected wal_segment_size {seg_text:?}"))
             })?;
-        let archive = Archive::open(&opts.directory, seg_size, opts.compression, opts.no_sync)?;
+        let archive = Archive::open(&opts.directory, seg_size, opts.compression, opts.no_sync)?
+            .zero_filled(opts.synchronous);
         archive.check_system_identifier(system.system_id)?;
 
         let history = fetch_histories(&mut conn, &archive, system.timeline).await?;
