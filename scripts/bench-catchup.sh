@@ -113,6 +113,8 @@ printf '  walferry:      wall %6d ms  cpu %6d ms  (%d MB/s)\n' "$wf_wall" "$wf_c
 printf '  walferry --no-validate: wall %6d ms  cpu %6d ms\n' "$nv_wall" "$nv_cpu"
 printf '  pg_receivewal: wall %6d ms  cpu %6d ms  (%d MB/s)\n' "$pr_wall" "$pr_cpu" $((MB * 1000 / (pr_wall + 1)))
 awk -v a="$wf_wall" -v b="$pr_wall" -v c="$wf_cpu" -v d="$pr_cpu" \
-    'BEGIN { printf "  ratio walferry/pg_receivewal: wall %.2fx (target <= 0.75x), cpu %.2fx (target <= 0.60x)\n", a/b, c/d }'
+    'BEGIN { printf "  ratio walferry/pg_receivewal, validation on (default): wall %.2fx (target <= 0.75x), cpu %.2fx (target <= 0.60x)\n", a/b, c/d }'
+awk -v a="$nv_wall" -v b="$pr_wall" -v c="$nv_cpu" -v d="$pr_cpu" \
+    'BEGIN { printf "  ratio walferry/pg_receivewal, --no-validate:        wall %.2fx, cpu %.2fx\n", a/b, c/d }'
 awk -v a="$wf_cpu" -v b="$nv_cpu" -v c="$wf_wall" -v d="$nv_wall" \
     'BEGIN { printf "  cost of in-stream validation: cpu %+.0f%%, wall %+.0f%%\n", (a/b-1)*100, (c/d-1)*100 }'
