@@ -7,5 +7,5 @@ pub mod archive;
 pub mod conninfo;
 pub mod inspect;
 pub mod protocol;
-pub mod wal;
 pub mod receiver;
+pub mod wal;
