@@ -1,7 +1,8 @@
 //! walferry: native PostgreSQL physical WAL shipping.
 //!
 //! The library holds all the work; `src/main.rs` and `src/commands/` only turn options into
-//! calls here. Data flows one way: socket -> frames -> archive writer (fsync) -> ack.
+//! calls here. Data flows one way: socket -> frames -> WAL decoder (validates) -> archive
+//! writer (fsync) -> ack; `inspect` reads an archive back (verify, restore points).
 
 pub mod archive;
 pub mod conninfo;

@@ -1,5 +1,6 @@
 //! PostgreSQL WAL knowledge in one place: positions, timelines, segment naming and
-//! timeline history files. Everything here is pure data and parsing: no I/O.
+//! timeline history files, and the streaming WAL decoder that validates records as
+//! PostgreSQL's reader does. Everything here is pure data and parsing: no I/O.
 
 mod crc;
 pub mod decoder;
