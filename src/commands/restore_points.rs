@@ -3,12 +3,11 @@
 //! commit (see `walferry::inspect`).
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use walferry::inspect::time::iso8601;
 use walferry::inspect::{json, Report, TimelineInfo, XactPoint};
 
-use super::verify::{inspect_dir, parse_seg_size};
+use super::verify::inspect_dir;
 use super::Failure;
 
 pub const AFTER_HELP: &str = "\
@@ -38,24 +37,8 @@ read, and the exit status is 1.
 Exit status: 0 on a clean archive, 1 when it has problems or cannot be read, 2 on an
 invalid command line.";
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Archive directory to read
-    #[arg(short = 'D', long = "directory", value_name = "DIR")]
-    pub directory: PathBuf,
-
-    /// Print the result as JSON
-    #[arg(long = "json")]
-    pub json: bool,
-
-    /// WAL segment size (MB, or with a unit: 64MB, 1GB) [default: read from the first segment]
-    #[arg(long = "wal-segsize", value_name = "SIZE", value_parser = parse_seg_size)]
-    pub wal_segsize: Option<u64>,
-
-    /// Print help
-    #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
-    help: Option<bool>,
-}
+/// The same flags as `verify`: -D, --json, --wal-segsize.
+pub use super::verify::Args;
 
 pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     let report = inspect_dir(&args.directory, args.wal_segsize, "restore-points", verbose)?;

@@ -26,7 +26,7 @@ cannot be read), 2 on an invalid command line.";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Archive directory to check
+    /// Archive directory (as written by walferry receive or pg_receivewal)
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     pub directory: PathBuf,
 
