@@ -900,6 +900,13 @@ impl ReplicationConn {
         }
     }
 
+    /// A whole message is already in the read buffer: the next `read_copy_message` will not
+    /// wait for the socket. The synchronous receive path reads while this holds and makes
+    /// what it got durable once it stops (group commit without a second thread).
+    pub fn has_buffered_frame(&self) -> bool {
+        matches!(frame_len(&self.read_buf, MAX_SERVER_MESSAGE), Ok(Some(n)) if n <= self.read_buf.len())
+    }
+
     /// The next CopyData payload of the stream, or `Done` when the server ended it.
     ///
     /// Cancel-safe: all state lives in the connection's read buffer and the only await is

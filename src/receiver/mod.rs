@@ -232,6 +232,11 @@ impl Session<'_> {
             system_id: Some(system_id),
         };
         let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts)?;
+        if self.opts.synchronous {
+            return self
+                .stream_inline(conn, writer, start, archive.seg_size())
+                .await;
+        }
         let (tx, rx) = mpsc::channel(self.opts.queue_depth.max(1));
         let handle = tokio::task::spawn_blocking(move || writer.run(rx));
 
@@ -253,6 +258,105 @@ impl Session<'_> {
                 Ok(StreamEnd::Done(Outcome::Stopped(written.flushed)))
             }
             other => Ok(other),
+        }
+    }
+
+    /// `--synchronous`: this task drives the writer itself, as a walreceiver does — read
+    /// what the socket has, write it, and once no whole message is left buffered, fsync and
+    /// report. Every commit the primary waits for then costs one fsync and no thread
+    /// hand-off. Batching still happens: WAL that arrives during an fsync queues in the
+    /// socket buffer and is written and fsynced together next round.
+    async fn stream_inline(
+        &mut self,
+        conn: &mut ReplicationConn,
+        mut writer: WalWriter,
+        start: Lsn,
+        seg_size: u64,
+    ) -> Result<StreamEnd, ReceiveError> {
+        let result = self.pump_inline(conn, &mut writer, start, seg_size).await;
+        let closed = blocking(|| writer.close());
+        let end = result?;
+        let closed = closed?;
+        match end {
+            StreamEnd::Done(Outcome::Stopped(_)) => {
+                Ok(StreamEnd::Done(Outcome::Stopped(closed.flushed)))
+            }
+            other => Ok(other),
+        }
+    }
+
+    async fn pump_inline(
+        &mut self,
+        conn: &mut ReplicationConn,
+        writer: &mut WalWriter,
+        start: Lsn,
+        seg_size: u64,
+    ) -> Result<StreamEnd, ReceiveError> {
+        let opts = self.opts;
+        let mut status = Status::default();
+        let mut received = start;
+        let mut dirty = false;
+        let session_start = std::time::Instant::now();
+        let interval = opts
+            .status_interval
+            .unwrap_or(Duration::from_secs(3600 * 24 * 365));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            if dirty && !conn.has_buffered_frame() {
+                let p = blocking(|| writer.flush())?;
+                dirty = false;
+                if p.flushed >= start.checked_add(seg_size).unwrap_or(start)
+                    || (p.flushed > start && session_start.elapsed() >= Duration::from_secs(60))
+                {
+                    self.streamed = true;
+                }
+                if let Some(endpos) = opts.endpos {
+                    if p.flushed >= endpos {
+                        status.send(conn, p, true).await?;
+                        return Ok(StreamEnd::Done(Outcome::EndposReached(p.flushed)));
+                    }
+                }
+                if p.flushed > status.flushed {
+                    status.send(conn, p, false).await?;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop_requested(&mut self.shutdown) => {
+                    tracing::info!("stop requested; closing the archive at {received}");
+                    return Ok(StreamEnd::Done(Outcome::Stopped(received)));
+                }
+                msg = conn.read_copy_message() => match msg? {
+                    CopyMessage::Data(payload) => match ReplicationMessage::parse(payload)? {
+                        ReplicationMessage::XLogData { wal_start, data, .. } => {
+                            if data.is_empty() {
+                                continue;
+                            }
+                            if wal_start != received {
+                                return Err(ReceiveError::Protocol(format!(
+                                    "server sent WAL at {wal_start}, expected {received}"
+                                )));
+                            }
+                            received = Lsn(received.0 + data.len() as u64);
+                            blocking(|| writer.write_chunk(wal_start, &data))?;
+                            dirty = true;
+                        }
+                        ReplicationMessage::Keepalive { reply_requested, .. } => {
+                            if reply_requested {
+                                let p = blocking(|| writer.flush())?;
+                                dirty = false;
+                                status.send(conn, p, false).await?;
+                            }
+                        }
+                    },
+                    CopyMessage::Done => return Ok(StreamEnd::CopyDone(received)),
+                },
+                _ = ticker.tick() => {
+                    status.send(conn, writer.progress(), false).await?;
+                }
+            }
         }
     }
 
@@ -445,6 +549,15 @@ fn timeline_of(
         .find(|e| lsn < e.switchpoint)
         .map(|e| e.tli)
         .unwrap_or(server_tli)
+}
+
+/// Run disk work from async code: on the multi-threaded runtime the worker hands its other
+/// tasks off first; on a current-thread runtime there is nobody to hand them to.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Resolves when a stop is requested; a dropped sender means "never".

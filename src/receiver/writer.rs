@@ -119,14 +119,35 @@ impl WalWriter {
             }
             self.publish();
         }
-        // Full segments whose last record was never completed stay .partial: resume
-        // streams them again, and nothing unchecked gets a final name.
+        self.close()
+    }
+
+    /// Stop writing: full segments whose last record was never completed, and the open
+    /// one, stay durable as `.partial` (resume streams them again; nothing unchecked gets
+    /// a final name).
+    pub fn close(mut self) -> Result<Progress, ArchiveError> {
         for segment in self.pending.drain(..).chain(self.current.take()) {
             segment.close_partial()?;
         }
         self.synced = self.progress.written;
         self.update_flushed();
         self.publish();
+        Ok(self.progress)
+    }
+
+    /// Positions now (for a caller that drives the writer itself).
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    /// Write one chunk (for a caller that drives the writer itself; see [`WalWriter::run`]).
+    pub fn write_chunk(&mut self, start: Lsn, data: &[u8]) -> Result<(), ArchiveError> {
+        self.write_wal(start, data)
+    }
+
+    /// Make everything written durable and return the new positions.
+    pub fn flush(&mut self) -> Result<Progress, ArchiveError> {
+        self.sync()?;
         Ok(self.progress)
     }
 
