@@ -115,10 +115,13 @@ phase() {
     rm -rf "$dir"
 }
 
+# TPS drifts within a run (caches warm, checkpoints come and go), so the order rotates each
+# round: nobody always goes first.
+ORDER=(walferry standby pg_receivewal)
 for ((round = 1; round <= ROUNDS; round++)); do
-    phase walferry "$round"
-    phase standby "$round"
-    phase pg_receivewal "$round"
+    for ((i = 0; i < 3; i++)); do
+        phase "${ORDER[(i + round - 1) % 3]}" "$round"
+    done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
