@@ -293,40 +293,24 @@ impl Session<'_> {
         seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
         let opts = self.opts;
-        let mut status = Status::default();
-        let mut received = start;
+        let mut st = StreamState::new(start, seg_size);
+        let mut ticker = status_ticker(opts);
         let mut dirty = false;
-        let session_start = std::time::Instant::now();
-        let interval = opts
-            .status_interval
-            .unwrap_or(Duration::from_secs(3600 * 24 * 365));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             if dirty && !conn.has_buffered_frame() {
                 let p = blocking(|| writer.flush())?;
                 dirty = false;
-                if p.flushed >= start.checked_add(seg_size).unwrap_or(start)
-                    || (p.flushed > start && session_start.elapsed() >= Duration::from_secs(60))
-                {
-                    self.streamed = true;
-                }
-                if let Some(endpos) = opts.endpos {
-                    if p.flushed >= endpos {
-                        status.send(conn, p, true).await?;
-                        return Ok(StreamEnd::Done(Outcome::EndposReached(p.flushed)));
-                    }
-                }
-                if p.flushed > status.flushed {
-                    status.send(conn, p, false).await?;
+                self.streamed |= st.made_progress(p);
+                if let Some(end) = st.report(conn, p, opts.endpos).await? {
+                    return Ok(end);
                 }
             }
             tokio::select! {
                 biased;
                 _ = stop_requested(&mut self.shutdown) => {
-                    tracing::info!("stop requested; closing the archive at {received}");
-                    return Ok(StreamEnd::Done(Outcome::Stopped(received)));
+                    tracing::info!("stop requested; closing the archive at {}", st.received);
+                    return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
                 }
                 msg = conn.read_copy_message() => match msg? {
                     CopyMessage::Data(payload) => match ReplicationMessage::parse(payload)? {
@@ -334,12 +318,7 @@ impl Session<'_> {
                             if data.is_empty() {
                                 continue;
                             }
-                            if wal_start != received {
-                                return Err(ReceiveError::Protocol(format!(
-                                    "server sent WAL at {wal_start}, expected {received}"
-                                )));
-                            }
-                            received = Lsn(received.0 + data.len() as u64);
+                            st.accept(wal_start, data.len())?;
                             blocking(|| writer.write_chunk(wal_start, &data))?;
                             dirty = true;
                         }
@@ -347,14 +326,14 @@ impl Session<'_> {
                             if reply_requested {
                                 let p = blocking(|| writer.flush())?;
                                 dirty = false;
-                                status.send(conn, p, false).await?;
+                                st.status.send(conn, p, false).await?;
                             }
                         }
                     },
-                    CopyMessage::Done => return Ok(StreamEnd::CopyDone(received)),
+                    CopyMessage::Done => return Ok(StreamEnd::CopyDone(st.received)),
                 },
                 _ = ticker.tick() => {
-                    status.send(conn, writer.progress(), false).await?;
+                    st.status.send(conn, writer.progress(), false).await?;
                 }
             }
         }
@@ -369,44 +348,22 @@ impl Session<'_> {
         seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
         let opts = self.opts;
-        let mut status = Status::default();
-        let mut received = start;
+        let mut st = StreamState::new(start, seg_size);
+        let mut ticker = status_ticker(opts);
         let mut endpos_flush_sent = false;
-        let session_start = std::time::Instant::now();
-        let interval = opts
-            .status_interval
-            .unwrap_or(Duration::from_secs(3600 * 24 * 365));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             let p = *progress.borrow_and_update();
-            // Progress that justifies reconnecting at once after a failure: the resume
-            // point moved (flushed WAL left the starting segment, which therefore got its
-            // final name), or the session streamed durably for a good while. A retry that
-            // rewrites the same segment (full disk) is not progress and must back off.
-            if p.flushed >= start.checked_add(seg_size).unwrap_or(start)
-                || (p.flushed > start && session_start.elapsed() >= Duration::from_secs(60))
-            {
-                self.streamed = true;
-            }
-            if let Some(endpos) = opts.endpos {
-                if p.flushed >= endpos {
-                    status.send(conn, p, true).await?;
-                    return Ok(StreamEnd::Done(Outcome::EndposReached(p.flushed)));
-                }
-            }
-            if p.flushed > status.flushed {
-                // Whatever became durable is reported at once: this is what a synchronous
-                // primary waits for.
-                status.send(conn, p, false).await?;
+            self.streamed |= st.made_progress(p);
+            if let Some(end) = st.report(conn, p, opts.endpos).await? {
+                return Ok(end);
             }
             tokio::select! {
                 biased;
                 _ = stop_requested(&mut self.shutdown) => {
-                    tracing::info!("stop requested; closing the archive at {received}");
+                    tracing::info!("stop requested; closing the archive at {}", st.received);
                     drop(tx);
-                    return Ok(StreamEnd::Done(Outcome::Stopped(received)));
+                    return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
                 }
                 changed = progress.changed() => {
                     if changed.is_err() {
@@ -420,17 +377,12 @@ impl Session<'_> {
                             if data.is_empty() {
                                 continue;
                             }
-                            if wal_start != received {
-                                return Err(ReceiveError::Protocol(format!(
-                                    "server sent WAL at {wal_start}, expected {received}"
-                                )));
-                            }
-                            received = Lsn(received.0 + data.len() as u64);
+                            st.accept(wal_start, data.len())?;
                             if tx.send(WriterCmd::Wal { start: wal_start, data }).await.is_err() {
                                 return Err(ReceiveError::Internal("archive writer stopped".into()));
                             }
                             if let Some(endpos) = opts.endpos {
-                                if received >= endpos && !endpos_flush_sent {
+                                if st.received >= endpos && !endpos_flush_sent {
                                     endpos_flush_sent = true;
                                     let _ = tx.send(WriterCmd::Flush).await;
                                 }
@@ -439,12 +391,12 @@ impl Session<'_> {
                         ReplicationMessage::Keepalive { reply_requested, .. } => {
                             if reply_requested {
                                 let p = *progress.borrow();
-                                status.send(conn, p, false).await?;
+                                st.status.send(conn, p, false).await?;
                                 // The server is waiting for us: a stopping walsender waits
                                 // until the reported flush reaches what it sent. Make what
                                 // we have durable now; the new flush position is reported
                                 // as soon as the writer publishes it (top of this loop).
-                                if received > p.flushed
+                                if st.received > p.flushed
                                     && !opts.synchronous
                                     && tx.send(WriterCmd::Flush).await.is_err()
                                 {
@@ -455,14 +407,14 @@ impl Session<'_> {
                     },
                     CopyMessage::Done => {
                         drop(tx);
-                        return Ok(StreamEnd::CopyDone(received));
+                        return Ok(StreamEnd::CopyDone(st.received));
                     }
                 },
                 _ = ticker.tick() => {
                     if !opts.synchronous && tx.send(WriterCmd::Flush).await.is_err() {
                         return Err(ReceiveError::Internal("archive writer stopped".into()));
                     }
-                    status.send(conn, *progress.borrow(), false).await?;
+                    st.status.send(conn, *progress.borrow(), false).await?;
                 }
             }
         }
@@ -498,6 +450,79 @@ impl Status {
         tracing::debug!("status: write {} flush {}", p.written, p.flushed);
         Ok(())
     }
+}
+
+/// What both pumps track during one START_REPLICATION run.
+struct StreamState {
+    start: Lsn,
+    seg_size: u64,
+    began: std::time::Instant,
+    /// End of the WAL received so far (the next XLogData must start here).
+    received: Lsn,
+    status: Status,
+}
+
+impl StreamState {
+    fn new(start: Lsn, seg_size: u64) -> Self {
+        StreamState {
+            start,
+            seg_size,
+            began: std::time::Instant::now(),
+            received: start,
+            status: Status::default(),
+        }
+    }
+
+    /// Take note of `len` bytes of WAL at `wal_start`, which must continue the stream.
+    fn accept(&mut self, wal_start: Lsn, len: usize) -> Result<(), ReceiveError> {
+        if wal_start != self.received {
+            return Err(ReceiveError::Protocol(format!(
+                "server sent WAL at {wal_start}, expected {}",
+                self.received
+            )));
+        }
+        self.received = Lsn(self.received.0 + len as u64);
+        Ok(())
+    }
+
+    /// Progress that justifies reconnecting at once after a failure: the resume point moved
+    /// (flushed WAL left the starting segment, which therefore got its final name), or the
+    /// session streamed durably for a good while. A retry that rewrites the same segment
+    /// (full disk) is not progress and must back off.
+    fn made_progress(&self, p: Progress) -> bool {
+        p.flushed >= self.start.checked_add(self.seg_size).unwrap_or(self.start)
+            || (p.flushed > self.start && self.began.elapsed() >= Duration::from_secs(60))
+    }
+
+    /// Report whatever became durable at once (what a synchronous primary waits for);
+    /// `Some` once `--endpos` is flushed.
+    async fn report(
+        &mut self,
+        conn: &mut ReplicationConn,
+        p: Progress,
+        endpos: Option<Lsn>,
+    ) -> Result<Option<StreamEnd>, ReceiveError> {
+        if let Some(endpos) = endpos {
+            if p.flushed >= endpos {
+                self.status.send(conn, p, true).await?;
+                return Ok(Some(StreamEnd::Done(Outcome::EndposReached(p.flushed))));
+            }
+        }
+        if p.flushed > self.status.flushed {
+            self.status.send(conn, p, false).await?;
+        }
+        Ok(None)
+    }
+}
+
+/// Status updates every `-s` seconds (never with `-s 0`); the first one after a full interval.
+fn status_ticker(opts: &ReceiveOptions) -> tokio::time::Interval {
+    let interval = opts
+        .status_interval
+        .unwrap_or(Duration::from_secs(3600 * 24 * 365));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
 }
 
 /// Store every history file the server's timeline descends from, and return the server
