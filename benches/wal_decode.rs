@@ -2,9 +2,11 @@
 //! chunks as a walsender sends it (walsender.c MAX_SEND_SIZE), through the iterator (`feed`)
 //! and through the callback (`feed_with`, the receive hot path).
 //!
-//! Set-up builds the WAL once: `initdb` a temp cluster, start it on a free loopback port, run
-//! a bulk insert (`create table t as select g, md5(g::text) from generate_series(1,300000)`),
-//! stop it and read the segments up to the end of the WAL. Without PostgreSQL programs (or
+//! Set-up builds the WAL once per workload: `initdb` a temp cluster, start it on a free
+//! loopback port, run the workload, stop it and read the segments up to the end of the WAL.
+//! Two workloads: a bulk insert of narrow rows (`create table t as select g, md5(g::text)
+//! ...`, ~100-byte records) and inserts of 1000-byte rows (~1 KiB records, the shape
+//! `scripts/bench-catchup.sh` streams). Without PostgreSQL programs (or
 //! with `WALFERRY_BENCH_SYNTHETIC=1`) a synthetic stream of the same shape is used instead.
 //! A CRC-32C pass over the same bytes is measured alongside as the ceiling.
 //!
@@ -67,7 +69,20 @@ fn run(mut cmd: Command) -> Result<(), String> {
     }
 }
 
-fn real_wal() -> Result<Wal, String> {
+/// The real workloads: a name and the SQL that writes their WAL.
+const WORKLOADS: [(&str, &str); 2] = [
+    (
+        "pg15_ctas_300k",
+        "create table t as select g, md5(g::text) from generate_series(1,300000) g",
+    ),
+    (
+        "pg15_insert_1k_rows",
+        "create table f (id bigserial primary key, pad text); \
+         insert into f (pad) select repeat('x', 1000) from generate_series(1,60000)",
+    ),
+];
+
+fn real_wal(what: &'static str, sql: &str) -> Result<Wal, String> {
     if !pg_bin("initdb").exists() {
         return Err(format!("no initdb in {PG_BIN_DIR}"));
     }
@@ -108,7 +123,7 @@ fn real_wal() -> Result<Wal, String> {
     psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(dir)
         .args(["-p", &port, "-U", "postgres", "-d", "postgres", "-c"])
-        .arg("create table t as select g, md5(g::text) from generate_series(1,300000) g");
+        .arg(sql);
     let workload = run(psql);
     let mut stop = pg("pg_ctl", dir);
     stop.args(["-w", "-m", "fast", "-D"]).arg(&data).arg("stop");
@@ -134,11 +149,7 @@ fn real_wal() -> Result<Wal, String> {
     }
     let end = dec.end_of_wal().ok_or("the WAL does not end in zeros")?;
     bytes.truncate((end.0 - start.0) as usize);
-    Ok(Wal {
-        what: "pg15_ctas_300k",
-        start,
-        bytes,
-    })
+    Ok(Wal { what, start, bytes })
 }
 
 /// 64 MiB shaped like the bulk insert: 92-byte heap inserts, a full-page-image-sized record
@@ -212,9 +223,14 @@ fn on_cpu(iters: u64, mut f: impl FnMut() -> u64) -> Duration {
 fn wal_decode(c: &mut Criterion) {
     let mut wals = Vec::new();
     if std::env::var_os("WALFERRY_BENCH_SYNTHETIC").is_none() {
-        match real_wal() {
-            Ok(w) => wals.push(w),
-            Err(e) => eprintln!("real WAL unavailable ({e}); synthetic WAL only"),
+        for (what, sql) in WORKLOADS {
+            match real_wal(what, sql) {
+                Ok(w) => wals.push(w),
+                Err(e) => {
+                    eprintln!("real WAL unavailable ({e}); synthetic WAL only");
+                    break;
+                }
+            }
         }
     }
     wals.push(synthetic_wal());

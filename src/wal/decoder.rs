@@ -300,7 +300,7 @@ impl WalDecoder {
             }
             let rest = &data[off..];
             let avail = page_left(fed).min(rest.len());
-            // Up to three records that lie whole in this page and chunk; a long one alone.
+            // Up to three records that lie whole in this page and chunk.
             let mut at = [0usize; 3];
             let mut len = [0usize; 3];
             let mut n = 0;
@@ -312,7 +312,6 @@ impl WalDecoder {
                     || maxalign(t as u64) as usize > avail - pos
                     || !rmgr_id_is_valid(rmid)
                     || (rmid <= RM_XACT_ID && !fast_kind(rmid, info))
-                    || (n > 0 && t - RECORD_HEADER >= crc::LONG)
                 {
                     break;
                 }
@@ -320,9 +319,6 @@ impl WalDecoder {
                 len[n] = t;
                 n += 1;
                 pos += maxalign(t as u64) as usize;
-                if t - RECORD_HEADER >= crc::LONG {
-                    break;
-                }
             }
             let p = |k: usize| &rest[at[k] + RECORD_HEADER..at[k] + len[k]];
             let h = |k: usize| &rest[at[k]..at[k] + RECORD_HEADER];
