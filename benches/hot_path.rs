@@ -1,9 +1,12 @@
-//! The receive hot path without the socket: CopyData frames in a read buffer ->
-//! frame split -> `ReplicationMessage::parse` -> bounded channel -> `WalWriter` ->
-//! segment files (`.partial`, rename), exactly as `walferry receive` runs it.
+//! The receive hot path without the socket: CopyData frames in a read buffer -> frame
+//! split -> `ReplicationMessage::parse` -> WAL validation -> page-aligned batches -> writer
+//! thread -> segment files (`.partial`, rename), exactly as async `walferry receive` runs it.
 //!
-//! Two variants: `no_sync` isolates the CPU cost (the number to compare across commits),
-//! `sync_per_segment` adds the fsyncs of async mode (one per 16 MiB segment + directory).
+//! The WAL is synthetic but valid (`WalBuilder`: ~1 KiB records, the shape of
+//! `scripts/bench-catchup.sh`), so validation does real work. Variants: `no_sync` isolates
+//! the CPU cost (the number to compare across commits), `sync_per_segment` adds the fsyncs
+//! of async mode (one per 16 MiB segment + directory), `no_validate` shows what
+//! validation costs.
 
 use std::time::Duration;
 
@@ -14,67 +17,91 @@ use walferry::archive::{Archive, CompressionSpec};
 use walferry::protocol::frame::parse_frame;
 use walferry::protocol::replication::encode_xlog_data;
 use walferry::protocol::ReplicationMessage;
-use walferry::receiver::writer::{WalWriter, WriterCmd, WriterOptions};
+use walferry::receiver::validate::Validator;
+use walferry::receiver::writer::{WalWriter, WriterOptions};
+use walferry::receiver::Batches;
+use walferry::wal::synth::WalBuilder;
 use walferry::wal::{Lsn, TimeLineId};
 
 const SEG: u64 = 16 << 20;
-const WAL_BYTES: u64 = 4 * SEG;
+const START: Lsn = Lsn(SEG);
+const SYSID: u64 = 7_400_000_000_000_000_001;
 /// What a catching-up walsender sends per message (walsender.c MAX_SEND_SIZE).
 const MESSAGE: usize = 128 * 1024;
 
-/// The wire bytes of `WAL_BYTES` of WAL in 128 KiB XLogData messages, as CopyData frames.
-fn wire_stream() -> BytesMut {
-    let wal: Vec<u8> = (0..MESSAGE).map(|i| (i * 31 % 251) as u8).collect();
-    let mut out = BytesMut::with_capacity(WAL_BYTES as usize + 1024 * 64);
+/// Four segments of valid WAL (1 KiB records, a commit every 50) as CopyData frames of
+/// 128 KiB XLogData messages; and the end LSN.
+fn wire_stream() -> (BytesMut, Lsn) {
+    let mut b = WalBuilder::new(START, TimeLineId(1), SEG, SYSID);
+    let mut i = 0u64;
+    while b.end().0 < START.0 + 4 * SEG - 4096 {
+        i += 1;
+        if i % 50 == 0 {
+            b.commit(700 + i as u32, 800_000_000_000_000 + i as i64);
+        } else {
+            b.filler(1050);
+        }
+    }
+    let wal = b.into_bytes();
+    let mut out = BytesMut::with_capacity(wal.len() + wal.len() / MESSAGE * 64 + 64);
     let mut payload = BytesMut::with_capacity(MESSAGE + 64);
-    let mut pos = 0u64;
-    while pos < WAL_BYTES {
+    for (k, piece) in wal.chunks(MESSAGE).enumerate() {
+        let at = START.0 + (k * MESSAGE) as u64;
         payload.clear();
-        encode_xlog_data(Lsn(pos), Lsn(pos + MESSAGE as u64), 0, &wal, &mut payload);
+        encode_xlog_data(
+            Lsn(at),
+            Lsn(at + piece.len() as u64),
+            0,
+            piece,
+            &mut payload,
+        );
         out.put_u8(b'd');
         out.put_i32(payload.len() as i32 + 4);
         out.extend_from_slice(&payload);
-        pos += MESSAGE as u64;
     }
-    out
+    (out, Lsn(START.0 + wal.len() as u64))
 }
 
-fn run_pipeline(wire: BytesMut, dir: &std::path::Path, no_sync: bool) -> Lsn {
-    let archive = Archive::open(dir, SEG, CompressionSpec::None, no_sync).unwrap();
-    let (writer, _progress) =
-        WalWriter::new(archive, TimeLineId(1), Lsn(0), WriterOptions::default()).unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let handle = std::thread::spawn(move || writer.run(rx));
-    let mut buf = wire;
-    while let Some(frame) = parse_frame(&mut buf, 1 << 30).unwrap() {
-        match ReplicationMessage::parse(frame.body).unwrap() {
-            ReplicationMessage::XLogData {
-                wal_start, data, ..
-            } => {
-                tx.blocking_send(WriterCmd::Wal {
-                    start: wal_start,
-                    data,
-                })
-                .unwrap();
+fn run_pipeline(wire: BytesMut, dir: &std::path::Path, no_sync: bool, validate: bool) -> Lsn {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let archive = Archive::open(dir, SEG, CompressionSpec::None, no_sync).unwrap();
+        let validator =
+            Validator::new(&archive, TimeLineId(1), START, Some(SYSID), validate).unwrap();
+        let (writer, _progress) =
+            WalWriter::new(archive, TimeLineId(1), START, WriterOptions::default());
+        let (mut batches, handle) = Batches::spawn(writer, validator, START, SEG);
+        let mut buf = wire;
+        while let Some(frame) = parse_frame(&mut buf, 1 << 30).unwrap() {
+            match ReplicationMessage::parse(frame.body).unwrap() {
+                ReplicationMessage::XLogData { data, .. } => batches.add(&data).await.unwrap(),
+                other => panic!("unexpected {other:?}"),
             }
-            other => panic!("unexpected {other:?}"),
         }
-    }
-    drop(tx);
-    handle.join().unwrap().unwrap().written
+        batches.ship().await.unwrap();
+        drop(batches);
+        handle.await.unwrap().unwrap().written
+    })
 }
 
 fn hot_path(c: &mut Criterion) {
-    let wire = wire_stream();
+    let (wire, end) = wire_stream();
+    let wal_bytes = end.0 - START.0;
     let root = tempfile::tempdir_in(
         std::env::var("WALFERRY_BENCH_DIR").unwrap_or_else(|_| "target".into()),
     )
     .unwrap();
     let mut group = c.benchmark_group("receive_hot_path");
-    group.throughput(Throughput::Bytes(WAL_BYTES));
+    group.throughput(Throughput::Bytes(wal_bytes));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
-    for (name, no_sync) in [("no_sync", true), ("sync_per_segment", false)] {
+    for (name, no_sync, validate) in [
+        ("no_sync", true, true),
+        ("sync_per_segment", false, true),
+        ("no_sync_no_validate", true, false),
+    ] {
         let mut n = 0u32;
         group.bench_function(name, |b| {
             b.iter_batched(
@@ -85,8 +112,8 @@ fn hot_path(c: &mut Criterion) {
                     (wire.clone(), dir)
                 },
                 |(wire, dir)| {
-                    let end = run_pipeline(wire, &dir, no_sync);
-                    assert_eq!(end, Lsn(WAL_BYTES));
+                    let written = run_pipeline(wire, &dir, no_sync, validate);
+                    assert_eq!(written, end);
                     std::fs::remove_dir_all(&dir).unwrap();
                 },
                 BatchSize::PerIteration,

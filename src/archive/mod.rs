@@ -14,10 +14,12 @@
 //! Both tools restart streaming at the start of a `.partial` segment, so the bytes beyond
 //! the last write (zeros) are never trusted.
 
+mod aligned;
 mod compress;
 mod scan;
 mod segment_file;
 
+pub use aligned::{AlignedBuf, DIRECT_ALIGN};
 pub use compress::{CompressionSpec, SegmentReader};
 pub use scan::{ArchiveScan, ScannedFile};
 pub use segment_file::SegmentWriter;

@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
+use super::aligned::DIRECT_ALIGN;
 use super::{open_rw, Archive, ArchiveError, CompressionSpec};
 use crate::wal::{Compression, SegmentName, WalFileName};
 
@@ -213,19 +214,21 @@ impl SegmentWriter {
     }
 }
 
-/// Alignment of offsets, lengths and memory for direct I/O: a page satisfies every
-/// device's logical block size.
-const DIRECT_ALIGN: usize = 4096;
-/// Bounce buffer size: one catch-up message from the walsender (MAX_SEND_SIZE).
+/// The least run of whole pages worth a direct write: catch-up sizes. A commit's few
+/// kilobytes in `--synchronous` mode stay buffered, so that they cost one device round trip
+/// (the fdatasync), not two.
+const DIRECT_MIN: usize = 64 * 1024;
+/// Bounce buffer size, for page runs that are not page-aligned in memory.
 const BOUNCE_LEN: usize = 128 * 1024;
 
-/// An uncompressed segment. Chunks aligned in offset and length — all of them during
-/// catch-up, where the walsender sends 128 KiB on 8 KiB page boundaries — are written with
-/// `O_DIRECT` from an aligned bounce buffer: that skips the copy into the page cache and its
-/// bookkeeping, most of the receive path's CPU time (this archive is written once and read
-/// rarely). Unaligned chunks (the live tail) use the ordinary buffered descriptor. Both
-/// descriptors refer to one inode; the kernel keeps direct and buffered writes coherent,
-/// and fsync on either makes both durable.
+/// An uncompressed segment. The whole pages of a write of at least [`DIRECT_MIN`] bytes (all
+/// of catch-up, where the walsender sends 128 KiB on 8 KiB page boundaries) are written with
+/// `O_DIRECT`: that skips the copy into the page cache and its bookkeeping, most of the
+/// receive path's CPU time (this archive is written once and read rarely). Batches from
+/// [`AlignedBuf`](super::AlignedBuf) go straight from their memory; other data through an
+/// aligned bounce buffer. Partial pages at either end, and small writes, use the ordinary
+/// buffered descriptor. Both descriptors refer to one inode; the kernel keeps direct and
+/// buffered writes coherent, and fsync on either makes both durable.
 struct PlainSink {
     file: File,
     direct: Option<DirectWriter>,
@@ -233,7 +236,7 @@ struct PlainSink {
 
 struct DirectWriter {
     file: File,
-    /// Over-allocated so that an aligned window of `BOUNCE_LEN` fits inside.
+    /// Over-allocated so that an aligned window of `BOUNCE_LEN` fits inside; made on first use.
     bounce: Vec<u8>,
 }
 
@@ -249,28 +252,46 @@ impl PlainSink {
             .ok()
             .map(|file| DirectWriter {
                 file,
-                bounce: vec![0u8; BOUNCE_LEN + DIRECT_ALIGN],
+                bounce: Vec::new(),
             });
         PlainSink { file, direct }
     }
 
     fn write_all_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
-        let aligned = offset % DIRECT_ALIGN as u64 == 0 && data.len() % DIRECT_ALIGN == 0;
-        if let (true, Some(direct)) = (aligned, &mut self.direct) {
-            match direct.write_all_at(data, offset) {
-                Ok(()) => return Ok(()),
-                // The file system accepted O_DIRECT at open but not these writes: stop
-                // trying and write buffered from now on.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
-                Err(e) => return Err(e),
+        let align = DIRECT_ALIGN as u64;
+        // Bytes up to the next page boundary, then whole pages, then the rest.
+        let head = ((align - offset % align) % align) as usize;
+        let pages = data.len().saturating_sub(head) / DIRECT_ALIGN * DIRECT_ALIGN;
+        let Some(direct) = self.direct.as_mut().filter(|_| pages >= DIRECT_MIN) else {
+            return self.file.write_all_at(data, offset);
+        };
+        let (first, rest) = data.split_at(head);
+        let (middle, last) = rest.split_at(pages);
+        let middle_at = offset + head as u64;
+        self.file.write_all_at(first, offset)?;
+        match direct.write_all_at(middle, middle_at) {
+            Ok(()) => {}
+            // The file system accepted O_DIRECT at open but not these writes: stop
+            // trying and write buffered from now on.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.direct = None;
+                self.file.write_all_at(middle, middle_at)?;
             }
+            Err(e) => return Err(e),
         }
-        self.file.write_all_at(data, offset)
+        self.file.write_all_at(last, middle_at + pages as u64)
     }
 }
 
 impl DirectWriter {
+    /// `data` covers whole pages from the page-aligned `offset`.
     fn write_all_at(&mut self, data: &[u8], mut offset: u64) -> io::Result<()> {
+        if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+            return self.file.write_all_at(data, offset);
+        }
+        if self.bounce.is_empty() {
+            self.bounce = vec![0u8; BOUNCE_LEN + DIRECT_ALIGN];
+        }
         let start = self.bounce.as_ptr().align_offset(DIRECT_ALIGN);
         let window = &mut self.bounce[start..start + BOUNCE_LEN];
         for piece in data.chunks(BOUNCE_LEN) {
@@ -388,6 +409,36 @@ mod tests {
             "segment contents differ from what was written"
         );
         assert!(!dir.path().join("000000010000000000000003.partial").exists());
+    }
+
+    /// Batches from an `AlignedBuf` starting anywhere in a page: buffered head and tail,
+    /// direct pages straight from the batch's memory.
+    #[test]
+    fn aligned_batches_at_any_phase_produce_the_exact_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false).unwrap();
+        let name = SegmentName::new(TimeLineId(1), SegNo(4));
+        let mut w = archive.create_segment(name).unwrap();
+        let data = pattern(SEG as usize);
+        let mut batch = crate::archive::AlignedBuf::new(256 * 1024);
+        let cuts = [0usize, 100_001, 300_000, 301_000, 450_000, 700_123, 1048576];
+        for pair in cuts.windows(2) {
+            let mut at = pair[0];
+            while at < pair[1] {
+                batch.reset(at as u64);
+                let n = batch.spare().min(pair[1] - at);
+                batch.extend_from_slice(&data[at..at + n]);
+                w.write(batch.as_slice()).unwrap();
+                at += n;
+            }
+        }
+        assert!(w.is_full());
+        w.finish().unwrap();
+        let written = std::fs::read(dir.path().join("000000010000000000000004")).unwrap();
+        assert!(
+            written == data,
+            "segment contents differ from what was written"
+        );
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The replication loop behind `walferry receive`: choose the start point, stream WAL into
 //! the archive, acknowledge it, follow timeline switches and reconnect after failures.
 //!
-//! Two tasks per stream, joined by a bounded channel (which is also the memory bound):
-//! this async task owns the connection (reads frames, sends status updates), and a blocking
-//! [`writer::WalWriter`] owns the files. The writer publishes `written`/`flushed` positions
-//! on a watch channel, and this task reports `flush` to the server only from there, so
-//! nothing is acknowledged before it is durable.
+//! Async mode runs two threads per stream. This task owns the connection: it reads
+//! frames, validates the WAL while it is hot in cache ([`validate::Validator`]), gathers it
+//! into page-aligned batches of up to [`BATCH_LEN`] and sends status updates. A blocking
+//! [`writer::WalWriter`] owns the files and writes each batch with direct I/O straight from
+//! its buffer. A pool of [`POOL`] buffers circulates between the two (the memory bound and
+//! the back-pressure). The writer publishes `written`/`flushed` on a watch channel, and
+//! this task reports `flush` to the server only from there, so nothing is acknowledged
+//! before it is durable. `--synchronous` mode does it all on this task (see
+//! [`Session::stream_inline`]).
 
 mod error;
+pub mod validate;
 pub mod writer;
 
 pub use error::ReceiveError;
@@ -18,13 +23,23 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 
-use crate::archive::{Archive, CompressionSpec};
+use crate::archive::{AlignedBuf, Archive, ArchiveError, CompressionSpec};
 use crate::conninfo::ConnParams;
 use crate::protocol::client::parse_size_setting;
 use crate::protocol::replication::{encode_status_update, pg_now};
 use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage};
 use crate::wal::{parse_history, HistoryEntry, Lsn, TimeLineId};
+use validate::Validator;
 use writer::{Progress, WalWriter, WriterCmd, WriterOptions};
+
+/// Size of a batch buffer: eight walsender messages, one large direct write.
+pub const BATCH_LEN: usize = 1 << 20;
+/// Batch buffers per stream: one filling, the rest queued or being written.
+pub const POOL: usize = 4;
+/// A message at least this long means the walsender is catching up and more follows at
+/// once: the batch waits up to [`LINGER`] for it instead of going to the writer half-empty.
+const CATCH_UP_MESSAGE: usize = 64 * 1024;
+const LINGER: Duration = Duration::from_millis(1);
 
 /// Everything `walferry receive` needs to run.
 #[derive(Debug, Clone)]
@@ -42,8 +57,6 @@ pub struct ReceiveOptions {
     pub synchronous: bool,
     pub no_sync: bool,
     pub compression: CompressionSpec,
-    /// Chunks queued between the network and the writer (each up to 128 KiB of WAL).
-    pub queue_depth: usize,
     /// Check every received byte as PostgreSQL's WAL reader would (page headers, record
     /// headers, CRC-32C) before it is written; nothing unchecked is acknowledged.
     pub validate: bool,
@@ -61,7 +74,6 @@ impl ReceiveOptions {
             synchronous: false,
             no_sync: false,
             compression: CompressionSpec::None,
-            queue_depth: 64,
             validate: true,
         }
     }
@@ -226,23 +238,18 @@ impl Session<'_> {
         tli: TimeLineId,
         system_id: u64,
     ) -> Result<StreamEnd, ReceiveError> {
+        let validator = Validator::new(archive, tli, start, Some(system_id), self.opts.validate)?;
         let writer_opts = WriterOptions {
             synchronous: self.opts.synchronous,
-            validate: self.opts.validate,
-            system_id: Some(system_id),
         };
-        let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts)?;
+        let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts);
         if self.opts.synchronous {
             return self
-                .stream_inline(conn, writer, start, archive.seg_size())
+                .stream_inline(conn, writer, validator, start, archive.seg_size())
                 .await;
         }
-        let (tx, rx) = mpsc::channel(self.opts.queue_depth.max(1));
-        let handle = tokio::task::spawn_blocking(move || writer.run(rx));
-
-        let result = self
-            .pump(conn, tx, progress, start, archive.seg_size())
-            .await;
+        let (batches, handle) = Batches::spawn(writer, validator, start, archive.seg_size());
+        let result = self.pump(conn, batches, progress, start).await;
         let written = match handle.await {
             Ok(Ok(p)) => p,
             // The writer's error explains a closed channel better than the channel does.
@@ -262,18 +269,21 @@ impl Session<'_> {
     }
 
     /// `--synchronous`: this task drives the writer itself, as a walreceiver does — read
-    /// what the socket has, write it, and once no whole message is left buffered, fsync and
-    /// report. Every commit the primary waits for then costs one fsync and no thread
-    /// hand-off. Batching still happens: WAL that arrives during an fsync queues in the
-    /// socket buffer and is written and fsynced together next round.
+    /// what the socket has, check it, write it, and once no whole message is left buffered,
+    /// fsync and report. Every commit the primary waits for then costs one fsync and no
+    /// thread hand-off. Batching still happens: WAL that arrives during an fsync queues in
+    /// the socket buffer and is written and fsynced together next round.
     async fn stream_inline(
         &mut self,
         conn: &mut ReplicationConn,
         mut writer: WalWriter,
+        mut validator: Validator,
         start: Lsn,
         seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
-        let result = self.pump_inline(conn, &mut writer, start, seg_size).await;
+        let result = self
+            .pump_inline(conn, &mut writer, &mut validator, start, seg_size)
+            .await;
         let closed = blocking(|| writer.close());
         let end = result?;
         let closed = closed?;
@@ -289,6 +299,7 @@ impl Session<'_> {
         &mut self,
         conn: &mut ReplicationConn,
         writer: &mut WalWriter,
+        validator: &mut Validator,
         start: Lsn,
         seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
@@ -319,7 +330,9 @@ impl Session<'_> {
                                 continue;
                             }
                             st.accept(wal_start, data.len())?;
-                            blocking(|| writer.write_chunk(wal_start, &data))?;
+                            validator.check(&data)?;
+                            let checked = validator.checked_end();
+                            blocking(|| writer.write_chunk(wal_start, &data, checked))?;
                             dirty = true;
                         }
                         ReplicationMessage::Keepalive { reply_requested, .. } => {
@@ -339,18 +352,22 @@ impl Session<'_> {
         }
     }
 
+    /// Async mode's network loop: check and batch the WAL, ship batches to the writer,
+    /// report what it made durable.
     async fn pump(
         &mut self,
         conn: &mut ReplicationConn,
-        tx: mpsc::Sender<WriterCmd>,
+        mut batches: Batches,
         mut progress: watch::Receiver<Progress>,
         start: Lsn,
-        seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
         let opts = self.opts;
-        let mut st = StreamState::new(start, seg_size);
+        let mut st = StreamState::new(start, batches.seg_size);
         let mut ticker = status_ticker(opts);
         let mut endpos_flush_sent = false;
+        // When the batch being filled goes to the writer if nothing else arrives first.
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
 
         loop {
             let p = *progress.borrow_and_update();
@@ -362,7 +379,7 @@ impl Session<'_> {
                 biased;
                 _ = stop_requested(&mut self.shutdown) => {
                     tracing::info!("stop requested; closing the archive at {}", st.received);
-                    drop(tx);
+                    batches.ship().await?;
                     return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
                 }
                 changed = progress.changed() => {
@@ -378,13 +395,14 @@ impl Session<'_> {
                                 continue;
                             }
                             st.accept(wal_start, data.len())?;
-                            if tx.send(WriterCmd::Wal { start: wal_start, data }).await.is_err() {
-                                return Err(ReceiveError::Internal("archive writer stopped".into()));
-                            }
+                            batches.add(&data).await?;
+                            let wait = if data.len() >= CATCH_UP_MESSAGE { LINGER } else { Duration::ZERO };
+                            linger.as_mut().reset(tokio::time::Instant::now() + wait);
                             if let Some(endpos) = opts.endpos {
                                 if st.received >= endpos && !endpos_flush_sent {
                                     endpos_flush_sent = true;
-                                    let _ = tx.send(WriterCmd::Flush).await;
+                                    batches.ship().await?;
+                                    batches.send(WriterCmd::Flush).await?;
                                 }
                             }
                         }
@@ -396,29 +414,134 @@ impl Session<'_> {
                                 // until the reported flush reaches what it sent. Make what
                                 // we have durable now; the new flush position is reported
                                 // as soon as the writer publishes it (top of this loop).
-                                if st.received > p.flushed
-                                    && !opts.synchronous
-                                    && tx.send(WriterCmd::Flush).await.is_err()
-                                {
-                                    return Err(ReceiveError::Internal("archive writer stopped".into()));
+                                if st.received > p.flushed {
+                                    batches.ship().await?;
+                                    batches.send(WriterCmd::Flush).await?;
                                 }
                             }
                         }
                     },
                     CopyMessage::Done => {
-                        drop(tx);
+                        batches.ship().await?;
                         return Ok(StreamEnd::CopyDone(st.received));
                     }
                 },
+                () = &mut linger, if batches.pending() => {
+                    batches.ship().await?;
+                }
                 _ = ticker.tick() => {
-                    if !opts.synchronous && tx.send(WriterCmd::Flush).await.is_err() {
-                        return Err(ReceiveError::Internal("archive writer stopped".into()));
-                    }
+                    batches.ship().await?;
+                    batches.send(WriterCmd::Flush).await?;
                     st.status.send(conn, *progress.borrow(), false).await?;
                 }
             }
         }
     }
+}
+
+/// The network side of async mode's batching: fills page-aligned buffers from the pool
+/// with checked WAL and sends them to the writer. A batch never crosses a segment end, so
+/// a full segment reaches the writer (and gets its final name) without waiting.
+pub struct Batches {
+    tx: mpsc::Sender<WriterCmd>,
+    free: mpsc::Receiver<AlignedBuf>,
+    validator: Validator,
+    /// The batch being filled, and where its WAL starts.
+    current: Option<AlignedBuf>,
+    start: Lsn,
+    seg_size: u64,
+}
+
+impl Batches {
+    /// Start `writer` on a blocking thread with a pool of [`POOL`] buffers; WAL from
+    /// `start` goes through `validator` and then to the writer. Dropping the returned
+    /// `Batches` ends the writer (after what was sent), whose handle returns its last
+    /// positions.
+    pub fn spawn(
+        writer: WalWriter,
+        validator: Validator,
+        start: Lsn,
+        seg_size: u64,
+    ) -> (
+        Self,
+        tokio::task::JoinHandle<Result<Progress, ArchiveError>>,
+    ) {
+        let (tx, rx) = mpsc::channel(POOL);
+        let (recycle, free) = mpsc::channel(POOL);
+        for _ in 0..POOL {
+            recycle
+                .try_send(AlignedBuf::new(BATCH_LEN))
+                .expect("the pool has room for all its buffers");
+        }
+        let handle = tokio::task::spawn_blocking(move || writer.run(rx, recycle));
+        let batches = Batches {
+            tx,
+            free,
+            validator,
+            current: None,
+            start,
+            seg_size,
+        };
+        (batches, handle)
+    }
+
+    /// Whether a batch holds WAL not yet sent.
+    fn pending(&self) -> bool {
+        self.current.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
+    /// Check `data` (the next WAL of the stream) and add it to the batch, shipping batches
+    /// as they fill or reach a segment end. WAL that fails its check is not shipped.
+    pub async fn add(&mut self, mut data: &[u8]) -> Result<(), ReceiveError> {
+        while !data.is_empty() {
+            let buf = match &mut self.current {
+                Some(buf) => buf,
+                None => {
+                    let mut buf = self.free.recv().await.ok_or_else(writer_stopped)?;
+                    buf.reset(self.start.segment_offset(self.seg_size));
+                    self.current.insert(buf)
+                }
+            };
+            let pos = self.start.0 + buf.len() as u64;
+            let segment_left = self.seg_size - Lsn(pos).segment_offset(self.seg_size);
+            let n = data.len().min(buf.spare()).min(segment_left as usize);
+            let added = buf.extend_from_slice(&data[..n]);
+            self.validator.check(added)?;
+            data = &data[n..];
+            if buf.spare() == 0 || n as u64 == segment_left {
+                self.ship().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send the batch being filled to the writer.
+    pub async fn ship(&mut self) -> Result<(), ReceiveError> {
+        let Some(buf) = self.current.take() else {
+            return Ok(());
+        };
+        if buf.is_empty() {
+            self.current = Some(buf);
+            return Ok(());
+        }
+        let start = self.start;
+        self.start = Lsn(start.0 + buf.len() as u64);
+        let checked = self.validator.checked_end();
+        self.send(WriterCmd::Wal {
+            start,
+            buf,
+            checked,
+        })
+        .await
+    }
+
+    pub async fn send(&mut self, cmd: WriterCmd) -> Result<(), ReceiveError> {
+        self.tx.send(cmd).await.map_err(|_| writer_stopped())
+    }
+}
+
+fn writer_stopped() -> ReceiveError {
+    ReceiveError::Internal("archive writer stopped".into())
 }
 
 /// Last status update sent, and the buffer to encode the next one.

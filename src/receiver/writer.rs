@@ -1,30 +1,37 @@
-//! The disk side of the receive loop: a blocking thread that validates WAL chunks, turns
-//! them into segment files and publishes how far it has written and made durable.
+//! The disk side of the receive loop: turns WAL batches into segment files and publishes
+//! how far it has written and made durable.
 //!
-//! Group commit falls out of the loop's shape: after one chunk it drains whatever else is
-//! already queued, then fsyncs once; while that fsync runs, the network task keeps
-//! queueing, so the next round covers everything that arrived meanwhile.
+//! In async mode a blocking thread runs [`WalWriter::run`], fed page-aligned batches
+//! ([`AlignedBuf`]) over a bounded channel and handing each buffer back once written, so a
+//! fixed pool of buffers is also the memory bound. Group commit falls out of the loop's
+//! shape: after one batch it drains whatever else is already queued, then fsyncs once.
+//! `--synchronous` mode drives the writer from the network task instead
+//! ([`WalWriter::write_chunk`], [`WalWriter::flush`]).
 //!
-//! Validation (on by default) runs every chunk through a [`WalDecoder`] before it is
-//! written. Nothing the decoder has not accepted is reported as flushed: `flushed` is the
-//! lesser of the fsynced end and the decoder's valid end (the end of the last complete
-//! record whose CRC matched). A full segment is fsynced at once but renamed to its final
-//! name only when the valid end has passed it — after the record that crosses into the next
-//! segment has been checked too. Bytes that fail leave their segment `.partial`.
+//! Validation happens before the writer (see [`super::validate`]); each write says how far
+//! the WAL is checked. Nothing unchecked is reported as flushed: `flushed` is the lesser of
+//! the fsynced end and the checked end. A full segment is fsynced at once but renamed to
+//! its final name only when the checked end has passed it — after the record that crosses
+//! into the next segment has been checked too. Bytes that fail leave their segment
+//! `.partial`.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::archive::{Archive, ArchiveError, SegmentWriter};
-use crate::wal::{Lsn, SegmentName, TimeLineId, WalDecoder};
+use crate::archive::{AlignedBuf, Archive, ArchiveError, SegmentWriter};
+use crate::wal::{Lsn, SegmentName, TimeLineId};
 
 /// Work for the writer.
 #[derive(Debug)]
 pub enum WriterCmd {
-    /// WAL bytes starting at `start`; must continue exactly where the last chunk ended.
-    Wal { start: Lsn, data: Bytes },
+    /// WAL bytes starting at `start`, which must continue exactly where the last batch
+    /// ended; the WAL is checked up to `checked`.
+    Wal {
+        start: Lsn,
+        buf: AlignedBuf,
+        checked: Lsn,
+    },
     /// Make everything written so far durable and publish it (async mode's periodic flush,
     /// and `--endpos`).
     Flush,
@@ -35,8 +42,7 @@ pub enum WriterCmd {
 pub struct Progress {
     /// End of the WAL handed to the kernel.
     pub written: Lsn,
-    /// End of the WAL known durable (fsynced, or "written" under `--no-sync`) and, with
-    /// validation, checked.
+    /// End of the WAL known durable (fsynced, or "written" under `--no-sync`) and checked.
     pub flushed: Lsn,
 }
 
@@ -45,22 +51,19 @@ pub struct Progress {
 pub struct WriterOptions {
     /// `--synchronous`: fsync after every batch, not just at segment ends.
     pub synchronous: bool,
-    /// Check every byte with the WAL decoder before it is written.
-    pub validate: bool,
-    /// The system identifier the WAL must carry (from IDENTIFY_SYSTEM).
-    pub system_id: Option<u64>,
 }
 
 pub struct WalWriter {
     archive: Archive,
     tli: TimeLineId,
     opts: WriterOptions,
-    decoder: Option<WalDecoder>,
     current: Option<SegmentWriter>,
-    /// Full, fsynced segments waiting for the decoder to pass their end before rename.
+    /// Full, fsynced segments waiting for the checked end to pass their end before rename.
     pending: VecDeque<SegmentWriter>,
     /// End of the bytes known durable. Invariant: `synced <= progress.written`.
     synced: Lsn,
+    /// End of the WAL known valid.
+    checked: Lsn,
     progress: Progress,
     tx: watch::Sender<Progress>,
 }
@@ -73,46 +76,38 @@ impl WalWriter {
         tli: TimeLineId,
         start: Lsn,
         opts: WriterOptions,
-    ) -> Result<(Self, watch::Receiver<Progress>), ArchiveError> {
-        let decoder = if opts.validate {
-            let decoder = WalDecoder::new(start, tli, archive.seg_size(), opts.system_id).map_err(
-                |source| ArchiveError::InvalidWal {
-                    path: archive.dir().to_path_buf(),
-                    source,
-                },
-            )?;
-            Some(decoder)
-        } else {
-            None
-        };
+    ) -> (Self, watch::Receiver<Progress>) {
         let progress = Progress {
             written: start,
             flushed: start,
         };
         let (tx, rx) = watch::channel(progress);
-        Ok((
-            WalWriter {
-                archive,
-                tli,
-                opts,
-                decoder,
-                current: None,
-                pending: VecDeque::new(),
-                synced: start,
-                progress,
-                tx,
-            },
-            rx,
-        ))
+        let writer = WalWriter {
+            archive,
+            tli,
+            opts,
+            current: None,
+            pending: VecDeque::new(),
+            synced: start,
+            checked: start,
+            progress,
+            tx,
+        };
+        (writer, rx)
     }
 
-    /// Run until the channel closes, then leave an incomplete segment durable as
-    /// `.partial`. On error the current segment stays `.partial` and is never renamed.
-    pub fn run(mut self, mut rx: mpsc::Receiver<WriterCmd>) -> Result<Progress, ArchiveError> {
+    /// Run until the channel closes, returning every buffer on `recycle` once written;
+    /// then leave an incomplete segment durable as `.partial`. On error the current
+    /// segment stays `.partial` and is never renamed.
+    pub fn run(
+        mut self,
+        mut rx: mpsc::Receiver<WriterCmd>,
+        recycle: mpsc::Sender<AlignedBuf>,
+    ) -> Result<Progress, ArchiveError> {
         while let Some(cmd) = rx.blocking_recv() {
-            let mut want_sync = self.apply(cmd)?;
+            let mut want_sync = self.apply(cmd, &recycle)?;
             while let Ok(cmd) = rx.try_recv() {
-                want_sync |= self.apply(cmd)?;
+                want_sync |= self.apply(cmd, &recycle)?;
             }
             if want_sync || self.opts.synchronous {
                 self.sync()?;
@@ -122,9 +117,9 @@ impl WalWriter {
         self.close()
     }
 
-    /// Stop writing: full segments whose last record was never completed, and the open
-    /// one, stay durable as `.partial` (resume streams them again; nothing unchecked gets
-    /// a final name).
+    /// Stop writing: full segments whose last record was never checked, and the open one,
+    /// stay durable as `.partial` (resume streams them again; nothing unchecked gets a
+    /// final name).
     pub fn close(mut self) -> Result<Progress, ArchiveError> {
         for segment in self.pending.drain(..).chain(self.current.take()) {
             segment.close_partial()?;
@@ -140,9 +135,15 @@ impl WalWriter {
         self.progress
     }
 
-    /// Write one chunk (for a caller that drives the writer itself; see [`WalWriter::run`]).
-    pub fn write_chunk(&mut self, start: Lsn, data: &[u8]) -> Result<(), ArchiveError> {
-        self.write_wal(start, data)
+    /// Write one chunk, the WAL being checked up to `checked` (for a caller that drives the
+    /// writer itself; see [`WalWriter::run`]).
+    pub fn write_chunk(
+        &mut self,
+        start: Lsn,
+        data: &[u8],
+        checked: Lsn,
+    ) -> Result<(), ArchiveError> {
+        self.write_wal(start, data, checked)
     }
 
     /// Make everything written durable and return the new positions.
@@ -151,17 +152,28 @@ impl WalWriter {
         Ok(self.progress)
     }
 
-    fn apply(&mut self, cmd: WriterCmd) -> Result<bool, ArchiveError> {
+    fn apply(
+        &mut self,
+        cmd: WriterCmd,
+        recycle: &mpsc::Sender<AlignedBuf>,
+    ) -> Result<bool, ArchiveError> {
         match cmd {
-            WriterCmd::Wal { start, data } => {
-                self.write_wal(start, &data)?;
-                Ok(false)
+            WriterCmd::Wal {
+                start,
+                buf,
+                checked,
+            } => {
+                let result = self.write_wal(start, buf.as_slice(), checked);
+                // The pool holds every buffer, so there is always room; a closed pool
+                // means the network task is gone and the buffer is simply dropped.
+                let _ = recycle.try_send(buf);
+                result.map(|()| false)
             }
             WriterCmd::Flush => Ok(true),
         }
     }
 
-    fn write_wal(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), ArchiveError> {
+    fn write_wal(&mut self, start: Lsn, mut data: &[u8], checked: Lsn) -> Result<(), ArchiveError> {
         let seg_size = self.archive.seg_size();
         if start != self.progress.written {
             return Err(ArchiveError::Gap {
@@ -169,17 +181,6 @@ impl WalWriter {
                 expected: self.progress.written,
                 got: start,
             });
-        }
-        if let Some(decoder) = &mut self.decoder {
-            if let Err(source) = decoder.feed_with(data, |_| {}) {
-                let segment = SegmentName::new(self.tli, source.lsn().segno(seg_size));
-                return Err(ArchiveError::InvalidWal {
-                    path: self
-                        .archive
-                        .path_of(&format!("{}.partial", segment.file_name(seg_size))),
-                    source,
-                });
-            }
         }
         let mut pos = start;
         while !data.is_empty() {
@@ -209,18 +210,18 @@ impl WalWriter {
                 self.pending.push_back(segment);
             }
         }
-        self.finish_validated()?;
+        self.checked = self.checked.max(checked.min(pos));
+        self.finish_checked()?;
         self.update_flushed();
         Ok(())
     }
 
-    /// Rename the full segments that the decoder has passed.
-    fn finish_validated(&mut self) -> Result<(), ArchiveError> {
+    /// Rename the full segments that the checked end has passed.
+    fn finish_checked(&mut self) -> Result<(), ArchiveError> {
         let seg_size = self.archive.seg_size();
-        let checked = self.checked_end();
         while let Some(segment) = self.pending.front() {
             let end = segment.segment().segno.next().start_lsn(seg_size);
-            if end > checked {
+            if end > self.checked {
                 break;
             }
             let segment = self.pending.pop_front().expect("front exists");
@@ -230,16 +231,8 @@ impl WalWriter {
         Ok(())
     }
 
-    /// The end of the bytes the decoder vouches for (everything written, unvalidated).
-    fn checked_end(&self) -> Lsn {
-        match &self.decoder {
-            Some(d) => d.valid_end(),
-            None => self.progress.written,
-        }
-    }
-
     fn update_flushed(&mut self) {
-        self.progress.flushed = self.synced.min(self.checked_end());
+        self.progress.flushed = self.synced.min(self.checked);
     }
 
     fn sync(&mut self) -> Result<(), ArchiveError> {
@@ -265,6 +258,7 @@ impl WalWriter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::validate::Validator;
     use super::*;
     use crate::archive::CompressionSpec;
     use crate::wal::synth::WalBuilder;
@@ -290,16 +284,28 @@ mod tests {
         (b.into_bytes(), crossing)
     }
 
-    fn writer(dir: &std::path::Path) -> WalWriter {
-        let archive = Archive::open(dir, SEG, CompressionSpec::None, false).unwrap();
-        let opts = WriterOptions {
-            synchronous: true,
-            validate: true,
-            system_id: Some(SYSID),
-        };
-        WalWriter::new(archive, TimeLineId(1), Lsn(SEG), opts)
-            .unwrap()
-            .0
+    /// A validating writer, as the synchronous receive path drives one.
+    struct Checked {
+        validator: Validator,
+        writer: WalWriter,
+    }
+
+    impl Checked {
+        fn new(dir: &std::path::Path) -> Self {
+            let archive = Archive::open(dir, SEG, CompressionSpec::None, false).unwrap();
+            let validator =
+                Validator::new(&archive, TimeLineId(1), Lsn(SEG), Some(SYSID), true).unwrap();
+            let opts = WriterOptions { synchronous: true };
+            let writer = WalWriter::new(archive, TimeLineId(1), Lsn(SEG), opts).0;
+            Checked { validator, writer }
+        }
+
+        fn feed(&mut self, start: Lsn, data: &[u8]) -> Result<(), ArchiveError> {
+            self.validator.check(data)?;
+            self.writer
+                .write_chunk(start, data, self.validator.checked_end())?;
+            self.writer.flush().map(|_| ())
+        }
     }
 
     const SEG1: &str = "000000010000000000000001";
@@ -308,20 +314,19 @@ mod tests {
     fn a_full_segment_is_renamed_only_after_the_record_crossing_its_end_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, crossing) = two_segments();
-        let mut w = writer(dir.path());
+        let mut w = Checked::new(dir.path());
         // Exactly segment 1: full, but its last record continues into segment 2.
-        w.write_wal(Lsn(SEG), &wal[..SEG as usize]).unwrap();
-        w.sync().unwrap();
+        w.feed(Lsn(SEG), &wal[..SEG as usize]).unwrap();
         assert!(dir.path().join(format!("{SEG1}.partial")).exists());
         assert!(!dir.path().join(SEG1).exists());
         // Nothing past the last complete record is reported flushed.
-        assert!(w.progress.flushed <= crossing, "{}", w.progress.flushed);
+        let flushed = w.writer.progress().flushed;
+        assert!(flushed <= crossing, "{flushed}");
         // The rest completes the crossing record: now segment 1 gets its final name.
-        w.write_wal(Lsn(2 * SEG), &wal[SEG as usize..]).unwrap();
-        w.sync().unwrap();
+        w.feed(Lsn(2 * SEG), &wal[SEG as usize..]).unwrap();
         assert!(dir.path().join(SEG1).exists());
         assert!(!dir.path().join(format!("{SEG1}.partial")).exists());
-        assert!(w.progress.flushed > Lsn(2 * SEG));
+        assert!(w.writer.progress().flushed > Lsn(2 * SEG));
         assert_eq!(
             std::fs::read(dir.path().join(SEG1)).unwrap(),
             &wal[..SEG as usize]
@@ -335,26 +340,70 @@ mod tests {
         // Damage the crossing record's payload in segment 2 (after the page header).
         let at = (2 * SEG - SEG) as usize + 40 + 8;
         wal[at] ^= 0x20;
-        let mut w = writer(dir.path());
-        w.write_wal(Lsn(SEG), &wal[..SEG as usize]).unwrap();
-        w.sync().unwrap();
-        let err = w.write_wal(Lsn(2 * SEG), &wal[SEG as usize..]).unwrap_err();
+        let mut w = Checked::new(dir.path());
+        w.feed(Lsn(SEG), &wal[..SEG as usize]).unwrap();
+        let err = w.feed(Lsn(2 * SEG), &wal[SEG as usize..]).unwrap_err();
         match &err {
             ArchiveError::InvalidWal { source, .. } => assert_eq!(source.lsn(), crossing),
             other => panic!("expected InvalidWal, got {other}"),
         }
+        // The error names the segment the bad record starts in.
         assert!(
-            err.to_string().contains("000000010000000000000002.partial")
-                || err.to_string().contains(SEG1)
+            err.to_string().contains(&format!("{SEG1}.partial")),
+            "{err}"
         );
         assert!(
             !dir.path().join(SEG1).exists(),
             "damaged WAL got a final name"
         );
-        assert!(w.progress.flushed <= crossing);
-        drop(w);
+        assert!(w.writer.progress().flushed <= crossing);
+        w.writer.close().unwrap();
         // A writer closed after the failure keeps segment 1 as .partial.
         assert!(dir.path().join(format!("{SEG1}.partial")).exists());
+    }
+
+    /// The async path: batches in aligned buffers over the channel, each buffer handed
+    /// back once written.
+    #[test]
+    fn run_writes_batches_and_recycles_their_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = two_segments();
+        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false).unwrap();
+        let (writer, progress) =
+            WalWriter::new(archive, TimeLineId(1), Lsn(SEG), WriterOptions::default());
+        let (tx, rx) = mpsc::channel(2);
+        let (recycle, mut free) = mpsc::channel(2);
+        let handle = std::thread::spawn(move || writer.run(rx, recycle));
+        let mut bufs = vec![AlignedBuf::new(256 * 1024), AlignedBuf::new(256 * 1024)];
+        let mut at = 0usize;
+        while at < wal.len() {
+            let mut buf = match bufs.pop() {
+                Some(b) => b,
+                None => free.blocking_recv().expect("a buffer comes back"),
+            };
+            let start = Lsn(SEG + at as u64);
+            buf.reset(start.segment_offset(SEG));
+            let n = buf.spare().min(wal.len() - at).min(200_000);
+            buf.extend_from_slice(&wal[at..at + n]);
+            at += n;
+            let checked = Lsn(SEG + at as u64);
+            tx.blocking_send(WriterCmd::Wal {
+                start,
+                buf,
+                checked,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        let end = handle.join().unwrap().unwrap();
+        assert_eq!(end.written, Lsn(SEG + wal.len() as u64));
+        assert_eq!(progress.borrow().flushed, end.written);
+        assert_eq!(
+            std::fs::read(dir.path().join(SEG1)).unwrap(),
+            &wal[..SEG as usize]
+        );
+        let tail = std::fs::read(dir.path().join("000000010000000000000002.partial")).unwrap();
+        assert_eq!(&tail[..wal.len() - SEG as usize], &wal[SEG as usize..]);
     }
 
     #[test]
@@ -362,9 +411,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = two_segments();
         let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false).unwrap();
-        let (mut w, _) =
-            WalWriter::new(archive, TimeLineId(1), Lsn(SEG), WriterOptions::default()).unwrap();
-        w.write_wal(Lsn(SEG), &wal[..SEG as usize]).unwrap();
+        let (mut w, _) = WalWriter::new(archive, TimeLineId(1), Lsn(SEG), WriterOptions::default());
+        w.write_chunk(Lsn(SEG), &wal[..SEG as usize], Lsn(2 * SEG))
+            .unwrap();
         assert!(dir.path().join(SEG1).exists());
     }
 }
