@@ -24,9 +24,15 @@ const SEG1: &str = "000000010000000000000001";
 
 /// Segment 1 and some of segment 2, with a record crossing the boundary.
 fn wal() -> (Vec<u8>, Lsn) {
+    wal_into_segment_2(200_000)
+}
+
+/// Segment 1 and at least `more` bytes of segment 2; and the LSN of the record crossing
+/// the boundary.
+fn wal_into_segment_2(more: u64) -> (Vec<u8>, Lsn) {
     let mut b = WalBuilder::new(Lsn(SEG), TimeLineId(1), SEG, SYSID);
     let mut crossing = Lsn(0);
-    while b.end().0 < 2 * SEG + 200_000 {
+    while b.end().0 < 2 * SEG + more {
         let lsn = b.filler(3000);
         if lsn.0 < 2 * SEG && b.end().0 > 2 * SEG {
             crossing = lsn;
@@ -172,12 +178,14 @@ async fn run(
     wal: Vec<u8>,
     endpos: Option<Lsn>,
     dir: &std::path::Path,
+    synchronous: bool,
 ) -> (Result<Outcome, ReceiveError>, Vec<Lsn>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(Walsender::serve(listener, wal));
     let mut opts = options(port, dir);
     opts.endpos = endpos;
+    opts.synchronous = synchronous;
     let (_stop_tx, stop_rx) = watch::channel(false);
     let result = tokio::time::timeout(Duration::from_secs(30), receive(&opts, stop_rx))
         .await
@@ -189,15 +197,29 @@ async fn run(
     (result, flushes)
 }
 
+// Each scenario runs in both modes: `--synchronous` checks and writes on the network task,
+// async mode checks there and ships page-aligned batches to the writer thread.
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_wal_is_archived_and_acknowledged() {
+    valid_wal_is_archived_and_acknowledged_in(true).await;
+    valid_wal_is_archived_and_acknowledged_in(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_wal_is_never_acknowledged_nor_given_a_final_name() {
+    corrupt_wal_is_never_acknowledged_nor_given_a_final_name_in(true).await;
+    corrupt_wal_is_never_acknowledged_nor_given_a_final_name_in(false).await;
+}
+
+async fn valid_wal_is_archived_and_acknowledged_in(synchronous: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = wal();
     let end = Lsn(SEG + wal.len() as u64 - 100_000);
-    let (result, flushes) = run(wal.clone(), Some(end), dir.path()).await;
+    let (result, flushes) = run(wal.clone(), Some(end), dir.path(), synchronous).await;
     assert!(
         matches!(result, Ok(Outcome::EndposReached(l)) if l >= end),
-        "{result:?}"
+        "synchronous {synchronous}: {result:?}"
     );
     assert_eq!(
         std::fs::read(dir.path().join(SEG1)).unwrap(),
@@ -206,17 +228,16 @@ async fn valid_wal_is_archived_and_acknowledged() {
     assert!(flushes.iter().any(|f| *f >= end), "{flushes:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_wal_is_never_acknowledged_nor_given_a_final_name() {
+async fn corrupt_wal_is_never_acknowledged_nor_given_a_final_name_in(synchronous: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, crossing) = wal();
     // One flipped bit in the payload of the record that crosses into segment 2.
     wal[SEG as usize + 40 + 16] ^= 0x04;
-    let (result, flushes) = run(wal, None, dir.path()).await;
+    let (result, flushes) = run(wal, None, dir.path(), synchronous).await;
     let err = result.expect_err("corrupt WAL was accepted");
     match &err {
         ReceiveError::Archive(ArchiveError::InvalidWal { source, .. }) => {
-            assert_eq!(source.lsn(), crossing)
+            assert_eq!(source.lsn(), crossing, "synchronous {synchronous}")
         }
         other => panic!("expected InvalidWal, got {other}"),
     }
@@ -231,4 +252,41 @@ async fn corrupt_wal_is_never_acknowledged_nor_given_a_final_name() {
         "a segment with bad WAL got its final name"
     );
     assert!(dir.path().join(format!("{SEG1}.partial")).exists());
+}
+
+/// Async mode holds a batch back briefly after a full-size (catch-up) message, expecting
+/// more; when the walsender then goes quiet the batch must still reach the disk, with no
+/// keepalive, status tick or stop to push it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_writes_the_last_catch_up_batch_without_waiting_for_more() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segment 1 and two full 128 KiB messages of segment 2.
+    let len = SEG as usize + 2 * 128 * 1024;
+    let (mut wal, _) = wal_into_segment_2(len as u64);
+    wal.truncate(len);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(Walsender::serve(listener, wal.clone()));
+    let mut opts = options(port, dir.path());
+    opts.synchronous = false;
+    opts.status_interval = None;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let client = tokio::spawn(async move { receive(&opts, stop_rx).await });
+    let partial = dir.path().join("000000010000000000000002.partial");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let on_disk = loop {
+        let got = std::fs::read(&partial).unwrap_or_default();
+        if got.len() >= len - SEG as usize && got[..len - SEG as usize] == wal[SEG as usize..] {
+            break true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop_tx.send(true).unwrap();
+    let result = client.await.unwrap();
+    assert!(on_disk, "the last batch stayed in memory");
+    assert!(matches!(result, Ok(Outcome::Stopped(_))), "{result:?}");
+    server.await.unwrap();
 }

@@ -432,7 +432,10 @@ impl Session<'_> {
                 _ = ticker.tick() => {
                     batches.ship().await?;
                     batches.send(WriterCmd::Flush).await?;
-                    st.status.send(conn, *progress.borrow(), false).await?;
+                    // Copy out first: the watch's read lock must not be held across the
+                    // send (the writer would block publishing meanwhile).
+                    let p = *progress.borrow();
+                    st.status.send(conn, p, false).await?;
                 }
             }
         }
