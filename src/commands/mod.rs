@@ -71,10 +71,11 @@ impl ConnArgs {
     }
 }
 
-/// A tokio runtime for one command: two workers is all this machine class has.
-pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// A single-threaded tokio runtime, for commands whose network work is one connection
+/// (`receive`): blocking file work runs in place or on its own thread, and no worker ever
+/// has to be woken to take over another's tasks.
+pub fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(format!("could not start the async runtime: {e}")))

@@ -11,7 +11,7 @@ use walferry::protocol::ReplicationConn;
 use walferry::receiver::{self, Outcome, ReceiveError, ReceiveOptions};
 use walferry::wal::Lsn;
 
-use super::{runtime, ConnArgs, Failure};
+use super::{current_thread_runtime, ConnArgs, Failure};
 
 pub const AFTER_HELP: &str = "\
 Streaming starts where pg_receivewal would start: after the newest complete segment in the
@@ -108,7 +108,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     let params = connection_params(&args.conn)?;
-    let rt = runtime()?;
+    let rt = current_thread_runtime()?;
     if args.create_slot || args.drop_slot {
         let slot = args.slot.as_deref().expect("clap requires --slot");
         return rt.block_on(manage_slot(
