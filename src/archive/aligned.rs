@@ -71,11 +71,24 @@ impl AlignedBuf {
     /// their new place.
     pub fn extend_from_slice(&mut self, data: &[u8]) -> &[u8] {
         assert!(data.len() <= self.spare(), "batch overflow");
+        self.spare_mut()[..data.len()].copy_from_slice(data);
+        self.commit(data.len())
+    }
+
+    /// The room after the data, to be filled in place (e.g. by a socket read) and then
+    /// added with [`AlignedBuf::commit`].
+    pub fn spare_mut(&mut self) -> &mut [u8] {
         let at = self.base + self.head + self.len;
-        let dst = &mut self.mem[at..at + data.len()];
-        dst.copy_from_slice(data);
-        self.len += data.len();
-        dst
+        let end = self.base + self.cap;
+        &mut self.mem[at..end]
+    }
+
+    /// Add the first `n` bytes of the room to the data; returns them.
+    pub fn commit(&mut self, n: usize) -> &[u8] {
+        assert!(n <= self.spare(), "batch overflow");
+        let at = self.base + self.head + self.len;
+        self.len += n;
+        &self.mem[at..at + n]
     }
 }
 
@@ -105,6 +118,23 @@ mod tests {
             assert_eq!(b.as_slice(), &[7u8; 5000][..]);
             assert_eq!(b.spare(), 4 * DIRECT_ALIGN - phase - 5000);
         }
+    }
+
+    #[test]
+    fn filling_in_place_is_the_same_as_copying() {
+        let mut a = AlignedBuf::new(2 * DIRECT_ALIGN);
+        let mut b = AlignedBuf::new(2 * DIRECT_ALIGN);
+        a.reset(100);
+        b.reset(100);
+        a.extend_from_slice(b"hello, ");
+        a.extend_from_slice(b"wal");
+        b.spare_mut()[..7].copy_from_slice(b"hello, ");
+        assert_eq!(b.commit(7), b"hello, ");
+        b.spare_mut()[..3].copy_from_slice(b"wal");
+        b.commit(3);
+        assert_eq!(a.as_slice(), b.as_slice());
+        assert_eq!(b.spare(), 2 * DIRECT_ALIGN - 100 - 10);
+        assert_eq!(b.spare_mut().len(), b.spare());
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! `START_REPLICATION`.
 //!
 //! The read side keeps everything in one `BytesMut`: a CopyData payload is split out of it
-//! and frozen, so the WAL bytes reach the archive writer without a copy, and the only
-//! `.await` in [`ReplicationConn::read_copy_message`] is the socket read, which makes it
-//! cancel-safe inside `tokio::select!`. A command interrupted half-way leaves the connection
-//! in a state that the next command first drains up to ReadyForQuery.
+//! and frozen, and the only `.await` in [`ReplicationConn::read_copy_message`] is the socket
+//! read, which makes it cancel-safe inside `tokio::select!`. For catch-up there is a second
+//! way to read the stream ([`ReplicationConn::read_stream_item`] and
+//! [`ReplicationConn::read_wal_into`]): headers through the buffer, WAL payloads straight
+//! from the socket into the caller's (page-aligned) memory. A command interrupted half-way
+//! leaves the connection in a state that the next command first drains up to ReadyForQuery.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -28,6 +30,7 @@ pub use super::backend::ServerError;
 use super::backend::{Authentication, BackendMessage};
 use super::frame::{frame_len, parse_frame, tag_name, ProtocolError};
 use super::frontend;
+use super::replication::{ReplicationMessage, XLOG_DATA_HEADER_LEN};
 use super::stream::Stream;
 use super::tls::{self, TlsConfigError, TlsSetup};
 use crate::conninfo::{self, ConnParams, Host, Password, PasswordPrompt, SslMode};
@@ -155,6 +158,30 @@ pub enum CopyMessage {
     Done,
 }
 
+/// An item of the stream for [`ReplicationConn::read_stream_item`].
+#[derive(Debug)]
+pub enum StreamItem {
+    Wal(WalStart),
+    /// Anything but XLogData: a keepalive (as CopyData), or the end of the stream.
+    Copy(CopyMessage),
+}
+
+/// The start of an XLogData message.
+#[derive(Debug)]
+pub struct WalStart {
+    pub wal_start: Lsn,
+    pub wal_end: Lsn,
+    pub send_time: i64,
+    /// The payload bytes that arrived with the header (possibly all of them).
+    pub head: Bytes,
+    /// Payload bytes still to read with [`ReplicationConn::read_wal_into`].
+    pub rest: usize,
+}
+
+/// How much to read while waiting for the next message's header: enough for several small
+/// messages, little enough that a catch-up payload mostly bypasses the buffer.
+const HEADER_READ: usize = 4096;
+
 /// Where the conversation with the server stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -177,6 +204,9 @@ pub struct ReplicationConn {
     /// Bytes to send; whatever a cancelled write left here goes out first next time.
     write_buf: BytesMut,
     state: State,
+    /// Bytes of an XLogData payload that the caller still has to read
+    /// ([`ReplicationConn::read_wal_into`]); nothing else can be read before.
+    wal_rest: usize,
     parameters: HashMap<String, String>,
     backend_key: Option<(i32, i32)>,
 }
@@ -433,6 +463,7 @@ impl ReplicationConn {
             read_buf: BytesMut::with_capacity(64 << 10),
             write_buf: BytesMut::with_capacity(1024),
             state: State::Draining,
+            wal_rest: 0,
             parameters: HashMap::new(),
             backend_key: None,
         };
@@ -606,6 +637,26 @@ impl ReplicationConn {
             self.read_buf.reserve(want.max(READ_CHUNK));
         }
         match self.stream.read_buf(&mut self.read_buf).await {
+            Ok(0) => {
+                self.state = State::Broken;
+                Err(ClientError::Closed)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.state = State::Broken;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Read at most `max` bytes into the buffer (one socket read).
+    async fn fill_at_most(&mut self, max: usize) -> Result<(), ClientError> {
+        self.read_buf.reserve(max);
+        match (&mut self.stream)
+            .take(max as u64)
+            .read_buf(&mut self.read_buf)
+            .await
+        {
             Ok(0) => {
                 self.state = State::Broken;
                 Err(ClientError::Closed)
@@ -912,18 +963,134 @@ impl ReplicationConn {
     /// Cancel-safe: all state lives in the connection's read buffer and the only await is
     /// the socket read, so dropping the future (a `select!` timer won) loses nothing.
     pub async fn read_copy_message(&mut self) -> Result<CopyMessage, ClientError> {
-        if self.state != State::CopyBoth {
+        self.check_streaming("read_copy_message")?;
+        loop {
+            match self.buffered_copy_message()? {
+                Some(msg) => return Ok(msg),
+                None => self.fill().await?,
+            }
+        }
+    }
+
+    /// The next item of the stream, for a caller that takes WAL payloads straight from the
+    /// socket into its own buffers: an XLogData message comes as its header and the part of
+    /// its payload already received; the rest (`WalStart::rest`) must then be read with
+    /// [`ReplicationConn::read_wal_into`] before anything else. Only small reads go through
+    /// the connection's buffer, so during catch-up nearly every WAL byte is copied once, by
+    /// the kernel, to where it is written from.
+    ///
+    /// Cancel-safe, as [`ReplicationConn::read_copy_message`].
+    pub async fn read_stream_item(&mut self) -> Result<StreamItem, ClientError> {
+        self.check_streaming("read_stream_item")?;
+        loop {
+            if let Some(start) = self.split_wal_start()? {
+                return Ok(StreamItem::Wal(start));
+            }
+            if self.has_buffered_frame() {
+                if let Some(msg) = self.buffered_copy_message()? {
+                    return Ok(StreamItem::Copy(msg));
+                }
+                continue;
+            }
+            self.fill_at_most(HEADER_READ).await?;
+        }
+    }
+
+    /// Read more of the current XLogData payload into `dst` (up to what is left of it);
+    /// returns how many bytes arrived. Cancel-safe: one socket read.
+    pub async fn read_wal_into(&mut self, dst: &mut [u8]) -> Result<usize, ClientError> {
+        if self.wal_rest == 0 {
             return Err(ClientError::Protocol(
-                "read_copy_message called outside a replication stream".into(),
+                "read_wal_into called with no WAL payload pending".into(),
             ));
         }
+        let want = dst.len().min(self.wal_rest);
+        if want == 0 {
+            return Ok(0);
+        }
+        match self.stream.read(&mut dst[..want]).await {
+            Ok(0) => {
+                self.state = State::Broken;
+                Err(ClientError::Closed)
+            }
+            Ok(n) => {
+                self.wal_rest -= n;
+                Ok(n)
+            }
+            Err(e) => {
+                self.state = State::Broken;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn check_streaming(&self, what: &str) -> Result<(), ClientError> {
+        if self.state != State::CopyBoth {
+            return Err(ClientError::Protocol(format!(
+                "{what} called outside a replication stream"
+            )));
+        }
+        if self.wal_rest != 0 {
+            return Err(ClientError::Protocol(format!(
+                "{what} called with {} bytes of a WAL payload still unread",
+                self.wal_rest
+            )));
+        }
+        Ok(())
+    }
+
+    /// If the buffer starts with a CopyData frame holding XLogData whose header is all
+    /// here, take the header and whatever part of the payload is buffered.
+    fn split_wal_start(&mut self) -> Result<Option<WalStart>, ClientError> {
+        const FRAME_HEADER: usize = 5;
+        let buf = &self.read_buf;
+        if buf.len() < FRAME_HEADER + XLOG_DATA_HEADER_LEN
+            || buf[0] != b'd'
+            || buf[FRAME_HEADER] != b'w'
+        {
+            return Ok(None);
+        }
+        let frame_len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if !(4 + XLOG_DATA_HEADER_LEN..=MAX_SERVER_MESSAGE).contains(&frame_len) {
+            // Let the ordinary path report it.
+            return Ok(None);
+        }
+        let payload_len = frame_len - 4 - XLOG_DATA_HEADER_LEN;
+        let _ = self.read_buf.split_to(FRAME_HEADER);
+        let header = self.read_buf.split_to(XLOG_DATA_HEADER_LEN).freeze();
+        let ReplicationMessage::XLogData {
+            wal_start,
+            wal_end,
+            send_time,
+            ..
+        } = ReplicationMessage::parse(header).map_err(|e| {
+            self.state = State::Broken;
+            ClientError::from(e)
+        })?
+        else {
+            unreachable!("tag checked above");
+        };
+        let head = self
+            .read_buf
+            .split_to(payload_len.min(self.read_buf.len()))
+            .freeze();
+        self.wal_rest = payload_len - head.len();
+        Ok(Some(WalStart {
+            wal_start,
+            wal_end,
+            send_time,
+            rest: self.wal_rest,
+            head,
+        }))
+    }
+
+    /// The next message of the stream if a whole frame is buffered (notices and parameter
+    /// changes are taken in passing); `None` when more must be read.
+    fn buffered_copy_message(&mut self) -> Result<Option<CopyMessage>, ClientError> {
         loop {
             let frame = match parse_frame(&mut self.read_buf, MAX_SERVER_MESSAGE) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    self.fill().await?;
-                    continue;
-                }
+                Ok(None) => return Ok(None),
                 Err(e) => {
                     self.state = State::Broken;
                     return Err(e.into());
@@ -931,7 +1098,7 @@ impl ReplicationConn {
             };
             // CopyData is matched on the tag alone: the hot path does no decoding.
             if frame.tag == b'd' {
-                return Ok(CopyMessage::Data(frame.body));
+                return Ok(Some(CopyMessage::Data(frame.body)));
             }
             let msg = BackendMessage::decode(frame).map_err(|e| {
                 self.state = State::Broken;
@@ -940,7 +1107,7 @@ impl ReplicationConn {
             match msg {
                 BackendMessage::CopyDone => {
                     self.state = State::ServerCopyDone;
-                    return Ok(CopyMessage::Done);
+                    return Ok(Some(CopyMessage::Done));
                 }
                 BackendMessage::NoticeResponse(n) => log_notice(&n),
                 BackendMessage::ParameterStatus { name, value } => {

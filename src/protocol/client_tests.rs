@@ -17,7 +17,7 @@ use super::backend::{
     encode_result_set, Authentication, BackendMessage, CopyResponse, ServerError, INT8_OID,
     TEXT_OID,
 };
-use super::client::{ClientError, CopyMessage, ReplicationConn};
+use super::client::{ClientError, CopyMessage, ReplicationConn, StreamItem};
 use super::frame::MAX_MESSAGE_LEN;
 use super::frontend::{self, FrontendMessage, StartupPacket};
 use super::replication::{encode_xlog_data, ReplicationMessage};
@@ -934,6 +934,116 @@ async fn read_copy_message_is_cancel_safe() {
     assert_eq!(got.len(), 4);
     for (i, payload) in got.iter().enumerate() {
         assert_eq!(&payload[..], &frames[i][5..], "message {i}");
+    }
+    assert_eq!(conn.finish_copy().await.unwrap(), None);
+    server.await.unwrap();
+}
+
+/// The zero-copy read path: XLogData headers from the connection's buffer, payloads into
+/// the caller's memory in pieces, other messages in between; the server trickles bytes so
+/// that every kind of boundary falls inside a read, and a timer cancels reads throughout.
+#[tokio::test]
+async fn read_stream_item_hands_wal_payloads_to_the_caller() {
+    let sizes = [10usize, 5000, 128 * 1024, 3, 128 * 1024, 64];
+    let mut starts = Vec::new();
+    let mut wire = Vec::new();
+    let mut lsn = 0x500_0000u64;
+    for (i, &n) in sizes.iter().enumerate() {
+        starts.push(lsn);
+        wire.extend(wal_message(lsn, n));
+        lsn += n as u64;
+        if i == 2 {
+            let mut ka = BytesMut::new();
+            super::replication::encode_keepalive(Lsn(lsn), 5, false, &mut ka);
+            let mut frame = BytesMut::new();
+            frontend::copy_data(&ka, &mut frame);
+            wire.extend_from_slice(&frame);
+        }
+    }
+    let (port, server) = serve_one(move |mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.send(&[copy_both()]).await;
+        for (k, piece) in wire.chunks(9_973).enumerate() {
+            if k % 3 == 0 {
+                for small in piece.chunks(17) {
+                    s.send_raw(small).await;
+                }
+            } else {
+                s.send_raw(piece).await;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        s.send(&[BackendMessage::CopyDone]).await;
+        assert_eq!(s.recv().await, FrontendMessage::CopyDone);
+        s.send(&[
+            BackendMessage::CommandComplete {
+                tag: "START_STREAMING".into(),
+            },
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(None, Lsn(0x500_0000), TimeLineId(1))
+        .await
+        .unwrap();
+    let mut wal: Vec<(Lsn, Vec<u8>)> = Vec::new();
+    let mut keepalives = 0;
+    let mut timeouts = 0;
+    let tick = || tokio::time::sleep(Duration::from_micros(700));
+    loop {
+        let item = tokio::select! {
+            item = conn.read_stream_item() => item.unwrap(),
+            _ = tick() => { timeouts += 1; continue; }
+        };
+        match item {
+            StreamItem::Wal(w) => {
+                let mut bytes = w.head.to_vec();
+                let mut rest = w.rest;
+                // Nothing else may be read while a payload is pending.
+                if rest > 0 {
+                    assert!(matches!(
+                        conn.read_copy_message().await,
+                        Err(ClientError::Protocol(_))
+                    ));
+                }
+                let mut dst = [0u8; 1000];
+                while rest > 0 {
+                    let n = tokio::select! {
+                        n = conn.read_wal_into(&mut dst) => n.unwrap(),
+                        _ = tick() => { timeouts += 1; continue; }
+                    };
+                    bytes.extend_from_slice(&dst[..n]);
+                    rest -= n;
+                }
+                wal.push((w.wal_start, bytes));
+            }
+            StreamItem::Copy(CopyMessage::Data(payload)) => {
+                assert!(matches!(
+                    ReplicationMessage::parse(payload).unwrap(),
+                    ReplicationMessage::Keepalive { .. }
+                ));
+                assert_eq!(wal.len(), 3, "the keepalive comes after the third message");
+                keepalives += 1;
+            }
+            StreamItem::Copy(CopyMessage::Done) => break,
+        }
+    }
+    assert!(
+        timeouts > 5,
+        "the timer never interrupted a read ({timeouts})"
+    );
+    assert_eq!(keepalives, 1);
+    assert_eq!(wal.len(), sizes.len());
+    for (i, (start, bytes)) in wal.iter().enumerate() {
+        assert_eq!(*start, Lsn(starts[i]), "message {i}");
+        assert_eq!(bytes.len(), sizes[i], "message {i}");
+        assert!(
+            bytes.iter().enumerate().all(|(k, b)| *b == (k % 251) as u8),
+            "message {i}: payload bytes differ"
+        );
     }
     assert_eq!(conn.finish_copy().await.unwrap(), None);
     server.await.unwrap();

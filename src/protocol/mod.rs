@@ -19,7 +19,8 @@ mod client_tests;
 
 pub use backend::BackendMessage;
 pub use client::{
-    parse_size_setting, ClientError, CopyMessage, ReplicationConn, ServerError, SystemInfo,
+    parse_size_setting, ClientError, CopyMessage, ReplicationConn, ServerError, StreamItem,
+    SystemInfo, WalStart,
 };
 pub use frame::ProtocolError;
 pub use frontend::{FrontendMessage, StartupPacket};

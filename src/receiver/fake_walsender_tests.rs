@@ -78,6 +78,12 @@ impl Walsender {
     /// Serve one connection: startup, IDENTIFY_SYSTEM, SHOW, START_REPLICATION, then `wal`
     /// in 128 KiB messages; returns every flush position the client reported.
     async fn serve(listener: TcpListener, wal: Vec<u8>) -> Vec<Lsn> {
+        Self::serve_cut(listener, wal, None).await
+    }
+
+    /// As [`Walsender::serve`]; with `cut`, only the first `cut` bytes of the stream's
+    /// frames go out (the server then stalls, mid-message if `cut` says so).
+    async fn serve_cut(listener: TcpListener, wal: Vec<u8>, cut: Option<usize>) -> Vec<Lsn> {
         let (sock, _) = listener.accept().await.unwrap();
         let mut s = Walsender {
             sock,
@@ -129,6 +135,7 @@ impl Walsender {
         })])
         .await;
         let mut payload = BytesMut::new();
+        let mut frames = BytesMut::new();
         for (i, chunk) in wal.chunks(128 * 1024).enumerate() {
             let start = Lsn(SEG + (i * 128 * 1024) as u64);
             payload.clear();
@@ -139,8 +146,15 @@ impl Walsender {
                 chunk,
                 &mut payload,
             );
-            s.send(&[BackendMessage::CopyData(payload.clone().freeze())])
-                .await;
+            BackendMessage::CopyData(payload.clone().freeze())
+                .encode(&mut frames)
+                .unwrap();
+            if cut.is_none() {
+                s.sock.write_all(&frames.split()).await.unwrap();
+            }
+        }
+        if let Some(cut) = cut {
+            s.sock.write_all(&frames[..cut]).await.unwrap();
         }
         let mut flushes = Vec::new();
         while let Some(m) = s.recv().await {
@@ -289,4 +303,34 @@ async fn async_mode_writes_the_last_catch_up_batch_without_waiting_for_more() {
     assert!(on_disk, "the last batch stayed in memory");
     assert!(matches!(result, Ok(Outcome::Stopped(_))), "{result:?}");
     server.await.unwrap();
+}
+
+/// A walsender that stalls in the middle of a message must not hold up a stop request:
+/// async mode reads payloads straight into its batches, and that read gives way to SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_request_is_honoured_while_a_message_is_half_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = wal();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Three whole messages, then 50 KiB of the fourth's payload.
+    let cut = 3 * (5 + 25 + 128 * 1024) + 5 + 25 + 50_000;
+    let server = tokio::spawn(Walsender::serve_cut(listener, wal.clone(), Some(cut)));
+    let mut opts = options(port, dir.path());
+    opts.synchronous = false;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let client = tokio::spawn(async move { receive(&opts, stop_rx).await });
+    // Let the client take in what was sent, then ask it to stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_tx.send(true).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), client)
+        .await
+        .expect("stop was not honoured while a message was half received")
+        .unwrap();
+    assert!(matches!(result, Ok(Outcome::Stopped(_))), "{result:?}");
+    // What arrived is on disk, in the .partial.
+    let got = std::fs::read(dir.path().join(format!("{SEG1}.partial"))).unwrap();
+    let have = 3 * 128 * 1024 + 50_000;
+    assert_eq!(&got[..have], &wal[..have]);
+    server.abort();
 }

@@ -1,9 +1,10 @@
 //! The replication loop behind `walferry receive`: choose the start point, stream WAL into
 //! the archive, acknowledge it, follow timeline switches and reconnect after failures.
 //!
-//! Async mode runs two threads per stream. This task owns the connection: it reads
-//! frames, validates the WAL while it is hot in cache ([`validate::Validator`]), gathers it
-//! into page-aligned batches of up to [`BATCH_LEN`] and sends status updates. A blocking
+//! Async mode runs two threads per stream. This task owns the connection: it reads WAL
+//! payloads from the socket straight into page-aligned batches of up to [`BATCH_LEN`],
+//! validates them there while they are hot in cache ([`validate::Validator`]), and sends
+//! status updates. A blocking
 //! [`writer::WalWriter`] owns the files and writes each batch with direct I/O straight from
 //! its buffer. A pool of [`POOL`] buffers circulates between the two (the memory bound and
 //! the back-pressure). The writer publishes `written`/`flushed` on a watch channel, and
@@ -27,7 +28,7 @@ use crate::archive::{AlignedBuf, Archive, ArchiveError, CompressionSpec};
 use crate::conninfo::ConnParams;
 use crate::protocol::client::parse_size_setting;
 use crate::protocol::replication::{encode_status_update, pg_now};
-use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage};
+use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage, StreamItem};
 use crate::wal::{parse_history, HistoryEntry, Lsn, TimeLineId};
 use validate::Validator;
 use writer::{Progress, WalWriter, WriterCmd, WriterOptions};
@@ -388,23 +389,32 @@ impl Session<'_> {
                         return Err(ReceiveError::Internal("archive writer stopped".into()));
                     }
                 }
-                msg = conn.read_copy_message() => match msg? {
-                    CopyMessage::Data(payload) => match ReplicationMessage::parse(payload)? {
-                        ReplicationMessage::XLogData { wal_start, data, .. } => {
-                            if data.is_empty() {
-                                continue;
+                item = conn.read_stream_item() => match item? {
+                    StreamItem::Wal(w) => {
+                        let len = w.head.len() + w.rest;
+                        if len == 0 {
+                            continue;
+                        }
+                        st.accept(w.wal_start, len)?;
+                        batches.add(&w.head).await?;
+                        if !self.read_payload(conn, &mut batches, w.rest).await? {
+                            tracing::info!("stop requested; closing the archive at {}", batches.start);
+                            batches.ship().await?;
+                            return Ok(StreamEnd::Done(Outcome::Stopped(batches.start)));
+                        }
+                        let wait = if len >= CATCH_UP_MESSAGE { LINGER } else { Duration::ZERO };
+                        linger.as_mut().reset(tokio::time::Instant::now() + wait);
+                        if let Some(endpos) = opts.endpos {
+                            if st.received >= endpos && !endpos_flush_sent {
+                                endpos_flush_sent = true;
+                                batches.ship().await?;
+                                batches.send(WriterCmd::Flush).await?;
                             }
-                            st.accept(wal_start, data.len())?;
-                            batches.add(&data).await?;
-                            let wait = if data.len() >= CATCH_UP_MESSAGE { LINGER } else { Duration::ZERO };
-                            linger.as_mut().reset(tokio::time::Instant::now() + wait);
-                            if let Some(endpos) = opts.endpos {
-                                if st.received >= endpos && !endpos_flush_sent {
-                                    endpos_flush_sent = true;
-                                    batches.ship().await?;
-                                    batches.send(WriterCmd::Flush).await?;
-                                }
-                            }
+                        }
+                    }
+                    StreamItem::Copy(CopyMessage::Data(payload)) => match ReplicationMessage::parse(payload)? {
+                        ReplicationMessage::XLogData { .. } => {
+                            return Err(ReceiveError::Protocol("malformed XLogData message".into()));
                         }
                         ReplicationMessage::Keepalive { reply_requested, .. } => {
                             if reply_requested {
@@ -421,7 +431,7 @@ impl Session<'_> {
                             }
                         }
                     },
-                    CopyMessage::Done => {
+                    StreamItem::Copy(CopyMessage::Done) => {
                         batches.ship().await?;
                         return Ok(StreamEnd::CopyDone(st.received));
                     }
@@ -439,6 +449,29 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Read the rest of an XLogData payload (`rest` bytes) from the socket straight into
+    /// the batches. Returns false if a stop was requested meanwhile (a server stalled
+    /// mid-message must not hold up SIGTERM).
+    async fn read_payload(
+        &mut self,
+        conn: &mut ReplicationConn,
+        batches: &mut Batches,
+        mut rest: usize,
+    ) -> Result<bool, ReceiveError> {
+        while rest > 0 {
+            let room = batches.room().await?;
+            let want = room.len().min(rest);
+            let n = tokio::select! {
+                biased;
+                n = conn.read_wal_into(&mut room[..want]) => n?,
+                _ = stop_requested(&mut self.shutdown) => return Ok(false),
+            };
+            batches.commit(n).await?;
+            rest -= n;
+        }
+        Ok(true)
     }
 }
 
@@ -497,23 +530,43 @@ impl Batches {
     /// as they fill or reach a segment end. WAL that fails its check is not shipped.
     pub async fn add(&mut self, mut data: &[u8]) -> Result<(), ReceiveError> {
         while !data.is_empty() {
-            let buf = match &mut self.current {
-                Some(buf) => buf,
-                None => {
-                    let mut buf = self.free.recv().await.ok_or_else(writer_stopped)?;
-                    buf.reset(self.start.segment_offset(self.seg_size));
-                    self.current.insert(buf)
-                }
-            };
-            let pos = self.start.0 + buf.len() as u64;
-            let segment_left = self.seg_size - Lsn(pos).segment_offset(self.seg_size);
-            let n = data.len().min(buf.spare()).min(segment_left as usize);
-            let added = buf.extend_from_slice(&data[..n]);
-            self.validator.check(added)?;
+            let room = self.room().await?;
+            let n = data.len().min(room.len());
+            room[..n].copy_from_slice(&data[..n]);
+            self.commit(n).await?;
             data = &data[n..];
-            if buf.spare() == 0 || n as u64 == segment_left {
-                self.ship().await?;
-            }
+        }
+        Ok(())
+    }
+
+    /// Where the next WAL bytes go: the free part of the batch, up to the segment end (a
+    /// fresh buffer from the pool when none is being filled). Fill a prefix of it, then
+    /// [`Batches::commit`] that many bytes.
+    pub async fn room(&mut self) -> Result<&mut [u8], ReceiveError> {
+        let seg_size = self.seg_size;
+        if self.current.is_none() {
+            let mut buf = self.free.recv().await.ok_or_else(writer_stopped)?;
+            buf.reset(self.start.segment_offset(seg_size));
+            self.current = Some(buf);
+        }
+        let buf = self.current.as_mut().expect("set above");
+        let pos = Lsn(self.start.0 + buf.len() as u64);
+        let segment_left = (seg_size - pos.segment_offset(seg_size)) as usize;
+        let room = buf.spare_mut();
+        let n = room.len().min(segment_left);
+        Ok(&mut room[..n])
+    }
+
+    /// Take the first `n` bytes of [`Batches::room`] as the next WAL: check them, and ship
+    /// the batch if it is full or reached a segment end.
+    pub async fn commit(&mut self, n: usize) -> Result<(), ReceiveError> {
+        let seg_size = self.seg_size;
+        let buf = self.current.as_mut().expect("commit() after room()");
+        let added = buf.commit(n);
+        self.validator.check(added)?;
+        let end = Lsn(self.start.0 + buf.len() as u64);
+        if buf.spare() == 0 || end.segment_offset(seg_size) == 0 {
+            self.ship().await?;
         }
         Ok(())
     }
