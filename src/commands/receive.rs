@@ -20,11 +20,18 @@ restart_lsn, else at the server's current WAL position; always at a segment boun
 A directory written by pg_receivewal can be resumed by walferry and vice versa.
 
 Segments are written as NAME.partial, fsynced, renamed to NAME and the directory fsynced.
-Uncompressed .partial files are preallocated to the full segment size (no zero-filling).
+Uncompressed .partial files are preallocated to the full segment size (zero-filled with
+--synchronous, so that each fsync writes only WAL).
 
-Acknowledgement: the flush position reported to the server is always the last fsynced one.
-With --synchronous it is reported as soon as each write is fsynced, so the primary can list
-walferry (its application_name, default \"walferry\") in synchronous_standby_names.
+Validation (unless --no-validate): every page and record header and every record's CRC-32C
+is checked as PostgreSQL's own WAL reader would, as the WAL arrives. Nothing unchecked is
+acknowledged or given a final segment name; WAL that fails stops walferry with an error
+naming the LSN and the .partial file it stays in.
+
+Acknowledgement: the flush position reported to the server is always the last fsynced,
+checked one: at each segment end and every --status-interval. With --synchronous it is
+reported as soon as each write is fsynced, so the primary can list walferry (its
+application_name, default \"walferry\") in synchronous_standby_names.
 
 Examples:
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --create-slot
