@@ -126,6 +126,8 @@ pub struct ConnParams {
     pub sslrootcert: Option<PathBuf>,
     /// `None`: wait forever. Values under 2 s are raised to 2 s, as libpq does.
     pub connect_timeout: Option<Duration>,
+    /// TCP keepalives and user timeout (libpq's `keepalives*`, `tcp_user_timeout`).
+    pub keepalives: Keepalives,
     pub prompt: PasswordPrompt,
 }
 
@@ -234,6 +236,12 @@ pub enum ConnInfoError {
     InvalidSslMode { value: String, origin: Origin },
     #[error("invalid connect_timeout \"{value}\" {origin}; give whole seconds (0 waits forever)")]
     InvalidConnectTimeout { value: String, origin: Origin },
+    #[error("invalid {key} \"{value}\" {origin}; give a whole number (0 = the system default)")]
+    InvalidNumber {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+    },
     #[error("cannot determine the user name to connect as; give one with -U or PGUSER")]
     NoUser,
     #[error(
@@ -437,6 +445,8 @@ pub fn resolve_with(
         Some(s) => parse_connect_timeout(&s.value, s.origin)?,
     };
 
+    let keepalives = parse_keepalives(|k| get(k).map(|s| (s.value.clone(), s.origin)))?;
+
     Ok(ConnParams {
         hosts,
         ports,
@@ -448,6 +458,7 @@ pub fn resolve_with(
         sslmode,
         sslrootcert,
         connect_timeout,
+        keepalives,
         prompt: opts.prompt,
     })
 }
@@ -481,6 +492,75 @@ fn parse_connect_timeout(s: &str, origin: Origin) -> Result<Option<Duration>, Co
         ..=0 => None,
         1 => Some(Duration::from_secs(2)),
         n => Some(Duration::from_secs(n.unsigned_abs())),
+    })
+}
+
+/// TCP-level dead-peer detection, as libpq sets it on TCP connections: keepalive probes
+/// are on unless `keepalives=0`; `None` leaves the operating system's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalives {
+    pub enabled: bool,
+    /// Idle time before the first probe (`keepalives_idle`).
+    pub idle: Option<Duration>,
+    /// Time between probes (`keepalives_interval`).
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the connection is dead (`keepalives_count`).
+    pub count: Option<u32>,
+    /// How long sent data may stay unacknowledged before the connection is dead
+    /// (`tcp_user_timeout`, milliseconds in the conninfo).
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for Keepalives {
+    fn default() -> Self {
+        Keepalives {
+            enabled: true,
+            idle: None,
+            interval: None,
+            count: None,
+            user_timeout: None,
+        }
+    }
+}
+
+/// The keepalive settings: integers as libpq takes them; zero means the system default.
+fn parse_keepalives(
+    get: impl Fn(&str) -> Option<(String, Origin)>,
+) -> Result<Keepalives, ConnInfoError> {
+    let number = |key: &'static str| -> Result<Option<u32>, ConnInfoError> {
+        let Some((value, origin)) = get(key) else {
+            return Ok(None);
+        };
+        let n: u32 = value
+            .trim()
+            .parse()
+            .map_err(|_| ConnInfoError::InvalidNumber {
+                key,
+                value: value.clone(),
+                origin,
+            })?;
+        Ok(Some(n).filter(|&n| n > 0))
+    };
+    let enabled = match get("keepalives") {
+        None => true,
+        Some((value, origin)) => match value.trim().parse::<i64>() {
+            Ok(n) => n != 0,
+            Err(_) => {
+                return Err(ConnInfoError::InvalidNumber {
+                    key: "keepalives",
+                    value,
+                    origin,
+                })
+            }
+        },
+    };
+    let secs = |n: Option<u32>| n.map(|n| Duration::from_secs(n.into()));
+    Ok(Keepalives {
+        enabled,
+        idle: secs(number("keepalives_idle")?),
+        interval: secs(number("keepalives_interval")?),
+        count: number("keepalives_count")?,
+        user_timeout: number("tcp_user_timeout")?.map(|ms| Duration::from_millis(ms.into())),
     })
 }
 

@@ -18,6 +18,11 @@ const USED: &[&str] = &[
     "password",
     "passfile",
     "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
     "application_name",
     "fallback_application_name",
     "sslmode",
@@ -31,11 +36,6 @@ const IGNORED: &[&str] = &[
     "replication",
     "options",
     "client_encoding",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
     "target_session_attrs",
     "load_balance_hosts",
     "sslcert",
@@ -593,7 +593,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(origin, Origin::ConnString);
-        assert_eq!(p, vec![("user", "rep".to_string())]);
+        assert_eq!(
+            p,
+            vec![
+                ("keepalives", "1".to_string()),
+                ("keepalives_idle", "5".to_string()),
+                ("user", "rep".to_string())
+            ]
+        );
 
         let err = parse_dbname_option("hots=db1").unwrap_err();
         assert!(

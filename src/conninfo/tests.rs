@@ -187,13 +187,51 @@ fn conninfo_errors() {
         e.to_string(),
         "connection option \"hostaddr\" is not supported; give the address as host= instead"
     );
-    // Ignored libpq keywords are accepted.
+    // Ignored libpq keywords are accepted (keepalives are used, see keepalive_settings).
     let p = ok(&d(
         "replication=true options='-c wal_sender_timeout=0' keepalives=1 keepalives_idle=30 \
          keepalives_interval=5 keepalives_count=3 target_session_attrs=read-write gssencmode=disable \
          sslcert=/c sslkey=/k sslcrl=/r sslcompression=0 channel_binding=prefer host=db1",
     ));
     assert_eq!(p.hosts, vec![tcp("db1")]);
+}
+
+#[test]
+fn keepalive_settings() {
+    let p = ok(&d("host=db1"));
+    assert_eq!(p.keepalives, Keepalives::default());
+    assert!(p.keepalives.enabled, "libpq turns keepalives on by default");
+    let p = ok(&d(
+        "host=db1 keepalives_idle=30 keepalives_interval=5 keepalives_count=3 tcp_user_timeout=9500",
+    ));
+    assert_eq!(
+        p.keepalives,
+        Keepalives {
+            enabled: true,
+            idle: Some(Duration::from_secs(30)),
+            interval: Some(Duration::from_secs(5)),
+            count: Some(3),
+            user_timeout: Some(Duration::from_millis(9500)),
+        }
+    );
+    // 0 leaves the system default; keepalives=0 turns probes off.
+    let p = ok(&d("host=db1 keepalives=0 keepalives_idle=0"));
+    assert!(!p.keepalives.enabled);
+    assert_eq!(p.keepalives.idle, None);
+    let p = ok(&d("postgres://db1/?keepalives_idle=7"));
+    assert_eq!(p.keepalives.idle, Some(Duration::from_secs(7)));
+    let e = err(&d("host=db1 keepalives_idle=ten"));
+    assert_eq!(
+        e.to_string(),
+        "invalid keepalives_idle \"ten\" in the connection string; give a whole number (0 = the system default)"
+    );
+    assert!(matches!(
+        err(&d("host=db1 keepalives=yes")),
+        ConnInfoError::InvalidNumber {
+            key: "keepalives",
+            ..
+        }
+    ));
 }
 
 #[test]

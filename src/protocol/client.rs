@@ -33,7 +33,7 @@ use super::frontend;
 use super::replication::{ReplicationMessage, XLOG_DATA_HEADER_LEN};
 use super::stream::Stream;
 use super::tls::{self, TlsConfigError, TlsSetup};
-use crate::conninfo::{self, ConnParams, Host, Password, PasswordPrompt, SslMode};
+use crate::conninfo::{self, ConnParams, Host, Keepalives, Password, PasswordPrompt, SslMode};
 use crate::wal::{Lsn, TimeLineId};
 
 /// Largest server message accepted. Replication traffic is at most 128 KiB of WAL per
@@ -363,17 +363,18 @@ impl ReplicationConn {
         password: &(dyn Fn() -> Option<Password> + Sync),
     ) -> Result<Self, ClientError> {
         let Some(tls) = tls else {
-            let tcp = tcp_connect(addr, desc).await?;
+            let tcp = tcp_connect(addr, desc, &params.keepalives).await?;
             return Self::startup(Stream::Tcp(tcp), params, password).await;
         };
         match params.sslmode {
             SslMode::Allow => {
                 // Plaintext first; if the server turns that down, try again with TLS.
-                let tcp = tcp_connect(addr, desc).await?;
+                let tcp = tcp_connect(addr, desc, &params.keepalives).await?;
                 match Self::startup(Stream::Tcp(tcp), params, password).await {
                     Err(ClientError::Server(first)) => {
                         tracing::debug!("{desc}: {first}; retrying with SSL (sslmode=allow)");
-                        let stream = Self::open_tls(addr, host, desc, tls, true).await?;
+                        let stream =
+                            Self::open_tls(addr, host, desc, tls, true, &params.keepalives).await?;
                         Self::startup(stream, params, password).await
                     }
                     other => other,
@@ -382,23 +383,25 @@ impl ReplicationConn {
             SslMode::Prefer => {
                 // TLS if offered; if the handshake or the TLS session's startup fails,
                 // once more without TLS.
-                let first = match Self::open_tls(addr, host, desc, tls, false).await {
-                    Ok(stream) if stream.is_tls() => {
-                        match Self::startup(stream, params, password).await {
-                            Err(e @ ClientError::Server(_)) => e,
-                            other => return other,
+                let first =
+                    match Self::open_tls(addr, host, desc, tls, false, &params.keepalives).await {
+                        Ok(stream) if stream.is_tls() => {
+                            match Self::startup(stream, params, password).await {
+                                Err(e @ ClientError::Server(_)) => e,
+                                other => return other,
+                            }
                         }
-                    }
-                    Ok(plain) => return Self::startup(plain, params, password).await,
-                    Err(e @ ClientError::Tls { .. }) => e,
-                    Err(e) => return Err(e),
-                };
+                        Ok(plain) => return Self::startup(plain, params, password).await,
+                        Err(e @ ClientError::Tls { .. }) => e,
+                        Err(e) => return Err(e),
+                    };
                 tracing::debug!("{first}; retrying without SSL (sslmode=prefer)");
-                let tcp = tcp_connect(addr, desc).await?;
+                let tcp = tcp_connect(addr, desc, &params.keepalives).await?;
                 Self::startup(Stream::Tcp(tcp), params, password).await
             }
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                let stream = Self::open_tls(addr, host, desc, tls, true).await?;
+                let stream =
+                    Self::open_tls(addr, host, desc, tls, true, &params.keepalives).await?;
                 Self::startup(stream, params, password).await
             }
             SslMode::Disable => unreachable!("tls::setup returns no TLS for sslmode=disable"),
@@ -413,8 +416,9 @@ impl ReplicationConn {
         desc: &str,
         tls: &TlsSetup,
         required: bool,
+        keepalives: &Keepalives,
     ) -> Result<Stream, ClientError> {
-        let mut tcp = tcp_connect(addr, desc).await?;
+        let mut tcp = tcp_connect(addr, desc, keepalives).await?;
         let mut req = BytesMut::new();
         frontend::ssl_request(&mut req);
         tcp.write_all(&req).await?;
@@ -1217,7 +1221,11 @@ async fn with_timeout<T>(
     }
 }
 
-async fn tcp_connect(addr: SocketAddr, desc: &str) -> Result<TcpStream, ClientError> {
+async fn tcp_connect(
+    addr: SocketAddr,
+    desc: &str,
+    keepalives: &Keepalives,
+) -> Result<TcpStream, ClientError> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|source| ClientError::Connect {
@@ -1226,7 +1234,53 @@ async fn tcp_connect(addr: SocketAddr, desc: &str) -> Result<TcpStream, ClientEr
         })?;
     // Small commands and status updates must not wait for Nagle.
     tcp.set_nodelay(true)?;
+    set_keepalives(&tcp, keepalives)?;
     Ok(tcp)
+}
+
+/// Keepalive probes and the user timeout, as libpq sets them: a server that vanished
+/// without closing the connection (host down, network cut) is noticed instead of waited
+/// for forever.
+pub(crate) fn set_keepalives(tcp: &TcpStream, k: &Keepalives) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: u32| -> std::io::Result<()> {
+        let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fd` is an open socket owned by `tcp` for the duration of the call; the
+        // option value is a c_int that outlives the call, and its size is passed with it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1);
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, u32::from(k.enabled))?;
+    if k.enabled {
+        if let Some(idle) = k.idle {
+            set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(idle))?;
+        }
+        if let Some(interval) = k.interval {
+            set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(interval))?;
+        }
+        if let Some(count) = k.count {
+            set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)?;
+        }
+    }
+    if let Some(timeout) = k.user_timeout {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)?;
+    }
+    Ok(())
 }
 
 /// Errors after which libpq does not try the remaining hosts: the server was reached and

@@ -188,6 +188,7 @@ fn params_for(hosts: Vec<Host>, ports: Vec<u16>) -> ConnParams {
         sslmode: SslMode::Disable,
         sslrootcert: None,
         connect_timeout: Some(Duration::from_secs(5)),
+        keepalives: Default::default(),
         prompt: PasswordPrompt::Never,
     }
 }
@@ -767,6 +768,52 @@ async fn identify_system_show_and_errors_in_between() {
     conn.drop_slot("s1").await.unwrap();
     conn.close().await;
     server.await.unwrap();
+}
+
+/// The keepalive settings reach the socket (read back with getsockopt).
+#[tokio::test]
+async fn keepalive_settings_are_set_on_the_socket() {
+    use crate::conninfo::Keepalives;
+    use std::os::fd::AsRawFd;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let get = |tcp: &tokio::net::TcpStream, level: libc::c_int, name: libc::c_int| {
+        let mut value: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a live socket; `value` and `len` outlive the call and describe a c_int.
+        let rc = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt");
+        value
+    };
+    let k = Keepalives {
+        enabled: true,
+        idle: Some(Duration::from_secs(31)),
+        interval: Some(Duration::from_secs(7)),
+        count: Some(4),
+        user_timeout: Some(Duration::from_millis(12_000)),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    super::client::set_keepalives(&tcp, &k).unwrap();
+    assert_eq!(get(&tcp, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+    assert_eq!(get(&tcp, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 31);
+    assert_eq!(get(&tcp, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 7);
+    assert_eq!(get(&tcp, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 4);
+    assert_eq!(get(&tcp, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 12_000);
+    let off = Keepalives {
+        enabled: false,
+        ..Keepalives::default()
+    };
+    super::client::set_keepalives(&tcp, &off).unwrap();
+    assert_eq!(get(&tcp, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+    drop(listener);
 }
 
 // ---- streaming ----

@@ -180,6 +180,7 @@ fn options(port: u16, dir: &std::path::Path) -> ReceiveOptions {
         sslmode: SslMode::Disable,
         sslrootcert: None,
         connect_timeout: Some(Duration::from_secs(5)),
+        keepalives: Default::default(),
         prompt: PasswordPrompt::Never,
     };
     let mut opts = ReceiveOptions::new(conn, dir.to_path_buf());
