@@ -228,3 +228,44 @@ fn an_idle_stream_survives_a_short_wal_sender_timeout() {
         .server_log()
         .contains("terminating walsender process due to replication timeout"));
 }
+
+#[test]
+fn status_interval_zero_still_answers_the_server_and_reports_segment_ends() {
+    // -s 0 turns off periodic status updates (as pg_receivewal), not the replies the
+    // walsender asks for, nor the flush reports at segment ends.
+    let pg = PgCluster::builder()
+        .conf("wal_sender_timeout = '2s'")
+        .start();
+    let dir = tempdir();
+    let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["-s", "0", "-v"]));
+    common::wait_until("walferry to stream", Duration::from_secs(30), || {
+        wf_stat(&pg).is_some()
+    });
+    let pid = wf_stat(&pg).unwrap().pid;
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(wf.is_running(), "{}", wf.stderr());
+    assert_eq!(
+        wf_stat(&pg).map(|s| s.pid),
+        Some(pid),
+        "the server dropped walferry:\n{}",
+        wf.stderr()
+    );
+    // WAL across a segment end: the flush reported reaches that segment's end.
+    let before = flush_lsn(&pg);
+    emit_wal(&pg, 20);
+    let boundary = (before / WAL_SEGMENT_SIZE + 1) * WAL_SEGMENT_SIZE;
+    common::wait_until(
+        "the flush position to pass a segment end",
+        Duration::from_secs(30),
+        || {
+            wf_stat(&pg)
+                .and_then(|s| s.flush_lsn)
+                .is_some_and(|f| f >= boundary)
+        },
+    );
+    assert!(dir.path().join(segment_name(1, before)).exists());
+    drop(wf);
+    // And with --endpos, -s 0 still exits once the end position is flushed.
+    let endpos = flush_lsn(&pg);
+    run_ok(walferry(&pg, dir.path()).args(["-s", "0", "-E", &format_lsn(endpos)]));
+}
