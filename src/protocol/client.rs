@@ -1000,8 +1000,12 @@ impl ReplicationConn {
         }
     }
 
-    /// Read more of the current XLogData payload into `dst` (up to what is left of it);
-    /// returns how many bytes arrived. Cancel-safe: one socket read.
+    /// Read more of the current XLogData payload into `dst`; returns how many payload
+    /// bytes arrived (at the start of `dst`). When `dst` has room past the payload's end,
+    /// the same read also takes in up to [`HEADER_READ`] bytes of what follows (the next
+    /// message's header): they are moved to the connection's buffer, and `dst` past the
+    /// returned count holds nothing of value. One read per catch-up message instead of two.
+    /// Cancel-safe: one socket read.
     pub async fn read_wal_into(&mut self, dst: &mut [u8]) -> Result<usize, ClientError> {
         if self.wal_rest == 0 {
             return Err(ClientError::Protocol(
@@ -1012,12 +1016,19 @@ impl ReplicationConn {
         if want == 0 {
             return Ok(0);
         }
-        match self.stream.read(&mut dst[..want]).await {
+        let ahead = (dst.len() - want).min(HEADER_READ);
+        match self.stream.read(&mut dst[..want + ahead]).await {
             Ok(0) => {
                 self.state = State::Broken;
                 Err(ClientError::Closed)
             }
             Ok(n) => {
+                let n = if n > want {
+                    self.read_buf.extend_from_slice(&dst[want..n]);
+                    want
+                } else {
+                    n
+                };
                 self.wal_rest -= n;
                 Ok(n)
             }

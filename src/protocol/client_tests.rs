@@ -1040,44 +1040,52 @@ async fn read_stream_item_hands_wal_payloads_to_the_caller() {
     let mut keepalives = 0;
     let mut timeouts = 0;
     let tick = || tokio::time::sleep(Duration::from_micros(700));
-    loop {
-        let item = tokio::select! {
-            item = conn.read_stream_item() => item.unwrap(),
-            _ = tick() => { timeouts += 1; continue; }
-        };
-        match item {
-            StreamItem::Wal(w) => {
-                let mut bytes = w.head.to_vec();
-                let mut rest = w.rest;
-                // Nothing else may be read while a payload is pending.
-                if rest > 0 {
+    // Bounded: bytes lost between a payload and the next header would stall the stream.
+    let stream = async {
+        loop {
+            let item = tokio::select! {
+                item = conn.read_stream_item() => item.unwrap(),
+                _ = tick() => { timeouts += 1; continue; }
+            };
+            match item {
+                StreamItem::Wal(w) => {
+                    let mut bytes = w.head.to_vec();
+                    let mut rest = w.rest;
+                    // Nothing else may be read while a payload is pending.
+                    if rest > 0 {
+                        assert!(matches!(
+                            conn.read_copy_message().await,
+                            Err(ClientError::Protocol(_))
+                        ));
+                    }
+                    // Small reads, or room for the whole payload and what follows it (the
+                    // read then takes in the next header too).
+                    let mut dst = vec![0u8; if wal.len() % 2 == 0 { 1000 } else { 300_000 }];
+                    while rest > 0 {
+                        let n = tokio::select! {
+                            n = conn.read_wal_into(&mut dst) => n.unwrap(),
+                            _ = tick() => { timeouts += 1; continue; }
+                        };
+                        bytes.extend_from_slice(&dst[..n]);
+                        rest -= n;
+                    }
+                    wal.push((w.wal_start, bytes));
+                }
+                StreamItem::Copy(CopyMessage::Data(payload)) => {
                     assert!(matches!(
-                        conn.read_copy_message().await,
-                        Err(ClientError::Protocol(_))
+                        ReplicationMessage::parse(payload).unwrap(),
+                        ReplicationMessage::Keepalive { .. }
                     ));
+                    assert_eq!(wal.len(), 3, "the keepalive comes after the third message");
+                    keepalives += 1;
                 }
-                let mut dst = [0u8; 1000];
-                while rest > 0 {
-                    let n = tokio::select! {
-                        n = conn.read_wal_into(&mut dst) => n.unwrap(),
-                        _ = tick() => { timeouts += 1; continue; }
-                    };
-                    bytes.extend_from_slice(&dst[..n]);
-                    rest -= n;
-                }
-                wal.push((w.wal_start, bytes));
+                StreamItem::Copy(CopyMessage::Done) => break,
             }
-            StreamItem::Copy(CopyMessage::Data(payload)) => {
-                assert!(matches!(
-                    ReplicationMessage::parse(payload).unwrap(),
-                    ReplicationMessage::Keepalive { .. }
-                ));
-                assert_eq!(wal.len(), 3, "the keepalive comes after the third message");
-                keepalives += 1;
-            }
-            StreamItem::Copy(CopyMessage::Done) => break,
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .expect("the stream stalled: bytes after a payload went missing");
     assert!(
         timeouts > 5,
         "the timer never interrupted a read ({timeouts})"

@@ -461,11 +461,11 @@ impl Session<'_> {
         mut rest: usize,
     ) -> Result<bool, ReceiveError> {
         while rest > 0 {
+            // All the room: the read may also take in the next message's header.
             let room = batches.room().await?;
-            let want = room.len().min(rest);
             let n = tokio::select! {
                 biased;
-                n = conn.read_wal_into(&mut room[..want]) => n?,
+                n = conn.read_wal_into(room) => n?,
                 _ = stop_requested(&mut self.shutdown) => return Ok(false),
             };
             batches.commit(n).await?;
