@@ -25,6 +25,9 @@ use walferry::receiver::Batches;
 use walferry::wal::synth::WalBuilder;
 use walferry::wal::{Lsn, TimeLineId};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::cpu_time;
 const SEG: u64 = 16 << 20;
 const START: Lsn = Lsn(SEG);
 const SYSID: u64 = 7_400_000_000_000_000_001;
@@ -88,18 +91,6 @@ fn run_pipeline(wire: BytesMut, dir: &std::path::Path, no_sync: bool, validate: 
     })
 }
 
-/// CPU time (user + system, all threads) of this process so far.
-fn process_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only into `ts`, which outlives the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 fn hot_path(c: &mut Criterion) {
     let (wire, end) = wire_stream();
     let wal_bytes = end.0 - START.0;
@@ -123,9 +114,12 @@ fn hot_path(c: &mut Criterion) {
         std::fs::create_dir(&dir).unwrap();
         let wire = wire.clone();
         let t0 = std::time::Instant::now();
-        let cpu0 = process_cpu_time();
+        let cpu0 = cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID);
         let written = run_pipeline(wire, &dir, no_sync, validate);
-        let took = (t0.elapsed(), process_cpu_time() - cpu0);
+        let took = (
+            t0.elapsed(),
+            cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu0,
+        );
         assert_eq!(written, end);
         std::fs::remove_dir_all(&dir).unwrap();
         took

@@ -23,6 +23,9 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use walferry::wal::synth::WalBuilder;
 use walferry::wal::{Lsn, TimeLineId, WalDecoder};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::cpu_time;
 const SEG: u64 = 16 << 20;
 const CHUNK: usize = 128 * 1024;
 const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
@@ -199,25 +202,13 @@ fn decode_with(wal: &Wal) -> u64 {
     n
 }
 
-/// This thread's CPU time.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only into `ts`, which outlives the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Runs `f` `iters` times; returns the CPU time it took.
 fn on_cpu(iters: u64, mut f: impl FnMut() -> u64) -> Duration {
-    let start = thread_cpu_time();
+    let start = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
     for _ in 0..iters {
         black_box(f());
     }
-    thread_cpu_time() - start
+    cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - start
 }
 
 fn wal_decode(c: &mut Criterion) {

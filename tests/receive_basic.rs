@@ -202,6 +202,23 @@ fn endpos_at_a_segment_boundary_leaves_complete_segments_only() {
     );
 }
 
+/// Waits until walferry streams, lets the stream sit idle for `idle`, and checks that the
+/// same walsender still serves it (the server did not drop it for not answering).
+fn stays_connected_while_idle(pg: &PgCluster, wf: &mut Proc, idle: Duration) {
+    common::wait_until("walferry to stream", Duration::from_secs(30), || {
+        wf_stat(pg).is_some()
+    });
+    let pid = wf_stat(pg).unwrap().pid;
+    std::thread::sleep(idle);
+    assert!(wf.is_running(), "{}", wf.stderr());
+    assert_eq!(
+        wf_stat(pg).map(|s| s.pid),
+        Some(pid),
+        "the server dropped walferry:\n{}",
+        wf.stderr()
+    );
+}
+
 #[test]
 fn an_idle_stream_survives_a_short_wal_sender_timeout() {
     // The walsender drops a standby that does not answer within wal_sender_timeout; it asks
@@ -211,18 +228,7 @@ fn an_idle_stream_survives_a_short_wal_sender_timeout() {
         .start();
     let dir = tempdir();
     let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["-v"]));
-    common::wait_until("walferry to stream", Duration::from_secs(30), || {
-        wf_stat(&pg).is_some()
-    });
-    let pid = wf_stat(&pg).unwrap().pid;
-    std::thread::sleep(Duration::from_secs(7));
-    assert!(wf.is_running(), "{}", wf.stderr());
-    assert_eq!(
-        wf_stat(&pg).map(|s| s.pid),
-        Some(pid),
-        "the server dropped walferry:\n{}",
-        wf.stderr()
-    );
+    stays_connected_while_idle(&pg, &mut wf, Duration::from_secs(7));
     assert!(!wf.stderr().contains("reconnecting"), "{}", wf.stderr());
     assert!(!pg
         .server_log()
@@ -238,18 +244,7 @@ fn status_interval_zero_still_answers_the_server_and_reports_segment_ends() {
         .start();
     let dir = tempdir();
     let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["-s", "0", "-v"]));
-    common::wait_until("walferry to stream", Duration::from_secs(30), || {
-        wf_stat(&pg).is_some()
-    });
-    let pid = wf_stat(&pg).unwrap().pid;
-    std::thread::sleep(Duration::from_secs(5));
-    assert!(wf.is_running(), "{}", wf.stderr());
-    assert_eq!(
-        wf_stat(&pg).map(|s| s.pid),
-        Some(pid),
-        "the server dropped walferry:\n{}",
-        wf.stderr()
-    );
+    stays_connected_while_idle(&pg, &mut wf, Duration::from_secs(5));
     // WAL across a segment end: the flush reported reaches that segment's end.
     let before = flush_lsn(&pg);
     emit_wal(&pg, 20);

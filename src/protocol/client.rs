@@ -640,32 +640,28 @@ impl ReplicationConn {
             // otherwise a fresh chunk (copying only the partial frame).
             self.read_buf.reserve(want.max(READ_CHUNK));
         }
-        match self.stream.read_buf(&mut self.read_buf).await {
-            Ok(0) => {
-                self.state = State::Broken;
-                Err(ClientError::Closed)
-            }
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.state = State::Broken;
-                Err(e.into())
-            }
-        }
+        let read = self.stream.read_buf(&mut self.read_buf).await;
+        self.bytes_read(read).map(drop)
     }
 
     /// Read at most `max` bytes into the buffer (one socket read).
     async fn fill_at_most(&mut self, max: usize) -> Result<(), ClientError> {
         self.read_buf.reserve(max);
-        match (&mut self.stream)
+        let read = (&mut self.stream)
             .take(max as u64)
             .read_buf(&mut self.read_buf)
-            .await
-        {
+            .await;
+        self.bytes_read(read).map(drop)
+    }
+
+    /// The outcome of one socket read: end of stream or an I/O error breaks the connection.
+    fn bytes_read(&mut self, read: std::io::Result<usize>) -> Result<usize, ClientError> {
+        match read {
             Ok(0) => {
                 self.state = State::Broken;
                 Err(ClientError::Closed)
             }
-            Ok(_) => Ok(()),
+            Ok(n) => Ok(n),
             Err(e) => {
                 self.state = State::Broken;
                 Err(e.into())
@@ -1017,26 +1013,14 @@ impl ReplicationConn {
             return Ok(0);
         }
         let ahead = (dst.len() - want).min(HEADER_READ);
-        match self.stream.read(&mut dst[..want + ahead]).await {
-            Ok(0) => {
-                self.state = State::Broken;
-                Err(ClientError::Closed)
-            }
-            Ok(n) => {
-                let n = if n > want {
-                    self.read_buf.extend_from_slice(&dst[want..n]);
-                    want
-                } else {
-                    n
-                };
-                self.wal_rest -= n;
-                Ok(n)
-            }
-            Err(e) => {
-                self.state = State::Broken;
-                Err(e.into())
-            }
+        let read = self.stream.read(&mut dst[..want + ahead]).await;
+        let n = self.bytes_read(read)?;
+        if n > want {
+            self.read_buf.extend_from_slice(&dst[want..n]);
         }
+        let n = n.min(want);
+        self.wal_rest -= n;
+        Ok(n)
     }
 
     fn check_streaming(&self, what: &str) -> Result<(), ClientError> {

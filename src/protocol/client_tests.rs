@@ -146,6 +146,20 @@ impl Fake {
     }
 
     /// Wait for the client to go away (Terminate or EOF); true if Terminate was seen.
+    /// End a replication stream with no next timeline: CopyDone, wait for the client's,
+    /// then the command's completion.
+    async fn end_stream(&mut self) {
+        self.send(&[BackendMessage::CopyDone]).await;
+        assert_eq!(self.recv().await, FrontendMessage::CopyDone);
+        self.send(&[
+            BackendMessage::CommandComplete {
+                tag: "START_STREAMING".into(),
+            },
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ])
+        .await;
+    }
+
     async fn until_closed(&mut self) -> bool {
         let mut terminated = false;
         while let Some(m) = self.try_recv().await {
@@ -948,15 +962,7 @@ async fn read_copy_message_is_cancel_safe() {
             s.send_raw(piece).await;
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
-        s.send(&[BackendMessage::CopyDone]).await;
-        assert_eq!(s.recv().await, FrontendMessage::CopyDone);
-        s.send(&[
-            BackendMessage::CommandComplete {
-                tag: "START_STREAMING".into(),
-            },
-            BackendMessage::ReadyForQuery { status: b'I' },
-        ])
-        .await;
+        s.end_stream().await;
     })
     .await;
     let mut conn = connect(&params(port)).await.unwrap();
@@ -1021,15 +1027,7 @@ async fn read_stream_item_hands_wal_payloads_to_the_caller() {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        s.send(&[BackendMessage::CopyDone]).await;
-        assert_eq!(s.recv().await, FrontendMessage::CopyDone);
-        s.send(&[
-            BackendMessage::CommandComplete {
-                tag: "START_STREAMING".into(),
-            },
-            BackendMessage::ReadyForQuery { status: b'I' },
-        ])
-        .await;
+        s.end_stream().await;
     })
     .await;
     let mut conn = connect(&params(port)).await.unwrap();

@@ -148,6 +148,16 @@ enum StreamEnd {
     CopyDone(Lsn),
 }
 
+impl StreamEnd {
+    /// A stop reports what the closed writer made durable, not what was received.
+    fn stopped_at(self, flushed: Lsn) -> Self {
+        match self {
+            StreamEnd::Done(Outcome::Stopped(_)) => StreamEnd::Done(Outcome::Stopped(flushed)),
+            other => other,
+        }
+    }
+}
+
 struct Session<'a> {
     opts: &'a ReceiveOptions,
     shutdown: watch::Receiver<bool>,
@@ -261,12 +271,7 @@ impl Session<'_> {
                 )))
             }
         };
-        match result? {
-            StreamEnd::Done(Outcome::Stopped(_)) => {
-                Ok(StreamEnd::Done(Outcome::Stopped(written.flushed)))
-            }
-            other => Ok(other),
-        }
+        Ok(result?.stopped_at(written.flushed))
     }
 
     /// `--synchronous`: this task drives the writer itself, as a walreceiver does — read
@@ -287,13 +292,7 @@ impl Session<'_> {
             .await;
         let closed = blocking(|| writer.close());
         let end = result?;
-        let closed = closed?;
-        match end {
-            StreamEnd::Done(Outcome::Stopped(_)) => {
-                Ok(StreamEnd::Done(Outcome::Stopped(closed.flushed)))
-            }
-            other => Ok(other),
-        }
+        Ok(end.stopped_at(closed?.flushed))
     }
 
     async fn pump_inline(

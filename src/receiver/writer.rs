@@ -135,17 +135,6 @@ impl WalWriter {
         self.progress
     }
 
-    /// Write one chunk, the WAL being checked up to `checked` (for a caller that drives the
-    /// writer itself; see [`WalWriter::run`]).
-    pub fn write_chunk(
-        &mut self,
-        start: Lsn,
-        data: &[u8],
-        checked: Lsn,
-    ) -> Result<(), ArchiveError> {
-        self.write_wal(start, data, checked)
-    }
-
     /// Make everything written durable and return the new positions.
     pub fn flush(&mut self) -> Result<Progress, ArchiveError> {
         self.sync()?;
@@ -163,7 +152,7 @@ impl WalWriter {
                 buf,
                 checked,
             } => {
-                let result = self.write_wal(start, buf.as_slice(), checked);
+                let result = self.write_chunk(start, buf.as_slice(), checked);
                 // The pool holds every buffer, so there is always room; a closed pool
                 // means the network task is gone and the buffer is simply dropped.
                 let _ = recycle.try_send(buf);
@@ -173,7 +162,14 @@ impl WalWriter {
         }
     }
 
-    fn write_wal(&mut self, start: Lsn, mut data: &[u8], checked: Lsn) -> Result<(), ArchiveError> {
+    /// Write one chunk, the WAL being checked up to `checked` (for a caller that drives the
+    /// writer itself; see [`WalWriter::run`]).
+    pub fn write_chunk(
+        &mut self,
+        start: Lsn,
+        mut data: &[u8],
+        checked: Lsn,
+    ) -> Result<(), ArchiveError> {
         let seg_size = self.archive.seg_size();
         if start != self.progress.written {
             return Err(ArchiveError::Gap {
