@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use super::{InspectError, Problem};
-use crate::archive::SegmentReader;
+use crate::archive::{read_up_to, SegmentReader};
 use crate::wal::page::{le_u16, le_u32, le_u64, WalVersion, LONG_PAGE_HEADER, XLP_LONG_HEADER};
 use crate::wal::{
     history_file_name, parse_history, parse_history_file_name, Compression, HistoryEntry, Lsn,
@@ -185,20 +185,6 @@ fn first_bytes(path: &Path, compression: Compression) -> io::Result<Vec<u8>> {
     };
     buf.truncate(n);
     Ok(buf)
-}
-
-/// Reads until `buf` is full or the reader ends; returns the bytes read.
-pub(crate) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// "16 MiB", "1 GiB".
