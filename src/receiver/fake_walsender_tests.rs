@@ -335,3 +335,63 @@ async fn a_stop_request_is_honoured_while_a_message_is_half_received() {
     assert_eq!(&got[..have], &wal[..have]);
     server.abort();
 }
+
+/// Segment 1 and 200 KB of segment 2 in 3000-byte records; the LSNs of the records.
+fn wal_with_records() -> (Vec<u8>, Vec<Lsn>) {
+    let mut b = WalBuilder::new(Lsn(SEG), TimeLineId(1), SEG, SYSID);
+    let mut lsns = Vec::new();
+    while b.end().0 < 2 * SEG + 200_000 {
+        lsns.push(b.filler(3000));
+    }
+    (b.into_bytes(), lsns)
+}
+
+/// Regression: WAL that decodes as "end of WAL" in the middle of the stream (a zero record
+/// length, or a zeroed page) put the validator in its ended state, after which it took every
+/// byte unchecked: the receiver stalled silently with the flush position frozen. It must
+/// stop with the same error as any invalid WAL, acknowledging nothing past the last record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeros_where_wal_should_go_on_stop_the_receiver_as_invalid_wal() {
+    let (wal, lsns) = wal_with_records();
+    // The first record that starts in segment 2 after its first page.
+    let victim = *lsns
+        .iter()
+        .find(|l| l.0 > 2 * SEG + 8192)
+        .expect("records in segment 2");
+    let at = (victim.0 - SEG) as usize;
+    let mut zero_length = wal.clone();
+    zero_length[at..at + 4].fill(0);
+    // A zeroed page that a record continues into: the WAL "ends" at that record's start.
+    let page = (victim.0 + 4 * 8192) / 8192 * 8192;
+    let cut_record = *lsns.iter().rev().find(|l| l.0 < page).unwrap();
+    let mut zero_page = wal.clone();
+    let p = (page - SEG) as usize;
+    zero_page[p..p + 8192].fill(0);
+
+    for (what, bad, stop_lsn) in [
+        ("zero record length", zero_length, victim),
+        ("zeroed page", zero_page, cut_record),
+    ] {
+        for synchronous in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (result, flushes) = run(bad.clone(), None, dir.path(), synchronous).await;
+            let err = result.expect_err("WAL that ends mid-stream was accepted");
+            match &err {
+                ReceiveError::Archive(ArchiveError::InvalidWal { source, path }) => {
+                    assert_eq!(source.lsn(), stop_lsn, "{what}, synchronous {synchronous}");
+                    assert!(
+                        path.ends_with("000000010000000000000002.partial"),
+                        "{what}: {}",
+                        path.display()
+                    );
+                }
+                other => panic!("{what}: expected InvalidWal, got {other}"),
+            }
+            assert!(err.is_fatal(), "{what}");
+            assert!(
+                flushes.iter().all(|f| *f <= stop_lsn),
+                "{what}, synchronous {synchronous}: acknowledged past the end: {flushes:?}"
+            );
+        }
+    }
+}

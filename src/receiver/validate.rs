@@ -4,7 +4,7 @@
 //! checked and reports nothing beyond that as flushed, nor renames a segment past it.
 
 use crate::archive::{Archive, ArchiveError};
-use crate::wal::{Lsn, SegmentName, TimeLineId, WalDecoder};
+use crate::wal::{Lsn, SegmentName, TimeLineId, WalDecoder, WalError};
 
 pub struct Validator {
     decoder: Option<WalDecoder>,
@@ -46,21 +46,34 @@ impl Validator {
 
     /// Check the next `data` of the stream. A failure names the record's LSN and the
     /// `.partial` segment file it would have gone to.
+    ///
+    /// WAL that decodes as "ended" (a zero record length, an all-zero page) is invalid here:
+    /// a walsender never sends past the server's flushed end, so such bytes are damage, and
+    /// a decoder in its ended state would otherwise take every later byte unchecked while
+    /// the acknowledged position froze.
     pub fn check(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
         self.fed = Lsn(self.fed.0 + data.len() as u64);
         let Some(decoder) = &mut self.decoder else {
             return Ok(());
         };
-        decoder.feed_with(data, |_| {}).map_err(|source| {
-            let seg_size = self.archive.seg_size();
-            let segment = SegmentName::new(self.tli, source.lsn().segno(seg_size));
-            ArchiveError::InvalidWal {
-                path: self
-                    .archive
-                    .path_of(&format!("{}.partial", segment.file_name(seg_size))),
-                source,
-            }
-        })
+        let fed = decoder.feed_with(data, |_| {});
+        let ended = decoder.end_of_wal();
+        match (fed, ended) {
+            (Err(source), _) => Err(self.invalid(source)),
+            (Ok(()), Some(lsn)) => Err(self.invalid(WalError::UnexpectedEnd { lsn })),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    fn invalid(&self, source: WalError) -> ArchiveError {
+        let seg_size = self.archive.seg_size();
+        let segment = SegmentName::new(self.tli, source.lsn().segno(seg_size));
+        ArchiveError::InvalidWal {
+            path: self
+                .archive
+                .path_of(&format!("{}.partial", segment.file_name(seg_size))),
+            source,
+        }
     }
 
     /// The end of the WAL checked so far: the end of the last complete record whose CRC

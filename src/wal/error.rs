@@ -137,6 +137,14 @@ pub enum WalError {
     OverwriteMismatch { lsn: Lsn, named: Lsn, actual: Lsn },
     #[error("cannot start decoding at {lsn}: {why}")]
     InvalidStart { lsn: Lsn, why: String },
+    /// Zeros where a record or page header must start, in a stream that goes on: legitimate
+    /// only at the end of a file (a zero-padded `.partial`), never inside streamed WAL,
+    /// since a walsender sends nothing past the server's flushed end.
+    #[error(
+        "the WAL stops at {lsn} but the stream goes on: zeros where a record or page header \
+         should start"
+    )]
+    UnexpectedEnd { lsn: Lsn },
 }
 
 impl WalError {
@@ -164,7 +172,8 @@ impl WalError {
             | Checksum { lsn, .. }
             | InvalidRecordData { lsn, .. }
             | OverwriteMismatch { lsn, .. }
-            | InvalidStart { lsn, .. } => *lsn,
+            | InvalidStart { lsn, .. }
+            | UnexpectedEnd { lsn } => *lsn,
         }
     }
 
