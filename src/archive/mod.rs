@@ -21,7 +21,7 @@ mod segment_file;
 
 pub use aligned::{AlignedBuf, DIRECT_ALIGN};
 pub use compress::{CompressionSpec, SegmentReader};
-pub use scan::{ArchiveScan, ScannedFile};
+pub use scan::{list_dir, ArchiveScan, DirFile, ScannedFile};
 pub use segment_file::SegmentWriter;
 
 use std::fs::{self, File, OpenOptions};

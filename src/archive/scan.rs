@@ -1,5 +1,6 @@
 //! Reading an archive directory: which segments and history files it holds, and where
-//! streaming resumes (as pg_receivewal's FindStreamingStart).
+//! streaming resumes (as pg_receivewal's FindStreamingStart, and past it: see
+//! [`ArchiveScan::streaming_start`]).
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
@@ -7,6 +8,43 @@ use std::path::{Path, PathBuf};
 
 use super::ArchiveError;
 use crate::wal::{parse_history_file_name, Compression, Lsn, TimeLineId, WalFileName};
+
+/// A regular file of an archive directory whose name is a WAL segment or history file name.
+#[derive(Debug, Clone)]
+pub struct DirFile {
+    pub name: String,
+    /// Size as stored (compressed or not).
+    pub len: u64,
+}
+
+/// The one listing of an archive directory, for the receiver and `inspect` alike: the
+/// regular files with WAL segment names (valid for some segment size) or history file names.
+/// Symbolic links are followed (an archive may link segments in from elsewhere); anything
+/// that is not a regular file, or vanishes while listed, is left out.
+pub fn list_dir(dir: &Path) -> std::io::Result<Vec<DirFile>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let is_wal = parse_history_file_name(&name).is_some()
+            || WalFileName::parse(&name, crate::wal::page::MIN_SEG_SIZE).is_some();
+        if !is_wal {
+            continue;
+        }
+        let Ok(meta) = fs::metadata(entry.path()) else {
+            continue;
+        };
+        if meta.is_file() {
+            files.push(DirFile {
+                name,
+                len: meta.len(),
+            });
+        }
+    }
+    Ok(files)
+}
 
 #[derive(Debug, Clone)]
 pub struct ScannedFile {
@@ -24,12 +62,8 @@ pub struct ArchiveScan {
 impl ArchiveScan {
     pub fn read(dir: &Path, seg_size: u64) -> Result<Self, ArchiveError> {
         let mut scan = ArchiveScan::default();
-        let entries = fs::read_dir(dir).map_err(|e| ArchiveError::io("read directory", dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| ArchiveError::io("read directory", dir, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
+        let files = list_dir(dir).map_err(|e| ArchiveError::io("read directory", dir, e))?;
+        for DirFile { name, len } in files {
             if let Some(tli) = parse_history_file_name(&name) {
                 scan.histories.push(tli);
                 continue;
@@ -37,23 +71,13 @@ impl ArchiveScan {
             let Some(wal) = WalFileName::parse(&name, seg_size) else {
                 continue;
             };
-            let meta = entry
-                .metadata()
-                .map_err(|e| ArchiveError::io("stat", &entry.path(), e))?;
-            if !meta.is_file() {
-                continue;
-            }
-            if !wal.partial && !complete_size_ok(&entry.path(), &wal, meta.len(), seg_size) {
+            if !wal.partial && !complete_size_ok(&dir.join(&name), &wal, len, seg_size) {
                 tracing::warn!(
                     "segment file \"{name}\" has the wrong size for a complete segment; ignoring it"
                 );
                 continue;
             }
-            scan.segments.push(ScannedFile {
-                name,
-                wal,
-                len: meta.len(),
-            });
+            scan.segments.push(ScannedFile { name, wal, len });
         }
         scan.segments.sort_by_key(|f| order_key(&f.wal));
         scan.histories.sort();
@@ -65,14 +89,32 @@ impl ArchiveScan {
         self.segments.iter().rev()
     }
 
+    /// Where streaming resumes: after the newest complete segment, or at the start of the
+    /// newest `.partial` one, as pg_receivewal's FindStreamingStart — except that a run of
+    /// `.partial` files of consecutive segments on the newest timeline resumes at the oldest
+    /// of them. A full segment stays `.partial` until the record crossing its end has been
+    /// checked, and the next segment's `.partial` exists by then; a stop in that window
+    /// leaves both, and resuming at the newer one would strand the older one forever (a hole
+    /// no restore can cross).
     pub fn streaming_start(&self, seg_size: u64) -> Option<(Lsn, TimeLineId)> {
         let newest = self.segments.last()?;
         let seg = newest.wal.segment;
-        let segno = if newest.wal.partial {
-            seg.segno
-        } else {
-            seg.segno.next()
-        };
+        if !newest.wal.partial {
+            return Some((seg.segno.next().start_lsn(seg_size), seg.tli));
+        }
+        let mut segno = seg.segno;
+        while segno.0 > 0 {
+            let prev = crate::wal::SegNo(segno.0 - 1);
+            let mut on_tli = self
+                .segments
+                .iter()
+                .filter(|f| f.wal.segment.tli == seg.tli && f.wal.segment.segno == prev);
+            let only_partial = on_tli.clone().next().is_some() && on_tli.all(|f| f.wal.partial);
+            if !only_partial {
+                break;
+            }
+            segno = prev;
+        }
         Some((segno.start_lsn(seg_size), seg.tli))
     }
 
@@ -151,6 +193,50 @@ mod tests {
             Some((Lsn(4 * SEG), TimeLineId(2)))
         );
         assert_eq!(scan.histories, vec![TimeLineId(2)]);
+    }
+
+    /// Regression: a full segment N waits as `.partial` until the record crossing into N+1
+    /// is checked, and N+1's `.partial` exists by then. A stop in that window left both, and
+    /// resume started at N+1: N was never streamed again nor renamed.
+    #[test]
+    fn a_run_of_partials_resumes_at_its_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        touch(d, "000000010000000000000002", SEG);
+        touch(d, "000000010000000000000003.partial", SEG);
+        touch(d, "000000010000000000000004.partial", SEG);
+        let start = |d| ArchiveScan::read(d, SEG).unwrap().streaming_start(SEG);
+        assert_eq!(start(d), Some((Lsn(3 * SEG), TimeLineId(1))));
+        // Also when the run reaches the first file, and for compressed files.
+        let dir2 = tempfile::tempdir().unwrap();
+        let d2 = dir2.path();
+        touch(d2, "000000010000000000000007.zst.partial", 50);
+        touch(d2, "000000010000000000000008.zst.partial", 50);
+        assert_eq!(start(d2), Some((Lsn(7 * SEG), TimeLineId(1))));
+        // A .partial of another timeline (the parent's last segment) does not extend the run.
+        let dir3 = tempfile::tempdir().unwrap();
+        let d3 = dir3.path();
+        touch(d3, "000000010000000000000005.partial", SEG);
+        touch(d3, "000000020000000000000005", SEG);
+        touch(d3, "000000020000000000000006.partial", SEG);
+        assert_eq!(start(d3), Some((Lsn(6 * SEG), TimeLineId(2))));
+        // A .partial beside its own completed segment is a leftover, not part of a run.
+        touch(d, "000000010000000000000003", SEG);
+        assert_eq!(start(d), Some((Lsn(4 * SEG), TimeLineId(1))));
+    }
+
+    #[test]
+    fn symlinked_segments_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        touch(elsewhere.path(), "seg", SEG);
+        std::os::unix::fs::symlink(
+            elsewhere.path().join("seg"),
+            dir.path().join("000000010000000000000009"),
+        )
+        .unwrap();
+        let scan = ArchiveScan::read(dir.path(), SEG).unwrap();
+        assert_eq!(scan.segments.len(), 1);
     }
 
     #[test]

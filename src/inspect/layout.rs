@@ -18,9 +18,9 @@ use crate::wal::{
     SegNo, SegmentName, TimeLineId, WalFileName, DEFAULT_SEGMENT_SIZE,
 };
 
-/// The smallest segment size PostgreSQL allows: names are first read with it, as it accepts
-/// every "seg" half any size would.
-const MIN_SEG_SIZE: u64 = 1 << 20;
+/// Names are first read with the smallest segment size, as it accepts every "seg" half any
+/// size would.
+use crate::wal::page::MIN_SEG_SIZE;
 
 /// What the first 40 bytes of a segment file say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,27 +97,16 @@ pub(crate) fn list_dir(dir: &Path, seg_size: Option<u64>) -> Result<Listing, Ins
     };
     let mut names: Vec<(String, u64)> = Vec::new();
     let mut histories = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(dir_err)? {
-        let entry = entry.map_err(dir_err)?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        // Follows symbolic links: an archive may link segments in from elsewhere.
-        let Ok(meta) = std::fs::metadata(entry.path()) else {
-            continue;
-        };
-        if !meta.is_file() {
-            continue;
-        }
-        if let Some(tli) = parse_history_file_name(&name) {
-            let text = std::fs::read(entry.path())
+    for f in crate::archive::list_dir(dir).map_err(dir_err)? {
+        if let Some(tli) = parse_history_file_name(&f.name) {
+            let text = std::fs::read(dir.join(&f.name))
                 .map_err(|e| format!("could not read: {e}"))
                 .and_then(|b| {
                     String::from_utf8(b).map_err(|_| "history file is not valid text".to_string())
                 });
             histories.push(HistoryFile { tli, text });
-        } else if WalFileName::parse(&name, MIN_SEG_SIZE).is_some() {
-            names.push((name, meta.len()));
+        } else {
+            names.push((f.name, f.len));
         }
     }
     names.sort();

@@ -395,3 +395,86 @@ async fn zeros_where_wal_should_go_on_stop_the_receiver_as_invalid_wal() {
         }
     }
 }
+
+/// Regression: segment 1, full, waits as `.partial` until the record crossing into segment 2
+/// is checked, while segment 2's `.partial` already exists. A stop (or crash, or lost
+/// connection) in that window left both `.partial`, and resume started at segment 2:
+/// segment 1 was never streamed again nor renamed, a hole no restore can cross. Resume must
+/// start at segment 1 (the fake walsender asserts START_REPLICATION 0/100000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_inside_the_record_crossing_a_segment_end_resumes_at_the_older_segment() {
+    let (wal, lsns) = wal_with_records();
+    let crossing = *lsns.iter().rev().find(|l| l.0 < 2 * SEG).unwrap();
+    let after = *lsns.iter().find(|l| l.0 > 2 * SEG).unwrap();
+    // Into segment 2 up to the middle of the crossing record's remainder.
+    let into_seg2 = ((after.0 - 2 * SEG) / 2) as usize;
+    assert!(
+        into_seg2 > 40,
+        "the crossing record barely reaches segment 2"
+    );
+    let sent = wal[..SEG as usize + into_seg2].to_vec();
+    let seg2_partial = dir_file("000000010000000000000002.partial");
+    for synchronous in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(Walsender::serve(listener, sent.clone()));
+        let mut opts = options(port, dir.path());
+        opts.synchronous = synchronous;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let client = tokio::spawn(async move { receive(&opts, stop_rx).await });
+        // Wait until the bytes of segment 2 are on disk, then stop.
+        let want = &wal[SEG as usize..SEG as usize + into_seg2];
+        let arrived = poll(Duration::from_secs(10), || {
+            std::fs::read(seg2_partial(dir.path()))
+                .is_ok_and(|got| got.len() >= want.len() && &got[..want.len()] == want)
+        })
+        .await;
+        assert!(
+            arrived,
+            "synchronous {synchronous}: segment 2's bytes never arrived"
+        );
+        stop_tx.send(true).unwrap();
+        let result = client.await.unwrap();
+        assert!(
+            matches!(result, Ok(Outcome::Stopped(l)) if l <= crossing),
+            "synchronous {synchronous}: {result:?}"
+        );
+        server.abort();
+        // The window: segment 1 complete in content but not checked, both `.partial`.
+        assert!(dir.path().join(format!("{SEG1}.partial")).exists());
+        assert!(!dir.path().join(SEG1).exists());
+        assert!(seg2_partial(dir.path()).exists());
+
+        // Resume: streaming restarts at segment 1, which now gets its final name.
+        let end = Lsn(SEG + wal.len() as u64 - 50_000);
+        let (result, _) = run(wal.clone(), Some(end), dir.path(), synchronous).await;
+        assert!(
+            matches!(result, Ok(Outcome::EndposReached(_))),
+            "synchronous {synchronous}: {result:?}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(SEG1)).unwrap(),
+            &wal[..SEG as usize]
+        );
+        assert!(!dir.path().join(format!("{SEG1}.partial")).exists());
+    }
+}
+
+fn dir_file(name: &'static str) -> impl Fn(&std::path::Path) -> std::path::PathBuf {
+    move |d| d.join(name)
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes; whether it held.
+async fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

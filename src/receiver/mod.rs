@@ -176,11 +176,7 @@ impl Session<'_> {
         let system = conn.identify_system().await?;
         self.connected = true;
         let seg_text = conn.show("wal_segment_size").await?;
-        let seg_size = parse_size_setting(&seg_text)
-            .filter(|s| s.is_power_of_two())
-            .ok_or_else(|| {
-                ReceiveError::Protocol(format!("unexpected wal_segment_size {seg_text:?}"))
-            })?;
+        let seg_size = server_seg_size(&seg_text)?;
         let archive = Archive::open(&opts.directory, seg_size, opts.compression, opts.no_sync)?
             .zero_filled(opts.synchronous);
         archive.check_system_identifier(system.system_id)?;
@@ -738,6 +734,19 @@ async fn fetch_history(
     Ok(entries)
 }
 
+/// The server's `SHOW wal_segment_size`, checked as PostgreSQL's IsValidWalSegSize does: a
+/// power of two from 1 MiB to 1 GiB.
+fn server_seg_size(text: &str) -> Result<u64, ReceiveError> {
+    parse_size_setting(text)
+        .filter(|&s| crate::wal::page::is_valid_seg_size(s))
+        .ok_or_else(|| {
+            ReceiveError::Protocol(format!(
+                "server reported an invalid wal_segment_size {text:?}: \
+                 must be a power of two from 1 MB to 1 GB"
+            ))
+        })
+}
+
 /// The timeline that `lsn` belongs to, given the server timeline's history: the first
 /// timeline at or after `at_least` whose switch point lies beyond `lsn`.
 fn timeline_of(
@@ -815,6 +824,16 @@ mod tests {
             timeline_of(&[], TimeLineId(1), TimeLineId(1), Lsn(5)),
             TimeLineId(1)
         );
+    }
+
+    #[test]
+    fn segment_size_must_be_one_postgresql_allows() {
+        assert_eq!(server_seg_size("16MB").unwrap(), 16 << 20);
+        assert_eq!(server_seg_size("1MB").unwrap(), 1 << 20);
+        assert_eq!(server_seg_size("1GB").unwrap(), 1 << 30);
+        for bad in ["512kB", "2GB", "3MB", "0", "x"] {
+            assert!(server_seg_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

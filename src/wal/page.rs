@@ -137,8 +137,12 @@ pub fn header_len(info: u16) -> usize {
 
 /// IsValidWalSegSize: a power of two from 1 MiB to 1 GiB.
 pub fn is_valid_seg_size(size: u64) -> bool {
-    size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)
+    size.is_power_of_two() && (MIN_SEG_SIZE..=MAX_SEG_SIZE).contains(&size)
 }
+
+/// The segment sizes PostgreSQL allows (xlog_internal.h WalSegMinSize, WalSegMaxSize).
+pub const MIN_SEG_SIZE: u64 = 1 << 20;
+pub const MAX_SEG_SIZE: u64 = 1 << 30;
 
 // Whole-slice conversions compile to one load with one bounds check.
 
