@@ -17,9 +17,16 @@ the bytes PostgreSQL always writes as zeros (record alignment padding, page head
 the rest of a segment after an XLOG SWITCH, a .partial segment after its last record).
 Compressed segments (.gz, .lz4, .zst) are decompressed on the fly.
 
+The last file of a timeline, when it is a .partial, is the WAL being received: a record cut
+short at its end (a crash or stop mid-write) marks where its valid WAL ends and is printed as
+a NOTE with that LSN, not as a problem; the same cut anywhere else is damage. A .partial with
+complete segments of its timeline after it is a problem even when it holds the whole
+segment: recovery never asks for .partial files.
+
 Output: one line per problem, `PROBLEM <file> at <LSN>: <what>`, or a line starting with
-`ok:` when there is none. --json prints {\"ok\", \"segments\", \"records\", \"problems\": [{\"file\",
-\"lsn\", \"message\"}]} instead. Progress goes to stderr when it is a terminal, or with -v.
+`ok:` when there is none, after any `NOTE <file> at <LSN>: <what>` lines. --json prints
+{\"ok\", \"segments\", \"records\", \"problems\": [{\"file\", \"lsn\", \"message\"}], \"notes\": [...]}
+instead. Progress goes to stderr when it is a terminal, or with -v.
 
 Exit status: 0 when the archive is clean, 1 when any problem was found (or the directory
 cannot be read), 2 on an invalid command line.";
@@ -48,13 +55,14 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         writeln!(out, "{}", json::to_string(&json::verify(&report)))
-    } else if report.is_clean() {
-        writeln!(out, "{}", ok_line(&report))
     } else {
-        report
-            .problems
-            .iter()
-            .try_for_each(|p| writeln!(out, "PROBLEM {p}"))
+        let notes = report.notes.iter().map(|n| format!("NOTE {n}"));
+        let problems = report.problems.iter().map(|p| format!("PROBLEM {p}"));
+        let last = report.is_clean().then(|| ok_line(&report));
+        notes
+            .chain(problems)
+            .chain(last)
+            .try_for_each(|line| writeln!(out, "{line}"))
     };
     written
         .and_then(|()| out.flush())

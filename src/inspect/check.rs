@@ -54,6 +54,7 @@ fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'
         seg_size: plan.seg_size,
         sysid: plan.sysid,
         problems: plan.problems,
+        notes: Vec::new(),
         catalog: Catalog::default(),
         segments: 0,
         records: 0,
@@ -70,6 +71,7 @@ fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'
     }
     let Engine {
         mut problems,
+        mut notes,
         catalog,
         segments,
         records,
@@ -77,6 +79,7 @@ fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'
         ..
     } = eng;
     problems.sort_by(|a, b| (a.file.as_deref(), a.lsn).cmp(&(b.file.as_deref(), b.lsn)));
+    notes.sort_by(|a, b| (a.file.as_deref(), a.lsn).cmp(&(b.file.as_deref(), b.lsn)));
     let (timelines, restore_points) = catalog.finish();
     Report {
         seg_size: plan.seg_size,
@@ -87,6 +90,7 @@ fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'
         timelines,
         restore_points,
         problems,
+        notes,
     }
 }
 
@@ -95,6 +99,7 @@ struct Engine<'a> {
     seg_size: u64,
     sysid: Option<u64>,
     problems: Vec<Problem>,
+    notes: Vec<Problem>,
     catalog: Catalog,
     segments: usize,
     records: u64,
@@ -179,17 +184,58 @@ impl Engine<'_> {
             }
             let r = run.as_mut().expect("set above");
             r.files.push((segno, pf.entry.name.clone()));
-            match self.file(r, tl, pf, &mut past_end_reported) {
+            let outcome = self.file(r, tl, pf, &mut past_end_reported);
+            if pf.stranded {
+                self.stranded(tl, pf, &outcome);
+            }
+            match outcome {
                 Outcome::Continue => r.next = segno.next(),
                 Outcome::Stopped => self.close(run.take(), tl),
                 Outcome::PartialEnd(end) => {
-                    after_partial = Some((pf.entry.name.clone(), segno, end));
+                    if !pf.stranded {
+                        after_partial = Some((pf.entry.name.clone(), segno, end));
+                    }
                     self.close(run.take(), tl);
                 }
             }
             self.file_done(pf);
         }
         self.close(run, tl);
+    }
+
+    /// A `.partial` with complete segments of its timeline after it: recovery cannot cross
+    /// it, whatever it holds.
+    fn stranded(&mut self, tl: &TimelinePlan, pf: &PlannedFile, outcome: &Outcome) {
+        let seg_start = pf.entry.segno().start_lsn(self.seg_size);
+        let next = pf.entry.segno().next().start_lsn(self.seg_size);
+        let (lsn, what) = match outcome {
+            Outcome::Continue => {
+                let mut final_name = pf.entry.wal;
+                final_name.partial = false;
+                (
+                    seg_start,
+                    format!(
+                        "it holds the whole segment and its WAL is valid: rename it to {}",
+                        final_name.file_name(self.seg_size)
+                    ),
+                )
+            }
+            Outcome::PartialEnd(end) => (
+                *end,
+                format!("its WAL ends at {end}: the WAL from {end} to {next} is missing"),
+            ),
+            // The decoding problem is reported already.
+            Outcome::Stopped => (seg_start, "its WAL is damaged (see above)".into()),
+        };
+        self.problems.push(Problem::new(
+            &pf.entry.name,
+            Some(lsn),
+            format!(
+                "segment is still .partial but later segments of timeline {} are complete: \
+                 recovery never asks for .partial files, so it cannot get past this one; {what}",
+                tl.tli
+            ),
+        ));
     }
 
     fn file_done(&mut self, pf: &PlannedFile) {
@@ -331,6 +377,18 @@ impl Engine<'_> {
                     }
                 });
                 if let Err(e) = fed {
+                    if pf.newest_partial {
+                        // The WAL being received: where it stops being valid is its end.
+                        let end = dec.valid_end();
+                        self.notes.push(cut_short(name, end, &e.to_string()));
+                        self.problems.extend(strict);
+                        self.decoded += off + n;
+                        self.ahead.recycle(buf);
+                        if !last {
+                            self.ahead.skip_file();
+                        }
+                        return Outcome::PartialEnd(end);
+                    }
                     self.problems
                         .push(decode_problem(&e, files, name, seg_size));
                     self.problems.extend(strict);
@@ -416,6 +474,13 @@ impl Engine<'_> {
             return Outcome::Continue;
         }
         match dec.end_of_wal() {
+            Some(at) if pf.newest_partial => {
+                if nonzero_after_end(&self.whole, base, at.0).is_some() {
+                    let why = format!("the record at {at} is cut short by zeros");
+                    self.notes.push(cut_short(name, dec.valid_end(), &why));
+                }
+                Outcome::PartialEnd(dec.valid_end())
+            }
             Some(at) => {
                 if let Some(bad) = nonzero_after_end(&self.whole, base, at.0) {
                     self.problems.push(Problem::new(
@@ -432,10 +497,38 @@ impl Engine<'_> {
             }
             // A .partial that holds the whole segment (not renamed yet) goes on like a
             // complete one.
-            None if off == seg_size => Outcome::Continue,
+            None if off == seg_size => {
+                if !pf.stranded && !pf.newest_partial {
+                    let mut final_name = pf.entry.wal;
+                    final_name.partial = false;
+                    self.notes.push(Problem::new(
+                        name,
+                        Some(Lsn(base)),
+                        format!(
+                            "holds the whole segment but is not renamed yet (the record crossing \
+                             its end is not complete in the next file): walferry receive streams \
+                             it again and renames it to {} when it resumes",
+                            final_name.file_name(seg_size)
+                        ),
+                    ));
+                }
+                Outcome::Continue
+            }
             None => Outcome::PartialEnd(dec.valid_end()),
         }
     }
+}
+
+/// The note for the newest `.partial` of a timeline whose valid WAL stops at `end`.
+fn cut_short(file: &str, end: Lsn, why: &str) -> Problem {
+    Problem::new(
+        file,
+        Some(end),
+        format!(
+            "the valid WAL received so far ends here ({why}): a crash or stop in the middle \
+             of a write; walferry receive streams this segment again from its start"
+        ),
+    )
 }
 
 /// A chunk of a file's uncompressed bytes.

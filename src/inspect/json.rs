@@ -13,6 +13,9 @@ pub struct VerifyDoc<'a> {
     pub segments: usize,
     pub records: u64,
     pub problems: Vec<ProblemDoc<'a>>,
+    /// Not damage: where the newest `.partial` of a timeline ends when a record there was
+    /// cut short, a full `.partial` not renamed yet.
+    pub notes: Vec<ProblemDoc<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +53,7 @@ pub fn verify(report: &Report) -> VerifyDoc<'_> {
         segments: report.segments,
         records: report.records,
         problems: report.problems.iter().map(problem).collect(),
+        notes: report.notes.iter().map(problem).collect(),
     }
 }
 

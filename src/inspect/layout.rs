@@ -192,6 +192,12 @@ pub(crate) struct PlannedFile {
     /// False for a file already reported as unusable (foreign, wrong size): it is not
     /// decoded, and decoding restarts after it.
     pub decode: bool,
+    /// A `.partial` with a complete segment of its timeline after it: a hole for recovery,
+    /// which never asks for `.partial` names.
+    pub stranded: bool,
+    /// The timeline's last file, a `.partial`: the WAL being received. A record cut short
+    /// at its end (a crash or stop mid-write) is where its valid WAL ends, not damage.
+    pub newest_partial: bool,
 }
 
 /// A timeline's segment files and what the history files say about it.
@@ -315,7 +321,12 @@ pub(crate) fn plan(listing: Listing) -> Plan {
                 end: None,
             })
             .files
-            .push(PlannedFile { entry: f, decode });
+            .push(PlannedFile {
+                entry: f,
+                decode,
+                stranded: false,
+                newest_partial: false,
+            });
     }
 
     // History files: each must parse, name a parent below itself, and agree with the
@@ -441,6 +452,13 @@ pub(crate) fn plan(listing: Listing) -> Plan {
     }
 
     for tl in timelines.values_mut() {
+        let last_complete = tl.files.iter().rposition(|f| !f.entry.wal.partial);
+        for (i, f) in tl.files.iter_mut().enumerate() {
+            f.stranded = f.entry.wal.partial && last_complete.is_some_and(|c| c > i);
+        }
+        if let Some(last) = tl.files.last_mut() {
+            last.newest_partial = last.entry.wal.partial;
+        }
         tl.end = ends.get(&tl.tli).copied();
         match sound.get(&tl.tli) {
             Some(entries) => tl.ancestors = entries.clone(),

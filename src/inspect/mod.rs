@@ -31,12 +31,17 @@
 //!   base backup runs) and bytes of a record that began before the first segment of the
 //!   archive (or of a run after a gap), which cannot be checked without its start;
 //! - `.partial` segments: the WAL up to its end (a zero record length or an all-zero page
-//!   header where WAL would go on) is checked like any other; after that end every byte must
-//!   be zero (walferry preallocates and pg_receivewal zero-pads the file), from the page
-//!   boundary where the zeros began when the end cut a record in two. A `.partial` torn by a
-//!   crash in the middle of a write is therefore reported until `receive` rewrites it on
-//!   resume. A complete segment in which the WAL ends (zeros where a record should be) is a
-//!   problem; a `.partial` followed by the next segment of its timeline is a gap.
+//!   header where WAL would go on) is checked like any other. The last file of a timeline,
+//!   when it is a `.partial`, is the WAL being received: whatever stops its valid WAL there
+//!   (zeros, a record cut short or torn by a crash mid-write, which `receive` streams again
+//!   from the segment start) is its end, reported as a note with the LSN, not as damage.
+//!   Any other `.partial` must hold only zeros after its end (walferry preallocates and
+//!   pg_receivewal zero-pads the file), from the page boundary where the zeros began when
+//!   the end cut a record in two, and a record cut short in it is damage. A `.partial` with a
+//!   complete segment of its timeline after it is a problem even when it holds the whole
+//!   segment: recovery never asks for `.partial` names, so it is a hole (a stop inside the
+//!   record crossing a segment end used to leave one). A complete segment in which the WAL
+//!   ends (zeros where a record should be) is a problem.
 //!
 //! The first segment of a new timeline begins with the parent's WAL up to the switch point,
 //! copied by the promoted server (xlog.c XLogInitNewTimeline): those pages keep the parent's
@@ -144,6 +149,9 @@ pub struct Report {
     pub restore_points: Vec<RestorePointInfo>,
     /// Sorted by file, then LSN.
     pub problems: Vec<Problem>,
+    /// Facts worth knowing that are not damage: where the WAL of a timeline's newest
+    /// `.partial` ends when a record there was cut short, a full `.partial` not renamed yet.
+    pub notes: Vec<Problem>,
 }
 
 impl Report {
