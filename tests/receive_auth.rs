@@ -262,7 +262,26 @@ fn install_server_cert_for(pg: &PgCluster, cn: &str) {
     common::chown_to_postgres(&files.server_cert);
     common::chown_to_postgres(&files.server_key);
     pg.reload();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The postmaster loads the certificate on reload; from then on every new connection is
+    // offered it (PEM, as `openssl s_client` prints the server's certificate).
+    let cert = std::fs::read_to_string(&files.server_cert).unwrap();
+    common::wait_until(
+        "the server to offer the new certificate",
+        common::TIMEOUT,
+        || offered_certificate(pg).contains(cert.trim()),
+    );
+}
+
+/// What `openssl s_client` prints for a new TLS connection to `pg` (PostgreSQL's STARTTLS),
+/// the server's certificate among it (without one when it could not connect).
+fn offered_certificate(pg: &PgCluster) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-starttls", "postgres", "-connect"])
+        .arg(format!("{}:{}", common::HOST, pg.port()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{format_lsn, segment_name, tempdir, PgCluster, WAL_SEGMENT_SIZE};
+use common::{format_lsn, prerequisite, segment_name, tempdir, PgCluster, WAL_SEGMENT_SIZE};
 use receive_support::*;
 
 /// A tmpfs mounted on a fresh temp dir; unmounted on drop (also while panicking).
@@ -19,7 +19,8 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// `None` (and a message) when this environment does not let us mount.
+    /// `None` when this environment does not let us mount and the `tmpfs` prerequisite is
+    /// allowed to be missing (otherwise that panics).
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempdir();
         let out = Command::new("mount")
@@ -31,12 +32,23 @@ impl Tmpfs {
                 "tmpfs",
             ])
             .arg(dir.path())
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {}",
-                String::from_utf8_lossy(&out.stderr)
+            .output();
+        let failure = match out {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "mount failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Some(format!("cannot run mount: {e}")),
+        };
+        if let Some(failure) = failure {
+            prerequisite::missing(
+                "tmpfs",
+                &format!(
+                    "cannot mount a tmpfs for the full archive disk (needs root or \
+                     CAP_SYS_ADMIN): {failure}"
+                ),
             );
             return None;
         }

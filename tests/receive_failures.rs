@@ -253,9 +253,14 @@ fn reconnects_across_server_restart_and_crash_and_catches_up() {
         },
     );
 
-    // A crash.
+    // A crash: walferry notices the lost connection and schedules a reconnect.
+    let reconnects = wf.stderr().matches("reconnecting in").count();
     pg.kill9();
-    std::thread::sleep(Duration::from_millis(500));
+    common::wait_until(
+        "walferry to notice the crash",
+        Duration::from_secs(30),
+        || wf.stderr().matches("reconnecting in").count() > reconnects || !wf.is_running(),
+    );
     assert!(wf.is_running(), "walferry gave up: {}", wf.stderr());
     pg.start();
     emit_wal(&pg, 20);

@@ -51,6 +51,8 @@ fn kills_then_resume(compress: &str) {
     let started = Instant::now();
     for kill in 0..KILLS {
         let mut wf = Proc::spawn(walferry(&pg, dir.path()).args(["-S", "wf", "-Z", compress]));
+        // A random kill point, anywhere from start-up to streaming: the schedule under test,
+        // not a wait for anything.
         let alive = Duration::from_millis(rng.range(300, 2000));
         std::thread::sleep(alive);
         assert!(wf.is_running(), "walferry exited early: {}", wf.stderr());

@@ -165,16 +165,33 @@ fn sync_standby_kill9(compress: &str) {
         || wf_stat(&pg).is_some_and(|s| s.sync_state == "sync"),
     );
 
-    let burst = Burst::start(&pg, 3);
+    const CLIENTS: usize = 3;
+    let burst = Burst::start(&pg, CLIENTS);
     let mut rng = Rng::from_env_or_time("WALFERRY_SYNC_SEED");
     burst.wait_for(200, Duration::from_secs(60));
+    // A random kill point in the burst (the schedule under test, not a wait).
     std::thread::sleep(Duration::from_millis(rng.range(0, 400)));
     let reported = wf_stat(&pg)
         .and_then(|s| s.flush_lsn)
         .expect("walferry reports a flush position");
     wf.kill9();
-    // Acknowledgements already on their way may still arrive; none can come after this.
-    std::thread::sleep(Duration::from_millis(300));
+    // Acknowledgements already on their way may still arrive until the walsender has read
+    // walferry's last reply and exited, and every client has taken its answer and waits in
+    // SyncRep with its next commit (a client records an acknowledgement before it sends its
+    // next statement); none can come after that.
+    common::wait_until(
+        "the walsender to exit and every client to wait for walferry",
+        Duration::from_secs(30),
+        || {
+            pg.replication_stats()
+                .iter()
+                .all(|s| s.application_name != "walferry")
+                && pg.psql(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event = 'SyncRep' AND query LIKE 'INSERT INTO burst%'",
+                ) == CLIENTS.to_string()
+        },
+    );
     let acked = burst.acked();
     eprintln!(
         "{} commits acknowledged; walferry's last reported flush {}",

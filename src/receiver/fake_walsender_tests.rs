@@ -1,12 +1,13 @@
 //! `receive()` against a scripted walsender on 127.0.0.1:0 that serves synthetic WAL: the
 //! byte-level tier, for what a real server never does — send WAL that fails validation.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{receive, Outcome, ReceiveError, ReceiveOptions};
 use crate::archive::ArchiveError;
@@ -39,6 +40,39 @@ fn wal_into_segment_2(more: u64) -> (Vec<u8>, Lsn) {
         }
     }
     (b.into_bytes(), crossing)
+}
+
+/// How [`Walsender::serve_cut`] reports that its bytes are written: the connection's
+/// (server, client) addresses.
+type Sent = oneshot::Sender<(SocketAddr, SocketAddr)>;
+
+/// The send and receive queues of the loopback TCP socket `local` connected to `peer`, as
+/// /proc/net/tcp lists them: bytes sent but not yet acknowledged by the peer, and bytes
+/// received but not yet read by the process. `None` when the socket is not listed.
+fn tcp_queues(local: SocketAddr, peer: SocketAddr) -> Option<(u64, u64)> {
+    // An IPv4 address is written as the hex of its in-memory (network order) word, the
+    // port in host order.
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(a.ip().octets()),
+            a.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("the fake walsender listens on 127.0.0.1"),
+    };
+    let (local, peer) = (hex(local), hex(peer));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&peer.as_str()) {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
 }
 
 struct Walsender {
@@ -81,9 +115,14 @@ impl Walsender {
         Self::serve_cut(listener, wal, None).await
     }
 
-    /// As [`Walsender::serve`]; with `cut`, only the first `cut` bytes of the stream's
-    /// frames go out (the server then stalls, mid-message if `cut` says so).
-    async fn serve_cut(listener: TcpListener, wal: Vec<u8>, cut: Option<usize>) -> Vec<Lsn> {
+    /// As [`Walsender::serve`]; with `cut`, only the first `cut.0` bytes of the stream's
+    /// frames go out (the server then stalls, mid-message if `cut` says so), and once they
+    /// are written the connection's (server, client) addresses are sent on `cut.1`.
+    async fn serve_cut(
+        listener: TcpListener,
+        wal: Vec<u8>,
+        cut: Option<(usize, Sent)>,
+    ) -> Vec<Lsn> {
         let (sock, _) = listener.accept().await.unwrap();
         let mut s = Walsender {
             sock,
@@ -153,8 +192,10 @@ impl Walsender {
                 s.sock.write_all(&frames.split()).await.unwrap();
             }
         }
-        if let Some(cut) = cut {
+        if let Some((cut, sent)) = cut {
             s.sock.write_all(&frames[..cut]).await.unwrap();
+            let ends = (s.sock.local_addr().unwrap(), s.sock.peer_addr().unwrap());
+            let _ = sent.send(ends);
         }
         let mut flushes = Vec::new();
         while let Some(m) = s.recv().await {
@@ -316,13 +357,30 @@ async fn a_stop_request_is_honoured_while_a_message_is_half_received() {
     let port = listener.local_addr().unwrap().port();
     // Three whole messages, then 50 KiB of the fourth's payload.
     let cut = 3 * (5 + 25 + 128 * 1024) + 5 + 25 + 50_000;
-    let server = tokio::spawn(Walsender::serve_cut(listener, wal.clone(), Some(cut)));
+    let (sent_tx, sent_rx) = oneshot::channel();
+    let server = tokio::spawn(Walsender::serve_cut(
+        listener,
+        wal.clone(),
+        Some((cut, sent_tx)),
+    ));
     let mut opts = options(port, dir.path());
     opts.synchronous = false;
     let (stop_tx, stop_rx) = watch::channel(false);
     let client = tokio::spawn(async move { receive(&opts, stop_rx).await });
-    // Let the client take in what was sent, then ask it to stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the client take in what was sent, then ask it to stop: wait until the server has
+    // written it and none of it is unacknowledged on the server's side or unread on the
+    // client's. The client reads at most 4 KiB past a payload (a next header), so it has
+    // then taken the last 50 KB as the fourth message's payload and waits for the rest.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (server_end, client_end) = sent_rx.await.expect("server sent its bytes");
+        while tcp_queues(server_end, client_end).map(|(tx, _)| tx) != Some(0)
+            || tcp_queues(client_end, server_end).map(|(_, rx)| rx) != Some(0)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the client did not read what the server sent");
     stop_tx.send(true).unwrap();
     let result = tokio::time::timeout(Duration::from_secs(5), client)
         .await

@@ -19,6 +19,8 @@
 
 #![allow(dead_code)]
 
+pub mod prerequisite;
+
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::Write;

@@ -1,6 +1,7 @@
 //! Real PostgreSQL 15 WAL, judged by pg_waldump: the first segment `initdb` writes, then the
 //! WAL of a short workload with restore points, prepared transactions, aborts and an XLOG
-//! switch. Skipped (with a note) when the PostgreSQL programs are not installed.
+//! switch. Fails when the PostgreSQL programs are not installed, unless
+//! `WALFERRY_TEST_ALLOW_MISSING=postgresql` says this machine cannot have them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use super::*;
+
+// The integration tests' rule for a missing prerequisite, shared with them.
+#[path = "../../../../tests/common/prerequisite.rs"]
+mod prerequisite;
 
 const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 const SEG16: u64 = 16 << 20;
@@ -209,18 +214,17 @@ fn wal_files(pg_wal: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn real_wal_matches_pg_waldump() {
     if !pg_bin("initdb").exists() || !pg_bin("pg_waldump").exists() {
-        eprintln!("skipped: no PostgreSQL 15 programs in {PG_BIN_DIR} (set WALFERRY_PG_BIN)");
+        prerequisite::missing(
+            "postgresql",
+            &format!(
+                "no PostgreSQL 15 programs in {} (install postgresql-15 with scripts/setup.sh, \
+                 or set WALFERRY_PG_BIN)",
+                pg_bin("").display()
+            ),
+        );
         return;
     }
     let tmp = tempfile::Builder::new()
@@ -282,7 +286,9 @@ fn real_wal_matches_pg_waldump() {
 
     // 2. A workload: restore points (1 and 63 bytes), commits, an abort, prepared
     // transactions, an XLOG switch, records across segments, a shutdown checkpoint.
-    let port = free_port().to_string();
+    // No TCP (listen_addresses is empty) and the socket is in this test's own dir, so no
+    // other server can hold this port: it only names the socket file.
+    let port = "5432";
     let opts = format!(
         "-p {port} -k {} -c listen_addresses='' -c max_prepared_transactions=4 \
          -c wal_keep_size=1GB -c fsync=off",
@@ -315,7 +321,7 @@ fn real_wal_matches_pg_waldump() {
     let mut psql = pg("psql", dir);
     psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(dir)
-        .args(["-p", &port, "-U", "postgres", "-d", "postgres", "-f", "-"])
+        .args(["-p", port, "-U", "postgres", "-d", "postgres", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
