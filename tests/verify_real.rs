@@ -163,16 +163,26 @@ fn a_real_archive_verifies_clean_and_damage_is_found() {
     let ppath = pscratch.path().join(&partial);
     let pclean = fs::read(&ppath).unwrap();
     let written = (endpos % SEG) as usize;
-    for pos in [written / 2, written + 5000] {
-        let mut bad = pclean.clone();
-        bad[pos] ^= 0x10;
-        fs::write(&ppath, &bad).unwrap();
-        let found = problems(pscratch.path());
-        assert_eq!(found[0].0, partial, "{found:?}");
-        assert!(found[0]
-            .1
-            .is_some_and(|l| l <= segno_of(&partial) * SEG + pos as u64));
-    }
+    // A changed byte in its written part is damage.
+    let mut bad = pclean.clone();
+    bad[written / 2] ^= 0x10;
+    fs::write(&ppath, &bad).unwrap();
+    let found = problems(pscratch.path());
+    assert_eq!(found[0].0, partial, "{found:?}");
+    assert!(found[0]
+        .1
+        .is_some_and(|l| l <= segno_of(&partial) * SEG + (written / 2) as u64));
+    // Bytes after its end are what a crash mid-write can leave in the WAL being received
+    // (part of a write landed): not damage, but the end is noted with its LSN.
+    let mut bad = pclean.clone();
+    bad[written + 5000] ^= 0x10;
+    fs::write(&ppath, &bad).unwrap();
+    let out = verify(pscratch.path(), &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout_of(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let note = &doc["notes"][0];
+    assert_eq!(note["file"], partial.as_str(), "{doc}");
+    assert_eq!(note["lsn"], format_lsn(endpos), "{doc}");
 }
 
 #[test]

@@ -377,7 +377,11 @@ impl Engine<'_> {
                     }
                 });
                 if let Err(e) = fed {
-                    if pf.newest_partial {
+                    let cut = pf.newest_partial && {
+                        self.whole.extend_from_slice(chunk);
+                        cut_short_by_zeros(&self.whole, base, e.lsn(), seg_size)
+                    };
+                    if cut {
                         // The WAL being received: where it stops being valid is its end.
                         let end = dec.valid_end();
                         self.notes.push(cut_short(name, end, &e.to_string()));
@@ -517,6 +521,43 @@ impl Engine<'_> {
             None => Outcome::PartialEnd(dec.valid_end()),
         }
     }
+}
+
+/// Sector size: the unit a crash leaves written or not.
+const SECTOR: usize = 512;
+
+/// Whether the record that failed at `lsn` is cut short by zeros in the file's contents
+/// `whole` (starting at `base`): a 512-byte sector that begins inside the record's bytes in
+/// this file is all zeros. That is how a write cut by a crash looks in a preallocated or
+/// zero-padded file (sectors not written read as zeros), while a changed byte is damage.
+/// A record begun in an earlier file is judged by its continuation here (xlp_rem_len of the
+/// first page).
+fn cut_short_by_zeros(whole: &[u8], base: u64, lsn: Lsn, seg_size: u64) -> bool {
+    let (from, to) = if lsn.0 >= base {
+        let off = (lsn.0 - base) as usize;
+        if off + 4 > whole.len() {
+            return true;
+        }
+        let tot_len = le_u32(whole, off);
+        (off, data_end(lsn.0, tot_len, seg_size) - base)
+    } else {
+        if whole.len() < LONG_PHD as usize {
+            return true;
+        }
+        let rem_len = le_u32(whole, 16);
+        let first = base + LONG_PHD;
+        (LONG_PHD as usize, data_end(first, rem_len, seg_size) - base)
+    };
+    let to = (to as usize).min(whole.len());
+    let mut sector = (from + 1).next_multiple_of(SECTOR);
+    while sector < to {
+        let end = (sector + SECTOR).min(whole.len());
+        if whole[sector..end].iter().all(|&b| b == 0) {
+            return true;
+        }
+        sector += SECTOR;
+    }
+    false
 }
 
 /// The note for the newest `.partial` of a timeline whose valid WAL stops at `end`.

@@ -304,19 +304,23 @@ fn partial_segments() {
 /// in a `.partial` that is not the newest, is damage.
 #[test]
 fn a_record_cut_short_is_the_end_only_in_the_newest_partial() {
-    let t = timeline1();
+    let mut t = timeline1();
+    let last = t.b.filler(6000);
     let d = t.dir.path();
+    write_segments(d, 1, &t.b, false);
     let partial = d.join(format!("{}.partial", name(1, 6)));
     let clean = std::fs::read(&partial).unwrap();
-    let last = t.b.prev();
-    assert!(last.0 > 6 * SEG + 8192);
-    // Tear the last record (bytes not as written, as when a crash lost the write that held
-    // them), with bytes after the end too (a later page of the write landed).
+    assert_clean(&check(d));
     let at = (last.0 - 6 * SEG) as usize;
+    // Cut the last record short: a sector of it was never written (reads as zeros) when a
+    // crash interrupted the write; a later page of the same write landed.
     let mut torn = clean.clone();
-    for b in &mut torn[at + 30..at + 40] {
-        *b ^= 0xff;
-    }
+    let sector = (at + 1).next_multiple_of(512);
+    assert!(
+        sector < (t.b.end().0 - 6 * SEG) as usize,
+        "the last record is too short"
+    );
+    torn[sector..sector + 512].fill(0);
     let after_end = (t.b.end().0 - 6 * SEG) as usize + 9000;
     torn[after_end] = 0x5a;
     std::fs::write(&partial, &torn).unwrap();
@@ -327,7 +331,7 @@ fn a_record_cut_short_is_the_end_only_in_the_newest_partial() {
         r.notes[0].file.as_deref(),
         Some(format!("{}.partial", name(1, 6)).as_str())
     );
-    // The valid WAL ends where the torn record starts.
+    // The valid WAL ends where the cut record starts.
     assert_eq!(r.notes[0].lsn, Some(last));
     let range = r
         .timelines
@@ -335,6 +339,13 @@ fn a_record_cut_short_is_the_end_only_in_the_newest_partial() {
         .find(|tl| tl.timeline == TimeLineId(1))
         .unwrap();
     assert_eq!(range.end_lsn, last);
+
+    // A changed byte in that record is not a cut: damage, even in the newest .partial.
+    let mut flipped = clean.clone();
+    flipped[at + 30] ^= 0x01;
+    std::fs::write(&partial, &flipped).unwrap();
+    let p = only_problem(&check(d), &format!("{}.partial", name(1, 6))).clone();
+    assert_eq!(p.lsn, Some(last));
 
     // The same tear in a complete segment is damage.
     std::fs::write(&partial, &clean).unwrap();
