@@ -16,11 +16,13 @@
 
 mod aligned;
 mod compress;
+mod lock;
 mod scan;
 mod segment_file;
 
 pub use aligned::{AlignedBuf, DIRECT_ALIGN};
 pub use compress::{CompressionSpec, SegmentReader};
+pub use lock::{ArchiveLock, LOCK_FILE};
 pub use scan::{list_dir, ArchiveScan, DirFile, ScannedFile};
 pub use segment_file::SegmentWriter;
 
@@ -56,6 +58,8 @@ pub enum ArchiveError {
         path: PathBuf,
         source: crate::wal::WalError,
     },
+    #[error("archive directory \"{path}\" is in use by another walferry process{}; only one process may write an archive", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<u32> },
     #[error("WAL stream gap in \"{path}\": expected data at {expected}, got {got}")]
     Gap {
         path: PathBuf,
@@ -266,6 +270,20 @@ impl Archive {
         self.sync_dir()
     }
 
+    /// As [`Archive::durable_rename`], but never replacing `to`: an existing `to` is an
+    /// `AlreadyExists` error (checked by the kernel in the same step, so no race).
+    pub(crate) fn durable_rename_noreplace(
+        &self,
+        from: &Path,
+        to: &Path,
+    ) -> Result<Result<(), io::Error>, ArchiveError> {
+        match rename_noreplace(from, to) {
+            Ok(()) => self.sync_dir().map(Ok),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Err(e)),
+            Err(e) => Err(ArchiveError::io("rename", from, e)),
+        }
+    }
+
     pub(crate) fn sync_dir(&self) -> Result<(), ArchiveError> {
         if self.no_sync {
             return Ok(());
@@ -292,6 +310,39 @@ pub(crate) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize>
         }
     }
     Ok(filled)
+}
+
+/// Rename without replacing an existing target: renameat2(RENAME_NOREPLACE), or where the
+/// file system lacks it, link(2) (which never replaces either) and unlink of the old name.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (cf, ct) = (c(from)?, c(to)?);
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        _ => Err(err),
+    }
 }
 
 /// Open for writing without truncating (an existing `.partial` keeps its durable bytes

@@ -177,18 +177,23 @@ impl SegmentWriter {
                 .map_err(|e| ArchiveError::io("fsync", &self.partial_path, e))?;
         }
         drop(file);
-        if self.final_path.exists() {
-            if !same_contents(&self.partial_path, &self.final_path)? {
-                return Err(ArchiveError::Conflict {
-                    path: self.final_path.clone(),
-                });
-            }
-            fs::remove_file(&self.partial_path)
-                .map_err(|e| ArchiveError::io("remove", &self.partial_path, e))?;
-            return self.archive.sync_dir();
+        // Never replace a complete segment (a check before a plain rename would race with
+        // any other writer): the rename itself refuses an existing name.
+        if self
+            .archive
+            .durable_rename_noreplace(&self.partial_path, &self.final_path)?
+            .is_ok()
+        {
+            return Ok(());
         }
-        self.archive
-            .durable_rename(&self.partial_path, &self.final_path)
+        if !same_contents(&self.partial_path, &self.final_path)? {
+            return Err(ArchiveError::Conflict {
+                path: self.final_path.clone(),
+            });
+        }
+        fs::remove_file(&self.partial_path)
+            .map_err(|e| ArchiveError::io("remove", &self.partial_path, e))?;
+        self.archive.sync_dir()
     }
 
     /// Stop writing an incomplete segment: make it durable and leave it as `.partial`
@@ -489,6 +494,27 @@ mod finish_tests {
         let kept = std::fs::read(dir.path().join("000000010000000000000005")).unwrap();
         assert!(kept.iter().all(|&b| b == 7));
         assert!(partial.exists());
+    }
+}
+
+#[cfg(test)]
+mod noreplace_tests {
+    use super::super::rename_noreplace;
+
+    #[test]
+    fn rename_noreplace_never_replaces_and_moves_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "new").unwrap();
+        std::fs::write(&b, "old").unwrap();
+        let err = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "old");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "new");
+        std::fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "new");
     }
 }
 

@@ -105,6 +105,10 @@ impl ReceiveError {
             ReceiveError::Archive(ArchiveError::InvalidWal { .. }) => Some(
                 "the server sent WAL that PostgreSQL's own reader would reject; nothing past the last valid record was acknowledged. Inspect the server's pg_wal with pg_waldump, and the kept .partial file".into(),
             ),
+            ReceiveError::Archive(ArchiveError::Locked { pid, .. }) => Some(match pid {
+                Some(pid) => format!("stop the process with pid {pid} first, or give this receiver its own directory"),
+                None => "stop the other walferry process first, or give this receiver its own directory".into(),
+            }),
             ReceiveError::Archive(ArchiveError::Conflict { .. }) => Some(
                 "the archive holds a different segment under this name; inspect it before moving it aside".into(),
             ),

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 
-use crate::archive::{AlignedBuf, Archive, ArchiveError, CompressionSpec};
+use crate::archive::{AlignedBuf, Archive, ArchiveError, ArchiveLock, CompressionSpec};
 use crate::conninfo::ConnParams;
 use crate::protocol::client::parse_size_setting;
 use crate::protocol::replication::{encode_status_update, pg_now};
@@ -100,6 +100,8 @@ pub async fn receive(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, ReceiveError> {
     Archive::check_dir(&opts.directory)?;
+    // Held until this returns: one writer per archive directory.
+    let _lock = ArchiveLock::acquire(&opts.directory)?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut connected_once = false;
     loop {

@@ -278,18 +278,24 @@ pub fn small_commit(pg: &PgCluster) {
     pg.psql("CREATE TABLE IF NOT EXISTS walferry_tick (t timestamptz); INSERT INTO walferry_tick VALUES (now());");
 }
 
-/// File names in `dir` with their sizes, sorted.
+/// File names in `dir` with their sizes, sorted; without walferry's lock file.
 pub fn list_dir(dir: &Path) -> BTreeMap<String, u64> {
     fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .filter_map(|e| {
             let e = e.ok()?;
+            if e.file_name() == LOCK_FILE {
+                return None;
+            }
             let meta = e.metadata().ok()?;
             meta.is_file()
                 .then(|| (e.file_name().to_string_lossy().into_owned(), meta.len()))
         })
         .collect()
 }
+
+/// walferry's lock file in an archive directory (see `walferry::archive::LOCK_FILE`).
+pub const LOCK_FILE: &str = ".walferry.lock";
 
 /// A WAL file name split into (24-digit segment, compression suffix, partial).
 pub fn split_wal_name(name: &str) -> Option<(&str, &str, bool)> {
