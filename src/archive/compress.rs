@@ -252,6 +252,22 @@ fn strtol(s: &str) -> Option<(i64, &str)> {
     Some((value, &digits[end..]))
 }
 
+/// How many bytes a segment file holds once decompressed, counted by decompressing it to
+/// the end (in bounded memory). A file cut short inside a block or frame is an error.
+///
+/// A frame header's content size (which LZ4 and zstd frames may carry; neither walferry's
+/// writers nor pg_receivewal's set it) is not taken as the answer: it is written before the
+/// data, so it cannot tell a complete file from a truncated one.
+pub fn uncompressed_len(path: &Path, compression: Compression) -> io::Result<u64> {
+    match compression {
+        Compression::None => Ok(std::fs::metadata(path)?.len()),
+        _ => io::copy(
+            &mut SegmentReader::open(path, compression)?,
+            &mut io::sink(),
+        ),
+    }
+}
+
 /// Reads the uncompressed bytes of a segment file, whatever its compression.
 pub enum SegmentReader {
     Plain(BufReader<File>),
@@ -298,6 +314,8 @@ impl Read for SegmentReader {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn parse(text: &str) -> Result<CompressionSpec, String> {
@@ -406,5 +424,122 @@ mod tests {
         for none in ["", " ", "-", "+ 1", "x1"] {
             assert_eq!(strtol(none), None, "{none:?}");
         }
+    }
+
+    /// A segment-like payload: compressible, but not trivially.
+    fn payload(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i * 7 % 251) as u8 ^ (i >> 12) as u8)
+            .collect()
+    }
+
+    fn compressed(compression: Compression, data: &[u8], content_size: bool) -> Vec<u8> {
+        match compression {
+            Compression::Lz4 => {
+                let mut info = lz4_flex::frame::FrameInfo::new();
+                if content_size {
+                    info = info.content_size(Some(data.len() as u64));
+                }
+                let mut e = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+                if content_size {
+                    e.set_pledged_src_size(Some(data.len() as u64)).unwrap();
+                }
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::None => data.to_vec(),
+        }
+    }
+
+    fn len_of(dir: &Path, compression: Compression, bytes: &[u8]) -> io::Result<u64> {
+        let path = dir.join(format!("000000010000000000000001{}", compression.suffix()));
+        std::fs::write(&path, bytes).unwrap();
+        uncompressed_len(&path, compression)
+    }
+
+    #[test]
+    fn uncompressed_len_counts_what_decompresses() {
+        const LEN: usize = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(LEN);
+        for compression in [Compression::Lz4, Compression::Zstd, Compression::Gzip] {
+            for content_size in [false, true] {
+                let whole = compressed(compression, &data, content_size);
+                let what = format!("{compression:?}, content size {content_size}");
+                assert_eq!(
+                    len_of(dir.path(), compression, &whole).unwrap(),
+                    LEN as u64,
+                    "{what}"
+                );
+
+                let short = compressed(compression, &data[..LEN - 1], content_size);
+                assert_eq!(
+                    len_of(dir.path(), compression, &short).unwrap(),
+                    LEN as u64 - 1,
+                    "{what}"
+                );
+
+                // Cut inside the data: whether the decoder reports the cut or just stops
+                // early, the count must not come out as the full length, even when the
+                // header announced it.
+                for keep in [whole.len() / 2, whole.len() - 9, 20] {
+                    let got = len_of(dir.path(), compression, &whole[..keep]);
+                    assert!(
+                        !matches!(got, Ok(n) if n == LEN as u64),
+                        "{what}, {keep} of {} bytes: {got:?}",
+                        whole.len()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Regression: the scan took any non-empty .lz4/.zst file for a complete segment, so a
+    /// cut-short one moved the streaming start past WAL that was never archived.
+    #[test]
+    fn scan_ignores_lz4_and_zstd_segments_that_are_not_a_whole_segment() {
+        const SEG: u64 = 16 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(SEG as usize);
+        let put = |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes).unwrap();
+        put(
+            "000000010000000000000001.lz4",
+            &compressed(Compression::Lz4, &data, false),
+        );
+        put(
+            "000000010000000000000002.zst",
+            &compressed(Compression::Zstd, &data, false),
+        );
+        let short = &data[..SEG as usize - 1];
+        put(
+            "000000010000000000000003.lz4",
+            &compressed(Compression::Lz4, short, false),
+        );
+        let whole = compressed(Compression::Zstd, &data, true);
+        put("000000010000000000000003.zst", &whole[..whole.len() / 2]);
+
+        let scan = crate::archive::ArchiveScan::read(dir.path(), SEG).unwrap();
+        let names: Vec<&str> = scan.segments.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "000000010000000000000001.lz4",
+                "000000010000000000000002.zst"
+            ]
+        );
+        assert_eq!(
+            scan.streaming_start(SEG),
+            Some((crate::wal::Lsn(3 * SEG), crate::wal::TimeLineId(1)))
+        );
     }
 }
