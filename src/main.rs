@@ -39,8 +39,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Stream WAL from a PostgreSQL server into an archive directory (like pg_receivewal)
-    #[command(after_help = commands::receive::AFTER_HELP, disable_help_flag = true)]
-    Receive(commands::receive::Args),
+    // As pg_receivewal's getopt_long: a repeated flag's last value wins, and a long flag may
+    // be abbreviated while it stays unambiguous.
+    #[command(
+        after_help = commands::receive::AFTER_HELP,
+        disable_help_flag = true,
+        args_override_self = true,
+        infer_long_args = true
+    )]
+    Receive(Box<commands::receive::Args>),
     /// Check a whole archive directory: gaps, history files, every page, record and CRC
     #[command(after_help = commands::verify::AFTER_HELP, disable_help_flag = true)]
     Verify(commands::verify::Args),
@@ -56,7 +63,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Receive(args) => commands::receive::run(args),
+        Command::Receive(args) => commands::receive::run(*args),
         Command::Verify(args) => commands::verify::run(args, cli.verbose),
         Command::RestorePoints(args) => commands::restore_points::run(args, cli.verbose),
         Command::WalInfo(args) => commands::restore_points::run_wal_info(args, cli.verbose),
@@ -68,7 +75,7 @@ fn main() -> ExitCode {
             if let Some(hint) = failure.hint {
                 eprintln!("walferry: hint: {hint}");
             }
-            ExitCode::from(1)
+            ExitCode::from(failure.exit_code)
         }
     }
 }

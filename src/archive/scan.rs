@@ -130,7 +130,8 @@ fn order_key(wal: &WalFileName) -> (u64, u32, bool) {
 }
 
 /// pg_receivewal's sanity checks for a complete segment: an uncompressed file must be
-/// exactly one segment long; a gzip file's trailer must say so (ISIZE, modulo 2^32).
+/// exactly one segment long; a gzip file's trailer must say so (ISIZE, modulo 2^32); an
+/// lz4 or zstd file must decompress to it (pg_receivewal 15 decompresses .lz4 files too).
 fn complete_size_ok(path: &Path, wal: &WalFileName, len: u64, seg_size: u64) -> bool {
     match wal.compression {
         Compression::None => len == seg_size,
@@ -144,7 +145,9 @@ fn complete_size_ok(path: &Path, wal: &WalFileName, len: u64, seg_size: u64) -> 
             })();
             isize == Some(seg_size as u32)
         }
-        Compression::Lz4 | Compression::Zstd => len > 0,
+        Compression::Lz4 | Compression::Zstd => {
+            super::compress::uncompressed_len(path, wal.compression).is_ok_and(|n| n == seg_size)
+        }
     }
 }
 

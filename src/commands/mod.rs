@@ -8,11 +8,13 @@ use clap::Args;
 
 use walferry::conninfo::{ConnOptions, PasswordPrompt};
 
-/// A command's failure, as printed: `walferry: error: ...` then `walferry: hint: ...`.
+/// A command's failure, as printed: `walferry: error: ...` then `walferry: hint: ...`, and
+/// the exit status (1, or 2 for an invalid command line).
 #[derive(Debug)]
 pub struct Failure {
     pub message: String,
     pub hint: Option<String>,
+    pub exit_code: u8,
 }
 
 impl Failure {
@@ -20,7 +22,20 @@ impl Failure {
         Failure {
             message: message.into(),
             hint: None,
+            exit_code: 1,
         }
+    }
+
+    /// An invalid command line for `walferry COMMAND`: exit status 2, and the hint
+    /// pg_receivewal gives.
+    pub fn usage(message: impl Into<String>, command: &str) -> Self {
+        Failure {
+            exit_code: 2,
+            ..Failure::new(message)
+        }
+        .with_hint(format!(
+            "try \"walferry {command} --help\" for more information"
+        ))
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -29,27 +44,48 @@ impl Failure {
     }
 }
 
-/// libpq-style connection flags, with pg_receivewal's names.
+/// libpq-style connection flags, with pg_receivewal's names. As with its getopt, a value
+/// may start with '-', and of -w and -W the last one given wins.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Connection options")]
 pub struct ConnArgs {
     /// Connection string (key=value ...) or postgres:// URL
-    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    #[arg(
+        short = 'd',
+        long = "dbname",
+        value_name = "CONNSTR",
+        allow_hyphen_values = true
+    )]
     pub dbname: Option<String>,
     /// Server host name or Unix-socket directory [env: PGHOST]
-    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
+    #[arg(
+        short = 'h',
+        long = "host",
+        value_name = "HOSTNAME",
+        allow_hyphen_values = true
+    )]
     pub host: Option<String>,
     /// Server port [env: PGPORT; default: 5432]
-    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    #[arg(
+        short = 'p',
+        long = "port",
+        value_name = "PORT",
+        allow_hyphen_values = true
+    )]
     pub port: Option<String>,
     /// Connect as this user [env: PGUSER; default: the OS user]
-    #[arg(short = 'U', long = "username", value_name = "NAME")]
+    #[arg(
+        short = 'U',
+        long = "username",
+        value_name = "NAME",
+        allow_hyphen_values = true
+    )]
     pub username: Option<String>,
     /// Never prompt for a password
-    #[arg(short = 'w', long = "no-password", conflicts_with = "password")]
+    #[arg(short = 'w', long = "no-password", overrides_with = "password")]
     pub no_password: bool,
     /// Prompt for a password before connecting
-    #[arg(short = 'W', long = "password")]
+    #[arg(short = 'W', long = "password", overrides_with = "no_password")]
     pub password: bool,
 }
 

@@ -1,5 +1,6 @@
 //! `walferry receive`: pg_receivewal's job, with pg_receivewal's flags.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,6 +34,16 @@ checked one: at each segment end and every --status-interval. With --synchronous
 reported as soon as each write is fsynced, so the primary can list walferry (its
 application_name, default \"walferry\") in synchronous_standby_names.
 
+Compression (-Z) is read and checked as pg_receivewal 15 reads it: gzip levels 1-9, lz4
+levels 1-12, DETAIL either a level or level=N; what pg_receivewal refuses walferry refuses
+with the same message. Two differences: zstd (.zst, levels -131072-22, workers=0 only) is
+walferry's own, as pg_receivewal 15 refuses zstd; and an lz4 level is accepted but walferry
+always writes LZ4's fast mode (pg_receivewal uses LZ4HC from level 3 on).
+
+Command line: as pg_receivewal's, a repeated flag's last value wins and a long flag may be
+abbreviated while unambiguous. -E takes X/X with up to 8 hex digits each; pg_receivewal
+(sscanf) also takes trailing text, 0x prefixes, minus signs and longer numbers there.
+
 Examples:
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --create-slot
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --synchronous -v
@@ -45,31 +56,48 @@ Exit status: 0 when --endpos is reached or on SIGINT/SIGTERM (everything receive
 flushed first), 1 on an error that reconnecting cannot fix, on any error before the first
 connection succeeded, or on any error with --no-loop; 2 on an invalid command line.";
 
+/// The command line as clap hands it over. Values stay text here so that [`Args::check`]
+/// can check them in pg_receivewal 15's order and refuse them in its words.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Archive directory to write WAL segments into (must exist)
-    #[arg(short = 'D', long = "directory", value_name = "DIR", required_unless_present_any = ["create_slot", "drop_slot"])]
-    directory: Option<PathBuf>,
+    #[arg(
+        short = 'D',
+        long = "directory",
+        value_name = "DIR",
+        allow_hyphen_values = true
+    )]
+    directory: Option<OsString>,
 
     /// Use this physical replication slot (keeps the server from recycling WAL we still need)
-    #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
+    #[arg(
+        short = 'S',
+        long = "slot",
+        value_name = "SLOTNAME",
+        allow_hyphen_values = true
+    )]
     slot: Option<String>,
 
     /// Create the slot named by --slot (reserving WAL at once), then exit
-    #[arg(long = "create-slot", requires = "slot", conflicts_with = "drop_slot")]
+    #[arg(long = "create-slot")]
     create_slot: bool,
 
     /// Drop the slot named by --slot, then exit
-    #[arg(long = "drop-slot", requires = "slot")]
+    #[arg(long = "drop-slot")]
     drop_slot: bool,
 
     /// With --create-slot: do not fail if the slot already exists
-    #[arg(long = "if-not-exists", requires = "create_slot")]
+    #[arg(long = "if-not-exists")]
     if_not_exists: bool,
 
     /// Exit 0 once WAL up to this LSN (X/X) is written and flushed
-    #[arg(short = 'E', long = "endpos", value_name = "LSN")]
-    endpos: Option<Lsn>,
+    #[arg(
+        short = 'E',
+        long = "endpos",
+        value_name = "LSN",
+        allow_hyphen_values = true
+    )]
+    endpos: Option<String>,
 
     /// Exit on connection loss instead of reconnecting
     #[arg(short = 'n', long = "no-loop")]
@@ -80,12 +108,13 @@ pub struct Args {
         short = 's',
         long = "status-interval",
         value_name = "SECS",
-        default_value_t = 10
+        default_value = "10",
+        allow_hyphen_values = true
     )]
-    status_interval: u64,
+    status_interval: String,
 
     /// Fsync and report flush after every write: makes walferry usable as a synchronous standby
-    #[arg(long = "synchronous", conflicts_with = "no_sync")]
+    #[arg(long = "synchronous")]
     synchronous: bool,
 
     /// Do not fsync anything (fast, but a crash can lose acknowledged WAL)
@@ -96,14 +125,20 @@ pub struct Args {
     #[arg(long = "no-validate")]
     no_validate: bool,
 
-    /// Compress segments: none, gzip[:LEVEL], lz4 or zstd[:LEVEL] (a bare 0-9 means gzip)
+    /// Compress segments: none, gzip[:LEVEL], lz4[:LEVEL] or zstd[:LEVEL] (zstd: walferry only);
+    /// a bare 1-9 means gzip, 0 none (see Compression below)
     #[arg(
         short = 'Z',
         long = "compress",
-        value_name = "METHOD[:LEVEL]",
-        default_value = "none"
+        value_name = "METHOD[:DETAIL]",
+        default_value = "none",
+        allow_hyphen_values = true
     )]
-    compress: CompressionSpec,
+    compress: String,
+
+    // pg_receivewal takes no operands; collected only to be refused in its words.
+    #[arg(hide = true)]
+    operands: Vec<OsString>,
 
     #[command(flatten)]
     conn: ConnArgs,
@@ -113,28 +148,132 @@ pub struct Args {
     help: Option<bool>,
 }
 
+/// What a valid command line asks for.
+enum Action {
+    Stream { directory: PathBuf },
+    CreateSlot { slot: String },
+    DropSlot { slot: String },
+}
+
+/// The values [`Args::check`] parsed; the flags it only checked are read from [`Args`].
+struct Checked {
+    action: Action,
+    endpos: Option<Lsn>,
+    status_interval: Option<Duration>,
+    compression: CompressionSpec,
+}
+
+impl Args {
+    /// Checks the command line as pg_receivewal 15's main() does, in its order (-E and -s as
+    /// they are parsed, then operands, slot actions, sync flags, the directory, -Z) and with
+    /// its messages, so that what one refuses the other refuses too.
+    fn check(&self) -> Result<Checked, Failure> {
+        let usage = |message: String| Failure::usage(message, "receive");
+        let endpos = match &self.endpos {
+            Some(text) => Some(
+                text.parse::<Lsn>()
+                    .map_err(|_| usage(format!("could not parse end position \"{text}\"")))?,
+            ),
+            None => None,
+        };
+        let status_interval = parse_status_interval(&self.status_interval).map_err(usage)?;
+        if let Some(first) = self.operands.first() {
+            return Err(usage(format!(
+                "too many command-line arguments (first is \"{}\")",
+                first.to_string_lossy()
+            )));
+        }
+        if self.create_slot && self.drop_slot {
+            return Err(usage(
+                "cannot use --create-slot together with --drop-slot".into(),
+            ));
+        }
+        let slot_flag = if self.create_slot {
+            Some("--create-slot")
+        } else if self.drop_slot {
+            Some("--drop-slot")
+        } else {
+            None
+        };
+        if let (Some(flag), None) = (slot_flag, &self.slot) {
+            return Err(usage(format!(
+                "{flag} needs a slot to be specified using --slot"
+            )));
+        }
+        if self.synchronous && self.no_sync {
+            return Err(usage(
+                "cannot use --synchronous together with --no-sync".into(),
+            ));
+        }
+        let action = match (&self.slot, &self.directory) {
+            (Some(slot), _) if self.create_slot => Action::CreateSlot { slot: slot.clone() },
+            (Some(slot), _) if self.drop_slot => Action::DropSlot { slot: slot.clone() },
+            (_, Some(directory)) => Action::Stream {
+                directory: PathBuf::from(directory),
+            },
+            (_, None) => return Err(usage("no target directory specified".into())),
+        };
+        let compression = self
+            .compress
+            .parse::<CompressionSpec>()
+            .map_err(|e| usage(e.to_string()))?;
+        if self.if_not_exists && !self.create_slot {
+            // pg_receivewal ignores it silently; say so rather than do nothing unannounced.
+            tracing::warn!("--if-not-exists has no effect without --create-slot");
+        }
+        Ok(Checked {
+            action,
+            endpos,
+            status_interval,
+            compression,
+        })
+    }
+}
+
+/// `-s/--status-interval` as pg_receivewal reads it (fe_utils option_parse_int over C
+/// strtol): white space around the number is allowed and an empty value is 0; the range is
+/// 0..INT_MAX/1000 seconds, so that the interval in milliseconds fits an int.
+fn parse_status_interval(text: &str) -> Result<Option<Duration>, String> {
+    const OPTION: &str = "-s/--status-interval";
+    const MAX: u64 = i32::MAX as u64 / 1000;
+    let number = text.trim_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let (negative, digits) = match number.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, number.strip_prefix('+').unwrap_or(number)),
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.is_empty() && !number.is_empty()) {
+        return Err(format!("invalid value \"{text}\" for option {OPTION}"));
+    }
+    // Only digits are left; too many of them is out of range, as strtol's ERANGE is.
+    let seconds = match digits {
+        "" => 0,
+        _ => digits.parse::<u64>().unwrap_or(u64::MAX),
+    };
+    if seconds > MAX || (negative && seconds > 0) {
+        return Err(format!("{OPTION} must be in range 0..{MAX}"));
+    }
+    Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
+}
+
 pub fn run(args: Args) -> Result<(), Failure> {
+    let checked = args.check()?;
     let params = connection_params(&args.conn)?;
     let rt = current_thread_runtime()?;
-    if args.create_slot || args.drop_slot {
-        let slot = args.slot.as_deref().expect("clap requires --slot");
-        return rt.block_on(manage_slot(
-            &params,
-            slot,
-            args.create_slot,
-            args.if_not_exists,
-        ));
-    }
-    let directory = args.directory.expect("clap requires --directory");
+    let directory = match checked.action {
+        Action::CreateSlot { slot } => {
+            return rt.block_on(manage_slot(&params, &slot, true, args.if_not_exists))
+        }
+        Action::DropSlot { slot } => return rt.block_on(manage_slot(&params, &slot, false, false)),
+        Action::Stream { directory } => directory,
+    };
     let mut opts = ReceiveOptions::new(params, directory);
     opts.slot = args.slot;
-    opts.endpos = args.endpos;
+    opts.endpos = checked.endpos;
     opts.no_loop = args.no_loop;
-    opts.status_interval =
-        (args.status_interval > 0).then(|| Duration::from_secs(args.status_interval));
+    opts.status_interval = checked.status_interval;
     opts.synchronous = args.synchronous;
     opts.no_sync = args.no_sync;
-    opts.compression = args.compress;
+    opts.compression = checked.compression;
     opts.validate = !args.no_validate;
 
     rt.block_on(async {
@@ -218,5 +357,110 @@ async fn wait_for_stop_signal() {
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    #[command(disable_help_flag = true)]
+    struct Line {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn check(line: &[&str]) -> Result<Checked, Failure> {
+        let line = Line::try_parse_from(std::iter::once("receive").chain(line.iter().copied()))
+            .expect("clap accepts the line");
+        line.args.check()
+    }
+
+    fn refusal(line: &[&str]) -> String {
+        match check(line) {
+            Ok(_) => panic!("{line:?} was accepted"),
+            Err(failure) => {
+                assert_eq!(failure.exit_code, 2, "{line:?}");
+                failure.message
+            }
+        }
+    }
+
+    #[test]
+    fn status_interval_reads_as_option_parse_int() {
+        for (text, secs) in [
+            ("10", 10),
+            ("0", 0),
+            ("-0", 0),
+            ("", 0),
+            ("  ", 0),
+            (" 5\t", 5),
+        ] {
+            let want = (secs > 0).then(|| Duration::from_secs(secs));
+            assert_eq!(parse_status_interval(text), Ok(want), "{text:?}");
+        }
+        assert_eq!(
+            parse_status_interval("+2147483"),
+            Ok(Some(Duration::from_secs(2147483)))
+        );
+        for bad in ["abc", "5x", "-", "+", "- 5", "5 5", "0x10"] {
+            assert_eq!(
+                parse_status_interval(bad),
+                Err(format!(
+                    "invalid value \"{bad}\" for option -s/--status-interval"
+                ))
+            );
+        }
+        for out in ["2147484", "-1", "99999999999999999999999"] {
+            assert_eq!(
+                parse_status_interval(out),
+                Err("-s/--status-interval must be in range 0..2147483".into())
+            );
+        }
+    }
+
+    #[test]
+    fn checks_come_in_pg_receivewal_order() {
+        // Each line breaks two rules; the one pg_receivewal reports first is reported.
+        let cases: [(&[&str], &str); 6] = [
+            (&["-E", "x", "op"], "could not parse end position \"x\""),
+            (
+                &["op", "--create-slot", "--drop-slot"],
+                "too many command-line arguments (first is \"op\")",
+            ),
+            (
+                &["--create-slot", "--drop-slot", "--synchronous", "--no-sync"],
+                "cannot use --create-slot together with --drop-slot",
+            ),
+            (
+                &["--drop-slot", "--synchronous", "--no-sync"],
+                "--drop-slot needs a slot to be specified using --slot",
+            ),
+            (
+                &["--synchronous", "--no-sync", "-Z", "bad"],
+                "cannot use --synchronous together with --no-sync",
+            ),
+            (&["-Z", "bad"], "no target directory specified"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(refusal(line), want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn slot_actions_need_no_directory() {
+        let checked = check(&["--create-slot", "-S", "s", "-Z", "lz4"]).unwrap();
+        assert!(matches!(checked.action, Action::CreateSlot { slot } if slot == "s"));
+        let checked = check(&["--drop-slot", "-S", "s"]).unwrap();
+        assert!(matches!(checked.action, Action::DropSlot { slot } if slot == "s"));
+        let checked = check(&["-D", "d", "-S", "s", "-s", "0", "-E", "1/2"]).unwrap();
+        assert!(
+            matches!(checked.action, Action::Stream { directory } if directory == std::path::Path::new("d"))
+        );
+        assert_eq!(checked.status_interval, None);
+        assert_eq!(checked.endpos, Some(Lsn(0x1_0000_0002)));
     }
 }
