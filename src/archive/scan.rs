@@ -71,16 +71,29 @@ impl ArchiveScan {
             let Some(wal) = WalFileName::parse(&name, seg_size) else {
                 continue;
             };
-            if !wal.partial && !complete_size_ok(&dir.join(&name), &wal, len, seg_size) {
-                tracing::warn!(
-                    "segment file \"{name}\" has the wrong size for a complete segment; ignoring it"
-                );
+            if !wal.partial && !cheap_size_ok(&dir.join(&name), &wal, len, seg_size) {
+                warn_wrong_size(&name);
                 continue;
             }
             scan.segments.push(ScannedFile { name, wal, len });
         }
         scan.segments.sort_by_key(|f| order_key(&f.wal));
         scan.histories.sort();
+        // An .lz4/.zst segment's length is known only by decompressing it: done for the
+        // newest complete segment alone (the one resume depends on), not for the whole
+        // archive at every reconnect; `verify` reads them all.
+        while let Some(i) = scan.segments.iter().rposition(|f| !f.wal.partial) {
+            let f = &scan.segments[i];
+            let compressed = matches!(f.wal.compression, Compression::Lz4 | Compression::Zstd);
+            if !compressed
+                || super::compress::uncompressed_len(&dir.join(&f.name), f.wal.compression)
+                    .is_ok_and(|n| n == seg_size)
+            {
+                break;
+            }
+            warn_wrong_size(&f.name);
+            scan.segments.remove(i);
+        }
         Ok(scan)
     }
 
@@ -129,10 +142,17 @@ fn order_key(wal: &WalFileName) -> (u64, u32, bool) {
     (wal.segment.segno.0, wal.segment.tli.0, !wal.partial)
 }
 
-/// pg_receivewal's sanity checks for a complete segment: an uncompressed file must be
-/// exactly one segment long; a gzip file's trailer must say so (ISIZE, modulo 2^32); an
-/// lz4 or zstd file must decompress to it (pg_receivewal 15 decompresses .lz4 files too).
-fn complete_size_ok(path: &Path, wal: &WalFileName, len: u64, seg_size: u64) -> bool {
+fn warn_wrong_size(name: &str) {
+    tracing::warn!(
+        "segment file \"{name}\" has the wrong size for a complete segment; ignoring it"
+    );
+}
+
+/// pg_receivewal's sanity checks for a complete segment that cost no decompression: an
+/// uncompressed file must be exactly one segment long; a gzip file's trailer must say so
+/// (ISIZE, modulo 2^32). An lz4 or zstd file must decompress to one segment (pg_receivewal 15
+/// decompresses .lz4 files too): see [`ArchiveScan::read`].
+fn cheap_size_ok(path: &Path, wal: &WalFileName, len: u64, seg_size: u64) -> bool {
     match wal.compression {
         Compression::None => len == seg_size,
         Compression::Gzip => {
@@ -145,9 +165,7 @@ fn complete_size_ok(path: &Path, wal: &WalFileName, len: u64, seg_size: u64) -> 
             })();
             isize == Some(seg_size as u32)
         }
-        Compression::Lz4 | Compression::Zstd => {
-            super::compress::uncompressed_len(path, wal.compression).is_ok_and(|n| n == seg_size)
-        }
+        Compression::Lz4 | Compression::Zstd => len > 0,
     }
 }
 
