@@ -30,6 +30,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::wal::page::SegmentHeader;
 use crate::wal::{history_file_name, Lsn, SegNo, SegmentName, TimeLineId};
 
 /// Errors of the segment store. `path` always names the file involved.
@@ -192,15 +193,11 @@ impl Archive {
             let read = SegmentReader::open(&path, file.wal.compression)
                 .and_then(|mut r| read_up_to(&mut r, &mut header));
             match read {
-                Ok(40) => {
+                Ok(40) => match SegmentHeader::parse(&header) {
+                    SegmentHeader::Valid { sysid, .. } => return Ok(Some(sysid)),
                     // A zero page is an unwritten (fallocated) .partial: look further back.
-                    if header[..2] == [0, 0] {
-                        continue;
-                    }
-                    return Ok(Some(u64::from_le_bytes(
-                        header[24..32].try_into().expect("8 bytes"),
-                    )));
-                }
+                    SegmentHeader::Empty | SegmentHeader::Invalid => continue,
+                },
                 Ok(_) => continue,
                 // A .partial cut short by a crash (a compressed stream that ends inside its
                 // header, or before its first block) tells nothing; it is streamed again.

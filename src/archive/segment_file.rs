@@ -132,23 +132,6 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Start writing at `offset` instead of 0 (an uncompressed segment restarted in the
-    /// middle). The bytes before it are whatever the file already holds.
-    pub fn skip_to(&mut self, offset: u64) -> Result<(), ArchiveError> {
-        match self.sink {
-            Some(Sink::Plain(_)) if self.written == 0 => {
-                self.written = offset;
-                self.synced = offset;
-                Ok(())
-            }
-            _ => Err(ArchiveError::io(
-                "start mid-segment in",
-                &self.partial_path,
-                io::Error::other("a compressed segment must be written from its start"),
-            )),
-        }
-    }
-
     /// Make everything written so far durable (flushing the compressor first).
     pub fn sync(&mut self) -> Result<(), ArchiveError> {
         if self.synced == self.written {

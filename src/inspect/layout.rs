@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::{InspectError, Problem};
 use crate::archive::{read_up_to, SegmentReader};
-use crate::wal::page::{le_u16, le_u32, le_u64, WalVersion, LONG_PAGE_HEADER, XLP_LONG_HEADER};
+use crate::wal::page::LONG_PAGE_HEADER;
 use crate::wal::{
     history_file_name, parse_history, parse_history_file_name, Compression, HistoryEntry, Lsn,
     SegNo, SegmentName, TimeLineId, WalFileName, DEFAULT_SEGMENT_SIZE,
@@ -23,32 +23,7 @@ use crate::wal::{
 use crate::wal::page::MIN_SEG_SIZE;
 
 /// What the first 40 bytes of a segment file say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Header {
-    /// A long page header of a known WAL version.
-    Valid { sysid: u64, seg_size: u32 },
-    /// All zeros (an unwritten `.partial`) or shorter than a header.
-    Empty,
-    /// Something else: the decoder will say what.
-    Invalid,
-}
-
-impl Header {
-    pub(crate) fn parse(b: &[u8]) -> Header {
-        if b.len() < LONG_PAGE_HEADER || b.iter().all(|&x| x == 0) {
-            return Header::Empty;
-        }
-        let valid =
-            WalVersion::from_magic(le_u16(b, 0)).is_some() && le_u16(b, 2) & XLP_LONG_HEADER != 0;
-        if !valid {
-            return Header::Invalid;
-        }
-        Header::Valid {
-            sysid: le_u64(b, 24),
-            seg_size: le_u32(b, 32),
-        }
-    }
-}
+pub(crate) use crate::wal::page::SegmentHeader as Header;
 
 /// A segment file in the directory.
 #[derive(Debug, Clone)]
@@ -218,11 +193,7 @@ impl TimelinePlan {
     /// The timeline the WAL at `lsn` was written on, as seen from this timeline's history:
     /// an ancestor below its switch point, else this one.
     pub(crate) fn timeline_at(&self, lsn: Lsn) -> TimeLineId {
-        self.ancestors
-            .iter()
-            .find(|e| lsn < e.switchpoint)
-            .map(|e| e.tli)
-            .unwrap_or(self.tli)
+        crate::wal::tli_of_point_in_history(&self.ancestors, self.tli, TimeLineId(0), lsn)
     }
 
     /// Where this timeline began: its parent's switch point.

@@ -29,7 +29,7 @@ use crate::conninfo::ConnParams;
 use crate::protocol::client::parse_size_setting;
 use crate::protocol::replication::{encode_status_update, pg_now};
 use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage, StreamItem};
-use crate::wal::{parse_history, HistoryEntry, Lsn, TimeLineId};
+use crate::wal::{parse_history, tli_of_point_in_history, HistoryEntry, Lsn, TimeLineId};
 use validate::Validator;
 use writer::{Progress, WalWriter, WriterCmd, WriterOptions};
 
@@ -200,7 +200,7 @@ impl Session<'_> {
             },
         };
         start = start.segment_start(seg_size);
-        let mut tli = timeline_of(&history, system.timeline, file_tli, start);
+        let mut tli = tli_of_point_in_history(&history, system.timeline, file_tli, start);
 
         loop {
             if let Some(endpos) = opts.endpos {
@@ -749,22 +749,6 @@ fn server_seg_size(text: &str) -> Result<u64, ReceiveError> {
         })
 }
 
-/// The timeline that `lsn` belongs to, given the server timeline's history: the first
-/// timeline at or after `at_least` whose switch point lies beyond `lsn`.
-fn timeline_of(
-    history: &[HistoryEntry],
-    server_tli: TimeLineId,
-    at_least: TimeLineId,
-    lsn: Lsn,
-) -> TimeLineId {
-    history
-        .iter()
-        .filter(|e| e.tli >= at_least)
-        .find(|e| lsn < e.switchpoint)
-        .map(|e| e.tli)
-        .unwrap_or(server_tli)
-}
-
 /// Run disk work from async code: on the multi-threaded runtime the worker hands its other
 /// tasks off first; on a current-thread runtime there is nobody to hand them to.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
@@ -811,22 +795,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_timeline_follows_history() {
-        let history = parse_history("1\t0/3000148\tx\n2\t0/5000000\ty\n").unwrap();
-        let tli =
-            |at_least, lsn| timeline_of(&history, TimeLineId(3), TimeLineId(at_least), Lsn(lsn));
-        assert_eq!(tli(1, 0x2000000), TimeLineId(1));
-        assert_eq!(tli(1, 0x3000000), TimeLineId(1));
-        assert_eq!(tli(1, 0x4000000), TimeLineId(2));
-        assert_eq!(tli(2, 0x3000000), TimeLineId(2));
-        assert_eq!(tli(1, 0x5000000), TimeLineId(3));
-        assert_eq!(
-            timeline_of(&[], TimeLineId(1), TimeLineId(1), Lsn(5)),
-            TimeLineId(1)
-        );
-    }
 
     #[test]
     fn segment_size_must_be_one_postgresql_allows() {

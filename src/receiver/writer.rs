@@ -184,14 +184,17 @@ impl WalWriter {
             let segment = match &mut self.current {
                 Some(s) => s,
                 None => {
-                    let name = SegmentName::new(self.tli, pos.segno(seg_size));
-                    let mut s = self.archive.create_segment(name)?;
+                    // A segment is always written from its start (streaming starts at a
+                    // segment boundary), so every byte counted as written or synced was.
                     if offset != 0 {
-                        // Streaming always starts at a segment boundary; a mid-segment
-                        // start can only be an uncompressed restart, written in place.
-                        s.skip_to(offset)?;
+                        return Err(ArchiveError::Gap {
+                            path: self.archive.dir().to_path_buf(),
+                            expected: Lsn(pos.0 - offset),
+                            got: pos,
+                        });
                     }
-                    self.current.insert(s)
+                    let name = SegmentName::new(self.tli, pos.segno(seg_size));
+                    self.current.insert(self.archive.create_segment(name)?)
                 }
             };
             let n = data.len().min((seg_size - offset) as usize);
@@ -400,6 +403,22 @@ mod tests {
         );
         let tail = std::fs::read(dir.path().join("000000010000000000000002.partial")).unwrap();
         assert_eq!(&tail[..wal.len() - SEG as usize], &wal[SEG as usize..]);
+    }
+
+    /// Bytes before a mid-segment start were never written: the writer refuses such a start
+    /// instead of counting them as written and synced.
+    #[test]
+    fn a_segment_is_never_started_in_its_middle() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false).unwrap();
+        let mid = Lsn(SEG + 8192);
+        let (mut w, _) = WalWriter::new(archive, TimeLineId(1), mid, WriterOptions::default());
+        let err = w.write_chunk(mid, &[1u8; 8192], mid).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Gap { expected, .. } if expected == Lsn(SEG)),
+            "{err}"
+        );
+        assert_eq!(w.progress().flushed, mid);
     }
 
     #[test]

@@ -54,9 +54,46 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
     Ok(entries)
 }
 
+/// The timeline that wrote `lsn`, given the history of timeline `tli` (its ancestors with
+/// their switch points, oldest first): the first ancestor whose switch point lies beyond
+/// `lsn`, else `tli` itself. As timeline.c tliOfPointInHistory (a switch point belongs to the
+/// next timeline). `at_least` skips ancestors below it (a caller that knows the WAL is at
+/// least that recent).
+pub fn tli_of_point_in_history(
+    history: &[HistoryEntry],
+    tli: TimeLineId,
+    at_least: TimeLineId,
+    lsn: Lsn,
+) -> TimeLineId {
+    history
+        .iter()
+        .filter(|e| e.tli >= at_least)
+        .find(|e| lsn < e.switchpoint)
+        .map(|e| e.tli)
+        .unwrap_or(tli)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeline_of_a_point_follows_the_switch_points() {
+        let history = parse_history("1\t0/3000148\tx\n2\t0/5000000\ty\n").unwrap();
+        let tli = |at_least, lsn| {
+            tli_of_point_in_history(&history, TimeLineId(3), TimeLineId(at_least), Lsn(lsn))
+        };
+        assert_eq!(tli(1, 0x2000000), TimeLineId(1));
+        assert_eq!(tli(1, 0x3000147), TimeLineId(1));
+        assert_eq!(tli(1, 0x3000148), TimeLineId(2));
+        assert_eq!(tli(1, 0x4000000), TimeLineId(2));
+        assert_eq!(tli(2, 0x3000000), TimeLineId(2));
+        assert_eq!(tli(1, 0x5000000), TimeLineId(3));
+        assert_eq!(
+            tli_of_point_in_history(&[], TimeLineId(1), TimeLineId(1), Lsn(5)),
+            TimeLineId(1)
+        );
+    }
 
     #[test]
     fn parses_a_real_history_file() {

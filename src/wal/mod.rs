@@ -14,7 +14,7 @@ pub mod synth;
 
 pub use decoder::{Feed, WalDecoder};
 pub use error::WalError;
-pub use history::{parse_history, HistoryEntry, HistoryError};
+pub use history::{parse_history, tli_of_point_in_history, HistoryEntry, HistoryError};
 pub use lsn::{Lsn, LsnParseError, TimeLineId};
 pub use page::WalVersion;
 pub use record::{

@@ -126,6 +126,38 @@ impl PageHeader {
     }
 }
 
+/// What the first bytes of a segment file say about where it comes from: the one reading of
+/// a segment's long page header outside the decoder (the archive's system identifier check,
+/// `inspect`'s listing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentHeader {
+    /// A long page header of a known WAL version.
+    Valid { sysid: u64, seg_size: u32 },
+    /// All zeros (an unwritten `.partial`) or shorter than a long header.
+    Empty,
+    /// Something else: the decoder will say what.
+    Invalid,
+}
+
+impl SegmentHeader {
+    /// Reads the first [`LONG_PAGE_HEADER`] bytes of a segment.
+    pub fn parse(b: &[u8]) -> SegmentHeader {
+        let b = &b[..b.len().min(LONG_PAGE_HEADER)];
+        if b.len() < LONG_PAGE_HEADER || b.iter().all(|&x| x == 0) {
+            return SegmentHeader::Empty;
+        }
+        match PageHeader::parse(b) {
+            Some(h) if WalVersion::from_magic(h.magic).is_some() && h.is_long() => {
+                SegmentHeader::Valid {
+                    sysid: h.sysid,
+                    seg_size: h.seg_size,
+                }
+            }
+            _ => SegmentHeader::Invalid,
+        }
+    }
+}
+
 /// Header length implied by the info bits (XLogPageHeaderSize).
 pub fn header_len(info: u16) -> usize {
     if info & XLP_LONG_HEADER != 0 {
