@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
-use super::{receive, Outcome, ReceiveError, ReceiveOptions};
+use super::{receive, receive_publishing, Outcome, Position, ReceiveError, ReceiveOptions};
 use crate::archive::ArchiveError;
 use crate::conninfo::{ConnParams, Host, PasswordPrompt, SslMode};
 use crate::protocol::backend::{encode_result_set, Authentication, CopyResponse};
@@ -534,5 +534,47 @@ async fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The archive's position is published for other tasks (the relay): validated and durable
+/// WAL only, in both modes, and never past the last valid record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_validated_position_is_published() {
+    for synchronous in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = wal();
+        let end = Lsn(SEG + wal.len() as u64 - 100_000);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(Walsender::serve(listener, wal.clone()));
+        let mut opts = options(port, dir.path());
+        opts.endpos = Some(end);
+        opts.synchronous = synchronous;
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let (tx, mut rx) = watch::channel(Position::NONE);
+        let seen = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while rx.changed().await.is_ok() {
+                seen.push(*rx.borrow_and_update());
+            }
+            seen
+        });
+        let result = receive_publishing(&opts, stop_rx, tx).await;
+        assert!(
+            matches!(result, Ok(Outcome::EndposReached(_))),
+            "{result:?}"
+        );
+        let seen = seen.await.unwrap();
+        server.await.unwrap();
+        assert_eq!(seen.first().map(|p| p.flushed), Some(Lsn(SEG)), "{seen:?}");
+        assert!(seen.iter().all(|p| p.timeline == TimeLineId(1)), "{seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0].flushed <= w[1].flushed),
+            "{seen:?}"
+        );
+        let last = seen.last().unwrap().flushed;
+        assert!(last >= end, "synchronous {synchronous}: {seen:?}");
+        assert!(last.0 <= SEG + wal.len() as u64);
     }
 }

@@ -13,6 +13,7 @@
 //! [`Session::stream_inline`]).
 
 mod error;
+mod policy;
 pub mod validate;
 pub mod writer;
 
@@ -28,8 +29,9 @@ use crate::archive::{AlignedBuf, Archive, ArchiveError, ArchiveLock, Compression
 use crate::conninfo::ConnParams;
 use crate::protocol::client::parse_size_setting;
 use crate::protocol::replication::{encode_status_update, pg_now};
-use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage, StreamItem};
+use crate::protocol::ReplicationConn;
 use crate::wal::{parse_history, tli_of_point_in_history, HistoryEntry, Lsn, TimeLineId};
+use policy::{Batched, Inline, Next, WritePolicy};
 use validate::Validator;
 use writer::{Progress, WalWriter, WriterCmd, WriterOptions};
 
@@ -37,10 +39,6 @@ use writer::{Progress, WalWriter, WriterCmd, WriterOptions};
 pub const BATCH_LEN: usize = 1 << 20;
 /// Batch buffers per stream: one filling, the rest queued or being written.
 pub const POOL: usize = 4;
-/// A message at least this long means the walsender is catching up and more follows at
-/// once: the batch waits up to [`LINGER`] for it instead of going to the writer half-empty.
-const CATCH_UP_MESSAGE: usize = 64 * 1024;
-const LINGER: Duration = Duration::from_millis(1);
 
 /// Everything `walferry receive` needs to run.
 #[derive(Debug, Clone)]
@@ -97,7 +95,35 @@ pub enum Outcome {
 /// reconnect can fix (server restarts, network loss, a full disk) is retried.
 pub async fn receive(
     opts: &ReceiveOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, ReceiveError> {
+    let (published, _) = watch::channel(Position::NONE);
+    receive_publishing(opts, shutdown, published).await
+}
+
+/// What the archive holds for other tasks (a relay's downstream sessions): WAL of
+/// `timeline` up to `flushed` is durable in the archive and validated. Published on every
+/// advance and at every timeline switch (then `flushed` is where the new timeline's
+/// streaming began).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub timeline: TimeLineId,
+    pub flushed: Lsn,
+}
+
+impl Position {
+    /// Before the first stream started (timeline 0 does not exist).
+    pub const NONE: Position = Position {
+        timeline: TimeLineId(0),
+        flushed: Lsn::INVALID,
+    };
+}
+
+/// As [`receive`], publishing the archive's [`Position`] on `published` as it advances.
+pub async fn receive_publishing(
+    opts: &ReceiveOptions,
     mut shutdown: watch::Receiver<bool>,
+    published: watch::Sender<Position>,
 ) -> Result<Outcome, ReceiveError> {
     Archive::check_dir(&opts.directory)?;
     // Held until this returns: one writer per archive directory.
@@ -107,6 +133,7 @@ pub async fn receive(
     loop {
         let mut session = Session {
             opts,
+            published: &published,
             shutdown: shutdown.clone(),
             connected: false,
             streamed: false,
@@ -162,6 +189,7 @@ impl StreamEnd {
 
 struct Session<'a> {
     opts: &'a ReceiveOptions,
+    published: &'a watch::Sender<Position>,
     shutdown: watch::Receiver<bool>,
     /// The server was reached and identified itself (later errors may be retried).
     connected: bool,
@@ -238,7 +266,7 @@ impl Session<'_> {
     }
 
     /// One START_REPLICATION run: stream until CopyDone, endpos, stop or error. The writer
-    /// is always joined before returning, so its files are closed when the caller goes on.
+    /// is always closed before returning, so its files are closed when the caller goes on.
     async fn stream(
         &mut self,
         conn: &mut ReplicationConn,
@@ -252,223 +280,123 @@ impl Session<'_> {
             synchronous: self.opts.synchronous,
         };
         let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts);
+        let seg_size = archive.seg_size();
         if self.opts.synchronous {
-            return self
-                .stream_inline(conn, writer, validator, start, archive.seg_size())
-                .await;
+            let policy = Inline {
+                writer,
+                validator,
+                dirty: false,
+            };
+            return self.drive(conn, policy, start, tli, seg_size).await;
         }
-        let (batches, handle) = Batches::spawn(writer, validator, start, archive.seg_size());
-        let result = self.pump(conn, batches, progress, start).await;
-        let written = match handle.await {
-            Ok(Ok(p)) => p,
-            // The writer's error explains a closed channel better than the channel does.
-            Ok(Err(e)) => return Err(e.into()),
-            Err(join) => {
-                return Err(ReceiveError::Internal(format!(
-                    "archive writer failed: {join}"
-                )))
-            }
-        };
-        Ok(result?.stopped_at(written.flushed))
+        let (batches, handle) = Batches::spawn(writer, validator, start, seg_size);
+        let policy = Batched::new(batches, progress, handle);
+        self.drive(conn, policy, start, tli, seg_size).await
     }
 
-    /// `--synchronous`: this task drives the writer itself, as a walreceiver does — read
-    /// what the socket has, check it, write it, and once no whole message is left buffered,
-    /// fsync and report. Every commit the primary waits for then costs one fsync and no
-    /// thread hand-off. Batching still happens: WAL that arrives during an fsync queues in
-    /// the socket buffer and is written and fsynced together next round.
-    async fn stream_inline(
+    /// The stream's state machine, the same for both write policies: take WAL, answer
+    /// keepalives, send status updates every `-s` seconds and whenever more became durable,
+    /// stop at `--endpos`, on a stop request or at CopyDone. Then close the writer; its
+    /// error, if any, explains a failure better than what the loop saw (a closed channel).
+    async fn drive<P: WritePolicy>(
         &mut self,
         conn: &mut ReplicationConn,
-        mut writer: WalWriter,
-        mut validator: Validator,
+        mut policy: P,
         start: Lsn,
+        tli: TimeLineId,
         seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
         let result = self
-            .pump_inline(conn, &mut writer, &mut validator, start, seg_size)
+            .drive_loop(conn, &mut policy, start, tli, seg_size)
             .await;
-        let closed = blocking(|| writer.close());
-        let end = result?;
-        Ok(end.stopped_at(closed?.flushed))
+        let closed = policy.finish().await?;
+        Ok(result?.stopped_at(closed.flushed))
     }
 
-    async fn pump_inline(
+    async fn drive_loop<P: WritePolicy>(
         &mut self,
         conn: &mut ReplicationConn,
-        writer: &mut WalWriter,
-        validator: &mut Validator,
+        policy: &mut P,
         start: Lsn,
+        tli: TimeLineId,
         seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
         let opts = self.opts;
         let mut st = StreamState::new(start, seg_size);
         let mut ticker = status_ticker(opts);
-        let mut dirty = false;
-
+        let mut endpos_flush_sent = false;
+        let publish = |flushed: Lsn| {
+            self.published.send_if_modified(|pos| {
+                let new = Position {
+                    timeline: tli,
+                    flushed,
+                };
+                let changed = *pos != new;
+                *pos = new;
+                changed
+            })
+        };
+        publish(start);
         loop {
-            if dirty && !conn.has_buffered_frame() {
-                let p = blocking(|| writer.flush())?;
-                dirty = false;
+            if let Some(p) = policy.settle(conn).await? {
+                publish(p.flushed);
                 self.streamed |= st.made_progress(p);
                 if let Some(end) = st.report(conn, p, opts.endpos).await? {
                     return Ok(end);
                 }
             }
-            tokio::select! {
+            let next = tokio::select! {
                 biased;
-                _ = stop_requested(&mut self.shutdown) => {
-                    tracing::info!("stop requested; closing the archive at {}", st.received);
-                    return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
-                }
-                msg = conn.read_copy_message() => match msg? {
-                    CopyMessage::Data(payload) => match ReplicationMessage::parse(payload)? {
-                        ReplicationMessage::XLogData { wal_start, data, .. } => {
-                            if data.is_empty() {
-                                continue;
-                            }
-                            st.accept(wal_start, data.len())?;
-                            validator.check(&data)?;
-                            let checked = validator.checked_end();
-                            blocking(|| writer.write_chunk(wal_start, &data, checked))?;
-                            dirty = true;
-                        }
-                        ReplicationMessage::Keepalive { reply_requested, .. } => {
-                            if reply_requested {
-                                let p = blocking(|| writer.flush())?;
-                                dirty = false;
-                                st.status.send(conn, p, false).await?;
-                            }
-                        }
-                    },
-                    CopyMessage::Done => return Ok(StreamEnd::CopyDone(st.received)),
-                },
+                _ = stop_requested(&mut self.shutdown) => None,
+                next = policy.next(conn) => Some(next?),
                 _ = ticker.tick() => {
-                    st.status.send(conn, writer.progress(), false).await?;
-                }
-            }
-        }
-    }
-
-    /// Async mode's network loop: check and batch the WAL, ship batches to the writer,
-    /// report what it made durable.
-    async fn pump(
-        &mut self,
-        conn: &mut ReplicationConn,
-        mut batches: Batches,
-        mut progress: watch::Receiver<Progress>,
-        start: Lsn,
-    ) -> Result<StreamEnd, ReceiveError> {
-        let opts = self.opts;
-        let mut st = StreamState::new(start, batches.seg_size);
-        let mut ticker = status_ticker(opts);
-        let mut endpos_flush_sent = false;
-        // When the batch being filled goes to the writer if nothing else arrives first.
-        let linger = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(linger);
-
-        loop {
-            let p = *progress.borrow_and_update();
-            self.streamed |= st.made_progress(p);
-            if let Some(end) = st.report(conn, p, opts.endpos).await? {
-                return Ok(end);
-            }
-            tokio::select! {
-                biased;
-                _ = stop_requested(&mut self.shutdown) => {
-                    tracing::info!("stop requested; closing the archive at {}", st.received);
-                    batches.ship().await?;
-                    return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
-                }
-                changed = progress.changed() => {
-                    if changed.is_err() {
-                        // The writer is gone: its error is returned by the caller.
-                        return Err(ReceiveError::Internal("archive writer stopped".into()));
-                    }
-                }
-                item = conn.read_stream_item() => match item? {
-                    StreamItem::Wal(w) => {
-                        let len = w.head.len() + w.rest;
-                        if len == 0 {
-                            continue;
-                        }
-                        st.accept(w.wal_start, len)?;
-                        batches.add(&w.head).await?;
-                        if !self.read_payload(conn, &mut batches, w.rest).await? {
-                            tracing::info!("stop requested; closing the archive at {}", batches.start);
-                            batches.ship().await?;
-                            return Ok(StreamEnd::Done(Outcome::Stopped(batches.start)));
-                        }
-                        let wait = if len >= CATCH_UP_MESSAGE { LINGER } else { Duration::ZERO };
-                        linger.as_mut().reset(tokio::time::Instant::now() + wait);
-                        if let Some(endpos) = opts.endpos {
-                            if st.received >= endpos && !endpos_flush_sent {
-                                endpos_flush_sent = true;
-                                batches.ship().await?;
-                                batches.send(WriterCmd::Flush).await?;
-                            }
-                        }
-                    }
-                    StreamItem::Copy(CopyMessage::Data(payload)) => match ReplicationMessage::parse(payload)? {
-                        ReplicationMessage::XLogData { .. } => {
-                            return Err(ReceiveError::Protocol("malformed XLogData message".into()));
-                        }
-                        ReplicationMessage::Keepalive { reply_requested, .. } => {
-                            if reply_requested {
-                                let p = *progress.borrow();
-                                st.status.send(conn, p, false).await?;
-                                // The server is waiting for us: a stopping walsender waits
-                                // until the reported flush reaches what it sent. Make what
-                                // we have durable now; the new flush position is reported
-                                // as soon as the writer publishes it (top of this loop).
-                                if st.received > p.flushed {
-                                    batches.ship().await?;
-                                    batches.send(WriterCmd::Flush).await?;
-                                }
-                            }
-                        }
-                    },
-                    StreamItem::Copy(CopyMessage::Done) => {
-                        batches.ship().await?;
-                        return Ok(StreamEnd::CopyDone(st.received));
-                    }
-                },
-                () = &mut linger, if batches.pending() => {
-                    batches.ship().await?;
-                }
-                _ = ticker.tick() => {
-                    batches.ship().await?;
-                    batches.send(WriterCmd::Flush).await?;
-                    // Copy out first: the watch's read lock must not be held across the
-                    // send (the writer would block publishing meanwhile).
-                    let p = *progress.borrow();
+                    let p = policy.flush().await?;
                     st.status.send(conn, p, false).await?;
+                    continue;
                 }
+            };
+            match next {
+                None => {
+                    tracing::info!("stop requested; closing the archive at {}", st.received);
+                    policy.ship().await?;
+                    return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
+                }
+                Some(Next::Wal(w)) => {
+                    let len = w.head.len() + w.rest;
+                    if len == 0 {
+                        continue;
+                    }
+                    st.accept(w.wal_start, len)?;
+                    if !policy.take(conn, w, &mut self.shutdown).await? {
+                        tracing::info!("stop requested; closing the archive at {}", st.received);
+                        policy.ship().await?;
+                        return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
+                    }
+                    if opts.endpos.is_some_and(|e| st.received >= e) && !endpos_flush_sent {
+                        endpos_flush_sent = true;
+                        let p = policy.flush().await?;
+                        publish(p.flushed);
+                        if let Some(end) = st.report(conn, p, opts.endpos).await? {
+                            return Ok(end);
+                        }
+                    }
+                }
+                Some(Next::Keepalive { reply_requested }) => {
+                    if reply_requested {
+                        // The server is waiting for us: a stopping walsender waits until the
+                        // reported flush reaches what it sent. Make what we have durable; a
+                        // policy that does so later reports it as soon as it is.
+                        let p = policy.flush().await?;
+                        st.status.send(conn, p, false).await?;
+                    }
+                }
+                Some(Next::Done) => {
+                    policy.ship().await?;
+                    return Ok(StreamEnd::CopyDone(st.received));
+                }
+                Some(Next::Woken) => {}
             }
         }
-    }
-
-    /// Read the rest of an XLogData payload (`rest` bytes) from the socket straight into
-    /// the batches. Returns false if a stop was requested meanwhile (a server stalled
-    /// mid-message must not hold up SIGTERM).
-    async fn read_payload(
-        &mut self,
-        conn: &mut ReplicationConn,
-        batches: &mut Batches,
-        mut rest: usize,
-    ) -> Result<bool, ReceiveError> {
-        while rest > 0 {
-            // All the room: the read may also take in the next message's header.
-            let room = batches.room().await?;
-            let n = tokio::select! {
-                biased;
-                n = conn.read_wal_into(room) => n?,
-                _ = stop_requested(&mut self.shutdown) => return Ok(false),
-            };
-            batches.commit(n).await?;
-            rest -= n;
-        }
-        Ok(true)
     }
 }
 
@@ -519,7 +447,7 @@ impl Batches {
     }
 
     /// Whether a batch holds WAL not yet sent.
-    fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.current.as_ref().is_some_and(|b| !b.is_empty())
     }
 

@@ -1,0 +1,249 @@
+//! The two write policies of the receive loop. The loop itself ([`super::Session`]'s
+//! `drive`) is one state machine for both modes: stop requests, keepalives and their reply
+//! requests, the status ticker, `--endpos`, CopyDone, and reporting what became durable. A
+//! policy decides only how WAL reaches the disk and when it is durable:
+//!
+//! - [`Inline`] (`--synchronous`): the network task reads whole messages, checks them,
+//!   writes them, and fsyncs as soon as no whole message is left buffered, so every commit
+//!   the primary waits for costs one fsync and no thread hand-off (as a walreceiver).
+//! - [`Batched`] (the default): payloads go from the socket straight into page-aligned
+//!   batches, checked there, and a writer thread writes and fsyncs them (see [`Batches`]).
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::validate::Validator;
+use super::writer::{Progress, WalWriter, WriterCmd};
+use super::{blocking, stop_requested, Batches, ReceiveError};
+use crate::archive::ArchiveError;
+use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage, StreamItem, WalStart};
+
+/// A message at least this long means the walsender is catching up and more follows at
+/// once: the batch waits up to [`LINGER`] for it instead of going to the writer half-empty.
+const CATCH_UP_MESSAGE: usize = 64 * 1024;
+const LINGER: Duration = Duration::from_millis(1);
+
+/// What the server (or the policy's own machinery) had for the loop.
+pub(super) enum Next {
+    /// An XLogData message: its header and the part of its payload already read.
+    Wal(WalStart),
+    Keepalive {
+        reply_requested: bool,
+    },
+    /// The server ended the stream (end of timeline or shutdown).
+    Done,
+    /// Something of the policy's own happened (the writer published, a batch was shipped).
+    Woken,
+}
+
+/// How WAL reaches the disk; see the module documentation.
+pub(super) trait WritePolicy {
+    /// Progress to report before waiting for the next event, if any.
+    async fn settle(&mut self, conn: &ReplicationConn) -> Result<Option<Progress>, ReceiveError>;
+    /// The next event. Cancel-safe: it runs in a `select!` against stop and the ticker.
+    async fn next(&mut self, conn: &mut ReplicationConn) -> Result<Next, ReceiveError>;
+    /// Take the whole of the message's WAL (not cancelled). False if a stop was requested
+    /// while the rest of its payload was being read (a stalled server must not hold it up).
+    async fn take(
+        &mut self,
+        conn: &mut ReplicationConn,
+        wal: WalStart,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, ReceiveError>;
+    /// Make what was received durable (now, or as soon as the writer can) and return the
+    /// progress to report meanwhile.
+    async fn flush(&mut self) -> Result<Progress, ReceiveError>;
+    /// Hand what was received to the disk side (before stopping, at CopyDone).
+    async fn ship(&mut self) -> Result<(), ReceiveError>;
+    /// Close the files (an incomplete segment stays `.partial`); the last progress.
+    async fn finish(self) -> Result<Progress, ReceiveError>;
+}
+
+/// `--synchronous`: the network task drives the writer itself.
+pub(super) struct Inline {
+    pub writer: WalWriter,
+    pub validator: Validator,
+    /// WAL written since the last fsync.
+    pub dirty: bool,
+}
+
+impl WritePolicy for Inline {
+    async fn settle(&mut self, conn: &ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
+        // Once no whole message is left buffered: WAL that arrived during the last fsync is
+        // written first and fsynced with it (group commit).
+        if self.dirty && !conn.has_buffered_frame() {
+            return self.flush().await.map(Some);
+        }
+        Ok(None)
+    }
+
+    async fn next(&mut self, conn: &mut ReplicationConn) -> Result<Next, ReceiveError> {
+        Ok(match conn.read_copy_message().await? {
+            CopyMessage::Data(payload) => match ReplicationMessage::parse(payload)? {
+                ReplicationMessage::XLogData {
+                    wal_start,
+                    wal_end,
+                    send_time,
+                    data,
+                } => Next::Wal(WalStart {
+                    wal_start,
+                    wal_end,
+                    send_time,
+                    head: data,
+                    rest: 0,
+                }),
+                ReplicationMessage::Keepalive {
+                    reply_requested, ..
+                } => Next::Keepalive { reply_requested },
+            },
+            CopyMessage::Done => Next::Done,
+        })
+    }
+
+    async fn take(
+        &mut self,
+        _conn: &mut ReplicationConn,
+        wal: WalStart,
+        _shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, ReceiveError> {
+        self.validator.check(&wal.head)?;
+        let checked = self.validator.checked_end();
+        let writer = &mut self.writer;
+        blocking(|| writer.write_chunk(wal.wal_start, &wal.head, checked))?;
+        self.dirty = true;
+        Ok(true)
+    }
+
+    async fn flush(&mut self) -> Result<Progress, ReceiveError> {
+        let writer = &mut self.writer;
+        let p = blocking(|| writer.flush())?;
+        self.dirty = false;
+        Ok(p)
+    }
+
+    async fn ship(&mut self) -> Result<(), ReceiveError> {
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<Progress, ReceiveError> {
+        let writer = self.writer;
+        Ok(blocking(|| writer.close())?)
+    }
+}
+
+/// Async mode: batches to a writer thread, which publishes its progress on a watch.
+pub(super) struct Batched {
+    pub batches: Batches,
+    pub progress: watch::Receiver<Progress>,
+    pub handle: tokio::task::JoinHandle<Result<Progress, ArchiveError>>,
+    /// When the batch being filled goes to the writer if nothing else arrives first.
+    pub linger: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Batched {
+    pub fn new(
+        batches: Batches,
+        progress: watch::Receiver<Progress>,
+        handle: tokio::task::JoinHandle<Result<Progress, ArchiveError>>,
+    ) -> Self {
+        Batched {
+            batches,
+            progress,
+            handle,
+            linger: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+}
+
+impl WritePolicy for Batched {
+    async fn settle(&mut self, _conn: &ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
+        Ok(Some(*self.progress.borrow_and_update()))
+    }
+
+    async fn next(&mut self, conn: &mut ReplicationConn) -> Result<Next, ReceiveError> {
+        let pending = self.batches.pending();
+        tokio::select! {
+            biased;
+            changed = self.progress.changed() => match changed {
+                Ok(()) => Ok(Next::Woken),
+                // The writer is gone: its error is returned by `finish`.
+                Err(_) => Err(ReceiveError::Internal("archive writer stopped".into())),
+            },
+            item = conn.read_stream_item() => Ok(match item? {
+                StreamItem::Wal(w) => Next::Wal(w),
+                StreamItem::Copy(CopyMessage::Data(payload)) => {
+                    match ReplicationMessage::parse(payload)? {
+                        ReplicationMessage::XLogData { .. } => {
+                            return Err(ReceiveError::Protocol("malformed XLogData message".into()))
+                        }
+                        ReplicationMessage::Keepalive { reply_requested, .. } => {
+                            Next::Keepalive { reply_requested }
+                        }
+                    }
+                }
+                StreamItem::Copy(CopyMessage::Done) => Next::Done,
+            }),
+            () = &mut self.linger, if pending => {
+                self.batches.ship().await?;
+                Ok(Next::Woken)
+            }
+        }
+    }
+
+    async fn take(
+        &mut self,
+        conn: &mut ReplicationConn,
+        wal: WalStart,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, ReceiveError> {
+        let len = wal.head.len() + wal.rest;
+        self.batches.add(&wal.head).await?;
+        let mut rest = wal.rest;
+        while rest > 0 {
+            // All the room: the read may also take in the next message's header.
+            let room = self.batches.room().await?;
+            let n = tokio::select! {
+                biased;
+                n = conn.read_wal_into(room) => n?,
+                _ = stop_requested(shutdown) => return Ok(false),
+            };
+            self.batches.commit(n).await?;
+            rest -= n;
+        }
+        let wait = if len >= CATCH_UP_MESSAGE {
+            LINGER
+        } else {
+            Duration::ZERO
+        };
+        self.linger
+            .as_mut()
+            .reset(tokio::time::Instant::now() + wait);
+        Ok(true)
+    }
+
+    async fn flush(&mut self) -> Result<Progress, ReceiveError> {
+        // Copy out first: the watch's read lock must not be held across an await (the
+        // writer would block publishing meanwhile).
+        let p = *self.progress.borrow();
+        self.batches.ship().await?;
+        self.batches.send(WriterCmd::Flush).await?;
+        // The new flush position is reported as soon as the writer publishes it.
+        Ok(p)
+    }
+
+    async fn ship(&mut self) -> Result<(), ReceiveError> {
+        self.batches.ship().await
+    }
+
+    async fn finish(self) -> Result<Progress, ReceiveError> {
+        drop(self.batches);
+        match self.handle.await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(e.into()),
+            Err(join) => Err(ReceiveError::Internal(format!(
+                "archive writer failed: {join}"
+            ))),
+        }
+    }
+}
