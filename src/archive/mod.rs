@@ -17,12 +17,14 @@
 mod aligned;
 mod compress;
 mod lock;
+mod reader;
 mod scan;
 mod segment_file;
 
 pub use aligned::{AlignedBuf, DIRECT_ALIGN};
 pub use compress::{CompressionSpec, SegmentReader};
 pub use lock::{ArchiveLock, LOCK_FILE};
+pub use reader::{ArchiveReader, ReaderError, ReaderStats, SegmentSource};
 pub use scan::{list_dir, ArchiveScan, DirFile, ScannedFile};
 pub use segment_file::SegmentWriter;
 
