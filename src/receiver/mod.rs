@@ -282,11 +282,7 @@ impl Session<'_> {
         let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts);
         let seg_size = archive.seg_size();
         if self.opts.synchronous {
-            let policy = Inline {
-                writer,
-                validator,
-                dirty: false,
-            };
+            let policy = Inline::new(writer, validator);
             return self.drive(conn, policy, start, tli, seg_size).await;
         }
         let (batches, handle) = Batches::spawn(writer, validator, start, seg_size);

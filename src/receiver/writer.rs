@@ -167,8 +167,32 @@ impl WalWriter {
     pub fn write_chunk(
         &mut self,
         start: Lsn,
+        data: &[u8],
+        checked: Lsn,
+    ) -> Result<(), ArchiveError> {
+        self.write_at(start, data, checked, false)
+    }
+
+    /// As [`WalWriter::write_chunk`], and make everything written durable, with the write
+    /// and its sync in one system call where the segment allows it
+    /// ([`SegmentWriter::write_durable`]): `--synchronous`'s once-per-commit write.
+    pub fn write_durable(
+        &mut self,
+        start: Lsn,
+        data: &[u8],
+        checked: Lsn,
+    ) -> Result<Progress, ArchiveError> {
+        self.write_at(start, data, checked, true)?;
+        self.sync()?;
+        Ok(self.progress)
+    }
+
+    fn write_at(
+        &mut self,
+        start: Lsn,
         mut data: &[u8],
         checked: Lsn,
+        durable: bool,
     ) -> Result<(), ArchiveError> {
         let seg_size = self.archive.seg_size();
         if start != self.progress.written {
@@ -198,7 +222,11 @@ impl WalWriter {
                 }
             };
             let n = data.len().min((seg_size - offset) as usize);
-            segment.write(&data[..n])?;
+            if durable {
+                segment.write_durable(&data[..n])?;
+            } else {
+                segment.write(&data[..n])?;
+            }
             data = &data[n..];
             pos = Lsn(pos.0 + n as u64);
             self.progress.written = pos;
@@ -397,6 +425,35 @@ mod tests {
         let end = handle.join().unwrap().unwrap();
         assert_eq!(end.written, Lsn(SEG + wal.len() as u64));
         assert_eq!(progress.borrow().flushed, end.written);
+        assert_eq!(
+            std::fs::read(dir.path().join(SEG1)).unwrap(),
+            &wal[..SEG as usize]
+        );
+        let tail = std::fs::read(dir.path().join("000000010000000000000002.partial")).unwrap();
+        assert_eq!(&tail[..wal.len() - SEG as usize], &wal[SEG as usize..]);
+    }
+
+    /// `--synchronous`'s gathered write: durable on return (one pwritev2 with RWF_DSYNC),
+    /// across a segment end too, and acknowledged only up to the checked end.
+    #[test]
+    fn a_durable_write_is_flushed_on_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = two_segments();
+        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false)
+            .unwrap()
+            .zero_filled(true);
+        let opts = WriterOptions { synchronous: true };
+        let (mut w, _) = WalWriter::new(archive, TimeLineId(1), Lsn(SEG), opts);
+        let small = 3000;
+        let p = w
+            .write_durable(Lsn(SEG), &wal[..small], Lsn(SEG + 2000))
+            .unwrap();
+        assert_eq!(p.written, Lsn(SEG + small as u64));
+        assert_eq!(p.flushed, Lsn(SEG + 2000));
+        let rest = &wal[small..];
+        let end = Lsn(SEG + wal.len() as u64);
+        let p = w.write_durable(Lsn(SEG + small as u64), rest, end).unwrap();
+        assert_eq!(p.flushed, end);
         assert_eq!(
             std::fs::read(dir.path().join(SEG1)).unwrap(),
             &wal[..SEG as usize]
