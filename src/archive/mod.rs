@@ -128,15 +128,7 @@ impl Archive {
     /// `dir` exists and is a directory (checked before anything connects, so a typo in
     /// `-D` is reported at once instead of being retried).
     pub fn check_dir(dir: &Path) -> Result<(), ArchiveError> {
-        let meta = fs::metadata(dir).map_err(|e| ArchiveError::io("access directory", dir, e))?;
-        if !meta.is_dir() {
-            return Err(ArchiveError::io(
-                "use directory",
-                dir,
-                io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-            ));
-        }
-        Ok(())
+        is_dir(dir).map_err(|(op, e)| ArchiveError::io(op, dir, e))
     }
 
     pub fn dir(&self) -> &Path {
@@ -295,6 +287,31 @@ impl Archive {
     pub fn segment_start(&self, segno: SegNo) -> Lsn {
         segno.start_lsn(self.seg_size)
     }
+}
+
+/// `dir` exists and is a directory; else what failed ("access directory", "use directory").
+pub(crate) fn is_dir(dir: &Path) -> Result<(), (&'static str, io::Error)> {
+    let meta = fs::metadata(dir).map_err(|e| ("access directory", e))?;
+    if !meta.is_dir() {
+        let e = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
+        return Err(("use directory", e));
+    }
+    Ok(())
+}
+
+/// Read until `buf` is full, the reader ends, or an error; returns the bytes read and the
+/// error (unlike [`read_up_to`], the bytes before an error are kept).
+pub(crate) fn read_keeping_error(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
 }
 
 /// Read until `buf` is full or the reader ends; returns the bytes read.

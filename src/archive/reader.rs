@@ -22,7 +22,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::SegmentReader;
+use super::{read_keeping_error, SegmentReader};
 use crate::wal::page::{
     is_valid_seg_size, le_u16, LONG_PAGE_HEADER, SHORT_PAGE_HEADER, XLP_FIRST_IS_CONTRECORD,
 };
@@ -215,14 +215,7 @@ impl ArchiveReader {
         if !is_valid_seg_size(seg_size) {
             return Err(ReaderError::InvalidSegmentSize { seg_size });
         }
-        let meta = fs::metadata(dir).map_err(|e| ReaderError::io("access directory", dir, e))?;
-        if !meta.is_dir() {
-            return Err(ReaderError::io(
-                "use directory",
-                dir,
-                io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-            ));
-        }
+        super::is_dir(dir).map_err(|(op, e)| ReaderError::io(op, dir, e))?;
         Ok(ArchiveReader {
             dir: dir.to_path_buf(),
             seg_size,
@@ -501,7 +494,7 @@ impl ArchiveReader {
         let mut neighbours = Vec::new();
         let mut buf = vec![0u8; SCAN_CHUNK];
         let mut reader = open_stream(&found.path, found.file.compression)?;
-        let (n, head_err) = fill(&mut reader, &mut buf[..LONG_PAGE_HEADER]);
+        let (n, head_err) = read_keeping_error(&mut reader, &mut buf[..LONG_PAGE_HEADER]);
         let continues = n >= SHORT_PAGE_HEADER
             && le_u16(&buf, 2) & XLP_FIRST_IS_CONTRECORD != 0
             && segment.segno.0 > 0;
@@ -652,7 +645,7 @@ fn feed_until(
         if enough(dec) || dec.error().is_some() || dec.end_of_wal().is_some() {
             return Ok(());
         }
-        let (n, err) = fill(r, buf);
+        let (n, err) = read_keeping_error(r, buf);
         // An invalid record ends the valid WAL; the decoder keeps the error.
         let _ = dec.feed_with(&buf[..n], |_| {});
         match err {
@@ -664,23 +657,8 @@ fn feed_until(
     }
 }
 
-/// Reads until `buf` is full, the reader ends, or an error; returns the bytes read and the
-/// error (unlike `read_up_to`, the bytes before an error are kept).
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (filled, Some(e)),
-        }
-    }
-    (filled, None)
-}
-
 /// Decompresses up to `off` (the stream is at `pos`), then reads into `buf` as
-/// [`fill`] does; an error after some bytes waits for the next call.
+/// [`read_keeping_error`] does; an error after some bytes waits for the next call.
 fn skip_then_fill(
     reader: &mut SegmentReader,
     pos: &mut u64,
@@ -691,7 +669,7 @@ fn skip_then_fill(
     if *pos < off {
         return Ok(0);
     }
-    let (n, err) = fill(reader, buf);
+    let (n, err) = read_keeping_error(reader, buf);
     *pos += n as u64;
     match err {
         Some(e) if n == 0 => Err(e),

@@ -2,7 +2,7 @@
 //! bytes it skips, and the catalogue of what the valid records hold. See the documentation
 //! of [`crate::inspect`] for the rules.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
@@ -634,7 +634,7 @@ fn read_ahead(jobs: Vec<(PathBuf, Compression)>, tx: SyncSender<Chunk>, free: Re
         };
         loop {
             let mut buf = free.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
-            let (len, err) = read_chunk(&mut reader, &mut buf);
+            let (len, err) = crate::archive::read_keeping_error(&mut reader, &mut buf);
             let last = err.is_some() || len < CHUNK;
             let c = Chunk {
                 buf,
@@ -651,20 +651,6 @@ fn read_ahead(jobs: Vec<(PathBuf, Compression)>, tx: SyncSender<Chunk>, free: Re
             }
         }
     }
-}
-
-/// Reads up to a chunk; a read error is returned with the bytes read before it.
-fn read_chunk(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (filled, Some(e)),
-        }
-    }
-    (filled, None)
 }
 
 /// The file of a run that holds `lsn`.
