@@ -68,7 +68,7 @@ struct Partial {
     got: u32,
     /// Valid once `got >= 4`.
     tot_len: u32,
-    /// CRC-32C of the payload bytes seen so far.
+    /// CRC-32C register (complemented) over the payload bytes seen so far.
     crc: u32,
     /// Collect the record in `WalDecoder::buf` because its main data is read.
     keep: bool,
@@ -107,8 +107,8 @@ pub struct WalDecoder {
     overwritten: Option<u64>,
     end_of_wal: Option<Lsn>,
     error: Option<WalError>,
-    /// The CPU has SSE 4.2: the fast loop runs the CRC kernels inline.
-    sse42: bool,
+    /// The CPU has SSE 4.2 and PCLMULQDQ: the CRC kernels run inline.
+    hw_crc: bool,
     /// Records checked by the fast loop, not yet returned by the iterator (reused). Records
     /// are moved out of it, not cloned: a clone would branch on the kind of every record.
     batch: VecDeque<Record>,
@@ -157,7 +157,7 @@ impl WalDecoder {
                 hdr: [0; RECORD_HEADER],
                 got: 0,
                 tot_len: 0,
-                crc: 0,
+                crc: !0,
                 keep: false,
             },
             // Like xlogreader.c's readRecordBuf, sized for ordinary records up front.
@@ -165,7 +165,7 @@ impl WalDecoder {
             overwritten: None,
             end_of_wal: None,
             error: None,
-            sse42: crc::sse42_available(),
+            hw_crc: crc::hw_available(),
             // The fast loop finishes its group of three after the batch says full.
             batch: VecDeque::with_capacity(BATCH + 2),
         })
@@ -370,12 +370,12 @@ impl WalDecoder {
         off
     }
 
-    /// [`WalDecoder::fast_loop`] with the SSE 4.2 kernels compiled in.
+    /// [`WalDecoder::fast_loop`] with the CRC kernels compiled in.
     ///
     /// # Safety
-    /// The CPU must support SSE 4.2.
+    /// The CPU must support SSE 4.2 and PCLMULQDQ.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "sse4.2")]
+    #[target_feature(enable = "sse4.2,pclmulqdq")]
     unsafe fn fast_loop_sse42<S: FnMut(Record) -> bool>(
         &mut self,
         data: &[u8],
@@ -390,8 +390,8 @@ impl WalDecoder {
     #[inline]
     fn fast<S: FnMut(Record) -> bool>(&mut self, data: &[u8], off: usize, sink: &mut S) -> usize {
         #[cfg(target_arch = "x86_64")]
-        if self.sse42 {
-            // SAFETY: `sse42` says the CPU supports SSE 4.2 (crc::sse42_available).
+        if self.hw_crc {
+            // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
             return unsafe { self.fast_loop_sse42(data, off, sink) };
         }
         self.fast_loop::<false, S>(data, off, sink)
@@ -401,11 +401,22 @@ impl WalDecoder {
     #[inline]
     fn record_crc(&self, payload: &[u8], header: &[u8]) -> u32 {
         #[cfg(target_arch = "x86_64")]
-        if self.sse42 {
-            // SAFETY: `sse42` says the CPU supports SSE 4.2 (crc::sse42_available).
+        if self.hw_crc {
+            // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
             return unsafe { record_crc_sse42(payload, header) };
         }
         crc::record_portable(payload, header)
+    }
+
+    /// Continues the CRC register `reg` of a record read in pieces over `p`.
+    #[inline]
+    fn crc_append(&self, reg: u32, p: &[u8]) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.hw_crc {
+            // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
+            return unsafe { crc_append_sse42(reg, p) };
+        }
+        crc::append_portable(reg, p)
     }
 
     /// Decodes from `data[*off..]` until a record is complete, an error, or the bytes run out.
@@ -504,7 +515,7 @@ impl WalDecoder {
         self.rec.lsn = self.fed;
         self.rec.got = 0;
         self.rec.tot_len = 0;
-        self.rec.crc = 0;
+        self.rec.crc = !0;
         self.rec.keep = false;
         self.state = State::InRecord;
         Ok(None)
@@ -560,7 +571,7 @@ impl WalDecoder {
         if self.rec.got as usize >= RECORD_HEADER {
             let n = ((self.rec.tot_len - self.rec.got) as usize).min(piece.len());
             let p = &piece[..n];
-            self.rec.crc = crc32c::crc32c_append(self.rec.crc, p);
+            self.rec.crc = self.crc_append(self.rec.crc, p);
             if self.rec.keep {
                 self.buf.extend_from_slice(p);
             }
@@ -571,7 +582,7 @@ impl WalDecoder {
         *off += used;
         if self.rec.got as usize >= RECORD_HEADER && self.rec.got == self.rec.tot_len {
             let h = RecordHeader::parse(&self.rec.hdr);
-            let crc = crc32c::crc32c_append(self.rec.crc, &self.rec.hdr[..RECORD_CRC_OFFSET]);
+            let crc = !self.crc_append(self.rec.crc, &self.rec.hdr[..RECORD_CRC_OFFSET]);
             if crc != h.crc {
                 return Err(checksum_error(lsn, h.crc, crc));
             }
@@ -934,7 +945,7 @@ fn fast_kind(rmid: u8, info: u8) -> bool {
 fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
+        // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
         return unsafe { crc::sse42::record(payload, header) };
     }
     crc::record_portable(payload, header)
@@ -944,7 +955,7 @@ fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8]) -> u32 {
 fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
     #[cfg(target_arch = "x86_64")]
     if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
+        // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
         return unsafe { crc::sse42::records2(p, h) };
     }
     [
@@ -957,7 +968,7 @@ fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
 fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
     #[cfg(target_arch = "x86_64")]
     if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
+        // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
         return unsafe { crc::sse42::records3(p, h) };
     }
     [
@@ -968,11 +979,19 @@ fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
 }
 
 /// # Safety
-/// The CPU must support SSE 4.2.
+/// The CPU must support SSE 4.2 and PCLMULQDQ.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse4.2")]
+#[target_feature(enable = "sse4.2,pclmulqdq")]
 unsafe fn record_crc_sse42(payload: &[u8], header: &[u8]) -> u32 {
     crc::sse42::record(payload, header)
+}
+
+/// # Safety
+/// The CPU must support SSE 4.2 and PCLMULQDQ.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2,pclmulqdq")]
+unsafe fn crc_append_sse42(reg: u32, p: &[u8]) -> u32 {
+    crc::sse42::append(reg, p)
 }
 
 #[cold]
