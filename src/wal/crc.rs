@@ -80,6 +80,8 @@ pub(crate) mod sse42 {
 
     use super::{MAX_LANE_WORDS, SHIFT, SPLIT_MIN};
 
+    use crate::wal::record::RECORD_HEADER;
+
     use crate::wal::page::{le_u16, le_u32, le_u64 as u64_at};
 
     /// Continues the CRC register `reg` over `p`: long runs in three lanes joined by
@@ -129,22 +131,23 @@ pub(crate) mod sse42 {
     }
 
     /// Continues the complemented CRC `crc` (the register value inside crc32c) over `p`
-    /// from byte `from`, then the 20 header bytes of `h`; returns the finished CRC.
+    /// from byte `from`, then the first 20 bytes of the record header `h`; returns the
+    /// finished CRC.
     ///
     /// # Safety
     /// The CPU must support SSE 4.2 and PCLMULQDQ.
     #[inline(always)]
-    unsafe fn finish(crc: u64, p: &[u8], from: usize, h: &[u8]) -> u32 {
+    unsafe fn finish(crc: u64, p: &[u8], from: usize, h: &[u8; RECORD_HEADER]) -> u32 {
         !header(append(crc as u32, &p[from..]), h)
     }
 
-    /// Continues the register `c` over the 20 header bytes the CRC covers (`h` has at
-    /// least 20 bytes).
+    /// Continues the register `c` over the 20 bytes of the record header `h` that the CRC
+    /// covers (all but xl_crc).
     ///
     /// # Safety
     /// The CPU must support SSE 4.2 and PCLMULQDQ.
     #[inline(always)]
-    pub(crate) unsafe fn header(c: u32, h: &[u8]) -> u32 {
+    pub(crate) unsafe fn header(c: u32, h: &[u8; RECORD_HEADER]) -> u32 {
         let mut crc = u64::from(c);
         crc = _mm_crc32_u64(crc, u64_at(h, 0));
         crc = _mm_crc32_u64(crc, u64_at(h, 8));
@@ -169,12 +172,12 @@ pub(crate) mod sse42 {
         c
     }
 
-    /// The CRC of one record: `p` the payload, `h` the header (at least 20 bytes).
+    /// The CRC of one record: `p` the payload, `h` the header.
     ///
     /// # Safety
     /// The CPU must support SSE 4.2 and PCLMULQDQ.
     #[inline(always)]
-    pub(crate) unsafe fn record(p: &[u8], h: &[u8]) -> u32 {
+    pub(crate) unsafe fn record(p: &[u8], h: &[u8; RECORD_HEADER]) -> u32 {
         finish(0xFFFF_FFFF, p, 0, h)
     }
 
@@ -184,14 +187,11 @@ pub(crate) mod sse42 {
     /// # Safety
     /// The CPU must support SSE 4.2 and PCLMULQDQ.
     #[inline(always)]
-    pub(crate) unsafe fn records2(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
+    pub(crate) unsafe fn records2(p: [&[u8]; 2], h: [&[u8; RECORD_HEADER]; 2]) -> [u32; 2] {
         let words = p[0].len().min(p[1].len()) / 8 * 8;
         let (mut c0, mut c1) = (0xFFFF_FFFFu64, 0xFFFF_FFFFu64);
-        // Zipped exact chunks: no bounds check inside the loop.
-        for (a, b) in p[0][..words]
-            .chunks_exact(8)
-            .zip(p[1][..words].chunks_exact(8))
-        {
+        // Zipped exact chunks stop at the shorter: no bounds check inside the loop.
+        for (a, b) in p[0].chunks_exact(8).zip(p[1].chunks_exact(8)) {
             c0 = _mm_crc32_u64(c0, u64_at(a, 0));
             c1 = _mm_crc32_u64(c1, u64_at(b, 0));
         }
@@ -204,14 +204,13 @@ pub(crate) mod sse42 {
     /// # Safety
     /// The CPU must support SSE 4.2 and PCLMULQDQ.
     #[inline(always)]
-    pub(crate) unsafe fn records3(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
+    pub(crate) unsafe fn records3(p: [&[u8]; 3], h: [&[u8; RECORD_HEADER]; 3]) -> [u32; 3] {
         let words = p[0].len().min(p[1].len()).min(p[2].len()) / 8 * 8;
         let (mut c0, mut c1, mut c2) = (0xFFFF_FFFFu64, 0xFFFF_FFFFu64, 0xFFFF_FFFFu64);
-        let (q0, q1, q2) = (&p[0][..words], &p[1][..words], &p[2][..words]);
-        let words3 = q0
+        let words3 = p[0]
             .chunks_exact(8)
-            .zip(q1.chunks_exact(8))
-            .zip(q2.chunks_exact(8));
+            .zip(p[1].chunks_exact(8))
+            .zip(p[2].chunks_exact(8));
         for ((a, b), c) in words3 {
             c0 = _mm_crc32_u64(c0, u64_at(a, 0));
             c1 = _mm_crc32_u64(c1, u64_at(b, 0));
@@ -304,17 +303,17 @@ mod tests {
         use super::data;
 
         #[target_feature(enable = "sse4.2,pclmulqdq")]
-        unsafe fn one(p: &[u8], h: &[u8]) -> u32 {
+        unsafe fn one(p: &[u8], h: &[u8; 24]) -> u32 {
             sse42::record(p, h)
         }
 
         #[target_feature(enable = "sse4.2,pclmulqdq")]
-        unsafe fn two(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
+        unsafe fn two(p: [&[u8]; 2], h: [&[u8; 24]; 2]) -> [u32; 2] {
             sse42::records2(p, h)
         }
 
         #[target_feature(enable = "sse4.2,pclmulqdq")]
-        unsafe fn three(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
+        unsafe fn three(p: [&[u8]; 3], h: [&[u8; 24]; 3]) -> [u32; 3] {
             sse42::records3(p, h)
         }
 
@@ -326,7 +325,7 @@ mod tests {
         /// The CPU has the kernels' features (the caller checked).
         pub(super) fn kernels_match_the_reference() {
             let data = data();
-            let header: Vec<u8> = (0..24u8).map(|i| i.wrapping_mul(37)).collect();
+            let header: [u8; 24] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
             // Around the split threshold, lane counts and the largest lanes.
             let lens = (0..300).chain((500..600).step_by(7)).chain([
                 1023, 1024, 1025, 2999, 8168, 8207, 8208, 8209, 8231, 8232, 20_000,
@@ -357,7 +356,8 @@ mod tests {
                 (8100, 8100, 1023),
             ] {
                 let p = [&data[..a], &data[5..5 + b], &data[9..9 + c]];
-                let h = [&header[..], &header[1..21], &header[4..]];
+                let (h1, h2) = (header.map(|b| b ^ 0x5A), header.map(|b| b.rotate_left(3)));
+                let h = [&header, &h1, &h2];
                 let want: [u32; 3] = std::array::from_fn(|i| record_portable(p[i], h[i]));
                 // SAFETY: the caller checked the CPU features.
                 assert_eq!(unsafe { three(p, h) }, want, "{a} {b} {c}");

@@ -22,8 +22,8 @@
 use super::crc;
 use super::error::WalError;
 use super::page::{
-    header_len, is_valid_seg_size, le_u16, le_u32, PageHeader, WalVersion, LONG_PAGE_HEADER,
-    SHORT_PAGE_HEADER, XLOG_BLCKSZ, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD,
+    header_len, is_valid_seg_size, le_u16, le_u32, le_u64, PageHeader, WalVersion,
+    LONG_PAGE_HEADER, SHORT_PAGE_HEADER, XLOG_BLCKSZ, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD,
     XLP_FIRST_IS_OVERWRITE_CONTRECORD,
 };
 use super::record::{
@@ -299,62 +299,72 @@ impl WalDecoder {
                 break;
             }
             let rest = &data[off..];
-            let avail = page_left(fed).min(rest.len());
-            // Up to three records that lie whole in this page and chunk.
+            // The rest of this page, as far as the chunk has it.
+            let page = &rest[..page_left(fed).min(rest.len())];
+            // Up to three records that lie whole in it: their offsets, fixed-size headers
+            // and payloads, each sliced once here so that nothing below is bounds-checked.
             let mut at = [0usize; 3];
-            let mut len = [0usize; 3];
+            let mut hdr = [&[0u8; RECORD_HEADER]; 3];
+            let mut body: [&[u8]; 3] = [&[]; 3];
             let mut n = 0;
             let mut pos = 0;
-            while n < 3 && pos + RECORD_HEADER <= avail {
-                let t = le_u32(rest, pos) as usize;
-                let (info, rmid) = (rest[pos + 16], rest[pos + 17]);
+            while n < 3 {
+                let Some(h) = page
+                    .get(pos..)
+                    .and_then(|r| r.first_chunk::<RECORD_HEADER>())
+                else {
+                    break;
+                };
+                let t = le_u32(h, 0) as usize;
+                let (info, rmid) = (h[16], h[17]);
+                let span = maxalign(t as u64) as usize;
                 if t < RECORD_HEADER
-                    || maxalign(t as u64) as usize > avail - pos
+                    || span > page.len() - pos
                     || !rmgr_id_is_valid(rmid)
                     || (rmid <= RM_XACT_ID && !fast_kind(rmid, info))
                 {
                     break;
                 }
                 at[n] = pos;
-                len[n] = t;
+                hdr[n] = h;
+                body[n] = &page[pos + RECORD_HEADER..pos + t];
                 n += 1;
-                pos += maxalign(t as u64) as usize;
+                pos += span;
             }
-            let p = |k: usize| &rest[at[k] + RECORD_HEADER..at[k] + len[k]];
-            let h = |k: usize| &rest[at[k]..at[k] + RECORD_HEADER];
             let crcs: [u32; 3] = match n {
                 0 => break,
-                1 => [fast_crc1::<SSE42>(p(0), h(0)), 0, 0],
+                1 => [fast_crc1::<SSE42>(body[0], hdr[0]), 0, 0],
                 2 => {
-                    let [a, b] = fast_crc2::<SSE42>([p(0), p(1)], [h(0), h(1)]);
+                    let [a, b] = fast_crc2::<SSE42>([body[0], body[1]], [hdr[0], hdr[1]]);
                     [a, b, 0]
                 }
-                _ => fast_crc3::<SSE42>([p(0), p(1), p(2)], [h(0), h(1), h(2)]),
+                _ => fast_crc3::<SSE42>(body, hdr),
             };
-            for k in 0..n {
-                let rec = &rest[at[k]..at[k] + len[k]];
-                let hd = RecordHeader::parse(rec);
-                let lsn = fed + at[k] as u64;
-                let kind = if hd.prev.0 != prev || hd.crc != crcs[k] {
+            let group = at.iter().zip(&hdr).zip(&body).zip(&crcs).take(n);
+            for (((&at, &h), body), &crc) in group {
+                let lsn = fed + at as u64;
+                let (tot_len, rmid, info) = (le_u32(h, 0), h[17], h[16]);
+                let kind = if le_u64(h, 8) != prev || le_u32(h, 20) != crc {
                     None
-                } else if hd.rmid <= RM_XACT_ID {
-                    decode_kind(&hd, rec).ok()
+                } else if rmid <= RM_XACT_ID {
+                    let rec = &page[at..at + RECORD_HEADER + body.len()];
+                    decode_kind(&RecordHeader::parse(h), rec).ok()
                 } else {
                     Some(RecordKind::Other)
                 };
                 let Some(kind) = kind else {
                     fed = lsn;
-                    off += at[k];
+                    off += at;
                     break 'chunk;
                 };
                 more &= sink(Record {
                     lsn: Lsn(lsn),
-                    end: Lsn(lsn + maxalign(len[k] as u64)),
-                    prev: hd.prev,
-                    tot_len: hd.tot_len,
-                    xid: hd.xid,
-                    rmid: hd.rmid,
-                    info: hd.info,
+                    end: Lsn(lsn + maxalign(u64::from(tot_len))),
+                    prev: Lsn(prev),
+                    tot_len,
+                    xid: le_u32(h, 4),
+                    rmid,
+                    info,
                     kind,
                 });
                 prev = lsn;
@@ -399,7 +409,7 @@ impl WalDecoder {
 
     /// The CRC of a record (outside the fast loop).
     #[inline]
-    fn record_crc(&self, payload: &[u8], header: &[u8]) -> u32 {
+    fn record_crc(&self, payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
         #[cfg(target_arch = "x86_64")]
         if self.hw_crc {
             // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
@@ -498,10 +508,13 @@ impl WalDecoder {
             let tot_len = le_u32(rest, 0) as usize;
             if tot_len >= RECORD_HEADER && tot_len <= avail {
                 let rec = &rest[..tot_len];
-                let h = RecordHeader::parse(rec);
+                let Some((hdr, payload)) = rec.split_first_chunk() else {
+                    return Err(internal(self.fed, "record shorter than its header"));
+                };
+                let h = RecordHeader::parse(hdr);
                 let lsn = self.fed;
                 self.check_header(lsn, &h)?;
-                let crc = self.record_crc(&rec[RECORD_HEADER..], rec);
+                let crc = self.record_crc(payload, hdr);
                 if crc != h.crc {
                     return Err(checksum_error(lsn, h.crc, crc));
                 }
@@ -942,7 +955,7 @@ fn fast_kind(rmid: u8, info: u8) -> bool {
 }
 
 #[inline(always)]
-fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8]) -> u32 {
+fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if SSE42 {
         // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
@@ -952,7 +965,7 @@ fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8]) -> u32 {
 }
 
 #[inline(always)]
-fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
+fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8; RECORD_HEADER]; 2]) -> [u32; 2] {
     #[cfg(target_arch = "x86_64")]
     if SSE42 {
         // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
@@ -965,7 +978,7 @@ fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
 }
 
 #[inline(always)]
-fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
+fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8; RECORD_HEADER]; 3]) -> [u32; 3] {
     #[cfg(target_arch = "x86_64")]
     if SSE42 {
         // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
@@ -982,7 +995,7 @@ fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
 /// The CPU must support SSE 4.2 and PCLMULQDQ.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2,pclmulqdq")]
-unsafe fn record_crc_sse42(payload: &[u8], header: &[u8]) -> u32 {
+unsafe fn record_crc_sse42(payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
     crc::sse42::record(payload, header)
 }
 
