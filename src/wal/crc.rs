@@ -76,7 +76,7 @@ const fn shift_table() -> [u32; 2 * LANE_WORDS + 1] {
 /// must itself be compiled with `#[target_feature(enable = "sse4.2,pclmulqdq")]` (and so
 /// only run where [`hw_available`] said yes).
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod sse42 {
+pub(crate) mod hw {
     use std::arch::x86_64::{
         _mm_clmulepi64_si128, _mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8,
         _mm_cvtsi128_si64, _mm_cvtsi64_si128, _mm_xor_si128,
@@ -292,36 +292,36 @@ mod tests {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        hw::kernels_match_the_reference();
+        kernels::match_the_reference();
     }
 
     #[cfg(target_arch = "x86_64")]
-    mod hw {
+    mod kernels {
         use super::super::*;
         use super::data;
 
         #[target_feature(enable = "sse4.2,pclmulqdq")]
         unsafe fn one(p: &[u8], h: &[u8; 24]) -> u32 {
-            sse42::record(p, h)
+            hw::record(p, h)
         }
 
         #[target_feature(enable = "sse4.2,pclmulqdq")]
         unsafe fn two(p: [&[u8]; 2], h: [&[u8; 24]; 2]) -> [u32; 2] {
-            sse42::records2(p, h)
+            hw::records2(p, h)
         }
 
         #[target_feature(enable = "sse4.2,pclmulqdq")]
         unsafe fn three(p: [&[u8]; 3], h: [&[u8; 24]; 3]) -> [u32; 3] {
-            sse42::records3(p, h)
+            hw::records3(p, h)
         }
 
         #[target_feature(enable = "sse4.2,pclmulqdq")]
         unsafe fn append(reg: u32, p: &[u8]) -> u32 {
-            sse42::append(reg, p)
+            hw::append(reg, p)
         }
 
         /// The CPU has the kernels' features (the caller checked).
-        pub(super) fn kernels_match_the_reference() {
+        pub(super) fn match_the_reference() {
             let data = data();
             let header: [u8; 24] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
             // Around the split threshold, one block of lanes, several, and a split rest.

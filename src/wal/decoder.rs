@@ -279,7 +279,7 @@ impl WalDecoder {
     /// record, and any record that fails a check; [`WalDecoder::step`] takes over from there
     /// (and reports the error, if it is one). Returns the new offset in `data`.
     #[inline(always)]
-    fn fast_loop<const SSE42: bool, S: FnMut(Record) -> bool>(
+    fn fast_loop<const HW: bool, S: FnMut(Record) -> bool>(
         &mut self,
         data: &[u8],
         mut off: usize,
@@ -333,12 +333,12 @@ impl WalDecoder {
             }
             let crcs: [u32; 3] = match n {
                 0 => break,
-                1 => [fast_crc1::<SSE42>(body[0], hdr[0]), 0, 0],
+                1 => [fast_crc1::<HW>(body[0], hdr[0]), 0, 0],
                 2 => {
-                    let [a, b] = fast_crc2::<SSE42>([body[0], body[1]], [hdr[0], hdr[1]]);
+                    let [a, b] = fast_crc2::<HW>([body[0], body[1]], [hdr[0], hdr[1]]);
                     [a, b, 0]
                 }
-                _ => fast_crc3::<SSE42>(body, hdr),
+                _ => fast_crc3::<HW>(body, hdr),
             };
             let group = at.iter().zip(&hdr).zip(&body).zip(&crcs).take(n);
             for (((&at, &h), body), &crc) in group {
@@ -386,7 +386,7 @@ impl WalDecoder {
     /// The CPU must support SSE 4.2 and PCLMULQDQ.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "sse4.2,pclmulqdq")]
-    unsafe fn fast_loop_sse42<S: FnMut(Record) -> bool>(
+    unsafe fn fast_loop_hw<S: FnMut(Record) -> bool>(
         &mut self,
         data: &[u8],
         off: usize,
@@ -402,7 +402,7 @@ impl WalDecoder {
         #[cfg(target_arch = "x86_64")]
         if self.hw_crc {
             // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
-            return unsafe { self.fast_loop_sse42(data, off, sink) };
+            return unsafe { self.fast_loop_hw(data, off, sink) };
         }
         self.fast_loop::<false, S>(data, off, sink)
     }
@@ -413,7 +413,7 @@ impl WalDecoder {
         #[cfg(target_arch = "x86_64")]
         if self.hw_crc {
             // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
-            return unsafe { record_crc_sse42(payload, header) };
+            return unsafe { record_crc_hw(payload, header) };
         }
         crc::record_portable(payload, header)
     }
@@ -424,7 +424,7 @@ impl WalDecoder {
         #[cfg(target_arch = "x86_64")]
         if self.hw_crc {
             // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
-            return unsafe { crc_append_sse42(reg, p) };
+            return unsafe { crc_append_hw(reg, p) };
         }
         crc::append_portable(reg, p)
     }
@@ -955,21 +955,21 @@ fn fast_kind(rmid: u8, info: u8) -> bool {
 }
 
 #[inline(always)]
-fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
+fn fast_crc1<const HW: bool>(payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
     #[cfg(target_arch = "x86_64")]
-    if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
-        return unsafe { crc::sse42::record(payload, header) };
+    if HW {
+        // SAFETY: HW is true only in `fast_loop_hw`, run where the kernels can run.
+        return unsafe { crc::hw::record(payload, header) };
     }
     crc::record_portable(payload, header)
 }
 
 #[inline(always)]
-fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8; RECORD_HEADER]; 2]) -> [u32; 2] {
+fn fast_crc2<const HW: bool>(p: [&[u8]; 2], h: [&[u8; RECORD_HEADER]; 2]) -> [u32; 2] {
     #[cfg(target_arch = "x86_64")]
-    if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
-        return unsafe { crc::sse42::records2(p, h) };
+    if HW {
+        // SAFETY: HW is true only in `fast_loop_hw`, run where the kernels can run.
+        return unsafe { crc::hw::records2(p, h) };
     }
     [
         crc::record_portable(p[0], h[0]),
@@ -978,11 +978,11 @@ fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8; RECORD_HEADER]; 2]) -> 
 }
 
 #[inline(always)]
-fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8; RECORD_HEADER]; 3]) -> [u32; 3] {
+fn fast_crc3<const HW: bool>(p: [&[u8]; 3], h: [&[u8; RECORD_HEADER]; 3]) -> [u32; 3] {
     #[cfg(target_arch = "x86_64")]
-    if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, run where the kernels can run.
-        return unsafe { crc::sse42::records3(p, h) };
+    if HW {
+        // SAFETY: HW is true only in `fast_loop_hw`, run where the kernels can run.
+        return unsafe { crc::hw::records3(p, h) };
     }
     [
         crc::record_portable(p[0], h[0]),
@@ -995,16 +995,16 @@ fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8; RECORD_HEADER]; 3]) -> 
 /// The CPU must support SSE 4.2 and PCLMULQDQ.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2,pclmulqdq")]
-unsafe fn record_crc_sse42(payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
-    crc::sse42::record(payload, header)
+unsafe fn record_crc_hw(payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
+    crc::hw::record(payload, header)
 }
 
 /// # Safety
 /// The CPU must support SSE 4.2 and PCLMULQDQ.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2,pclmulqdq")]
-unsafe fn crc_append_sse42(reg: u32, p: &[u8]) -> u32 {
-    crc::sse42::append(reg, p)
+unsafe fn crc_append_hw(reg: u32, p: &[u8]) -> u32 {
+    crc::hw::append(reg, p)
 }
 
 #[cold]
