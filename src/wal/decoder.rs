@@ -22,8 +22,8 @@
 use super::crc;
 use super::error::WalError;
 use super::page::{
-    header_len, is_valid_seg_size, le_u16, le_u32, PageHeader, WalVersion, LONG_PAGE_HEADER,
-    SHORT_PAGE_HEADER, XLOG_BLCKSZ, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD,
+    header_len, is_valid_seg_size, le_u16, le_u32, le_u64, PageHeader, WalVersion,
+    LONG_PAGE_HEADER, SHORT_PAGE_HEADER, XLOG_BLCKSZ, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD,
     XLP_FIRST_IS_OVERWRITE_CONTRECORD,
 };
 use super::record::{
@@ -68,7 +68,7 @@ struct Partial {
     got: u32,
     /// Valid once `got >= 4`.
     tot_len: u32,
-    /// CRC-32C of the payload bytes seen so far.
+    /// CRC-32C register (complemented) over the payload bytes seen so far.
     crc: u32,
     /// Collect the record in `WalDecoder::buf` because its main data is read.
     keep: bool,
@@ -107,8 +107,8 @@ pub struct WalDecoder {
     overwritten: Option<u64>,
     end_of_wal: Option<Lsn>,
     error: Option<WalError>,
-    /// The CPU has SSE 4.2: the fast loop runs the CRC kernels inline.
-    sse42: bool,
+    /// The CPU has SSE 4.2 and PCLMULQDQ: the CRC kernels run inline.
+    hw_crc: bool,
     /// Records checked by the fast loop, not yet returned by the iterator (reused). Records
     /// are moved out of it, not cloned: a clone would branch on the kind of every record.
     batch: VecDeque<Record>,
@@ -157,7 +157,7 @@ impl WalDecoder {
                 hdr: [0; RECORD_HEADER],
                 got: 0,
                 tot_len: 0,
-                crc: 0,
+                crc: !0,
                 keep: false,
             },
             // Like xlogreader.c's readRecordBuf, sized for ordinary records up front.
@@ -165,7 +165,7 @@ impl WalDecoder {
             overwritten: None,
             end_of_wal: None,
             error: None,
-            sse42: crc::sse42_available(),
+            hw_crc: crc::hw_available(),
             // The fast loop finishes its group of three after the batch says full.
             batch: VecDeque::with_capacity(BATCH + 2),
         })
@@ -279,7 +279,7 @@ impl WalDecoder {
     /// record, and any record that fails a check; [`WalDecoder::step`] takes over from there
     /// (and reports the error, if it is one). Returns the new offset in `data`.
     #[inline(always)]
-    fn fast_loop<const SSE42: bool, S: FnMut(Record) -> bool>(
+    fn fast_loop<const HW: bool, S: FnMut(Record) -> bool>(
         &mut self,
         data: &[u8],
         mut off: usize,
@@ -299,62 +299,72 @@ impl WalDecoder {
                 break;
             }
             let rest = &data[off..];
-            let avail = page_left(fed).min(rest.len());
-            // Up to three records that lie whole in this page and chunk.
+            // The rest of this page, as far as the chunk has it.
+            let page = &rest[..page_left(fed).min(rest.len())];
+            // Up to three records that lie whole in it: their offsets, fixed-size headers
+            // and payloads, each sliced once here so that nothing below is bounds-checked.
             let mut at = [0usize; 3];
-            let mut len = [0usize; 3];
+            let mut hdr = [&[0u8; RECORD_HEADER]; 3];
+            let mut body: [&[u8]; 3] = [&[]; 3];
             let mut n = 0;
             let mut pos = 0;
-            while n < 3 && pos + RECORD_HEADER <= avail {
-                let t = le_u32(rest, pos) as usize;
-                let (info, rmid) = (rest[pos + 16], rest[pos + 17]);
+            while n < 3 {
+                let Some(h) = page
+                    .get(pos..)
+                    .and_then(|r| r.first_chunk::<RECORD_HEADER>())
+                else {
+                    break;
+                };
+                let t = le_u32(h, 0) as usize;
+                let (info, rmid) = (h[16], h[17]);
+                let span = maxalign(t as u64) as usize;
                 if t < RECORD_HEADER
-                    || maxalign(t as u64) as usize > avail - pos
+                    || span > page.len() - pos
                     || !rmgr_id_is_valid(rmid)
                     || (rmid <= RM_XACT_ID && !fast_kind(rmid, info))
                 {
                     break;
                 }
                 at[n] = pos;
-                len[n] = t;
+                hdr[n] = h;
+                body[n] = &page[pos + RECORD_HEADER..pos + t];
                 n += 1;
-                pos += maxalign(t as u64) as usize;
+                pos += span;
             }
-            let p = |k: usize| &rest[at[k] + RECORD_HEADER..at[k] + len[k]];
-            let h = |k: usize| &rest[at[k]..at[k] + RECORD_HEADER];
             let crcs: [u32; 3] = match n {
                 0 => break,
-                1 => [fast_crc1::<SSE42>(p(0), h(0)), 0, 0],
+                1 => [fast_crc1::<HW>(body[0], hdr[0]), 0, 0],
                 2 => {
-                    let [a, b] = fast_crc2::<SSE42>([p(0), p(1)], [h(0), h(1)]);
+                    let [a, b] = fast_crc2::<HW>([body[0], body[1]], [hdr[0], hdr[1]]);
                     [a, b, 0]
                 }
-                _ => fast_crc3::<SSE42>([p(0), p(1), p(2)], [h(0), h(1), h(2)]),
+                _ => fast_crc3::<HW>(body, hdr),
             };
-            for k in 0..n {
-                let rec = &rest[at[k]..at[k] + len[k]];
-                let hd = RecordHeader::parse(rec);
-                let lsn = fed + at[k] as u64;
-                let kind = if hd.prev.0 != prev || hd.crc != crcs[k] {
+            let group = at.iter().zip(&hdr).zip(&body).zip(&crcs).take(n);
+            for (((&at, &h), body), &crc) in group {
+                let lsn = fed + at as u64;
+                let (tot_len, rmid, info) = (le_u32(h, 0), h[17], h[16]);
+                let kind = if le_u64(h, 8) != prev || le_u32(h, 20) != crc {
                     None
-                } else if hd.rmid <= RM_XACT_ID {
-                    decode_kind(&hd, rec).ok()
+                } else if rmid <= RM_XACT_ID {
+                    let rec = &page[at..at + RECORD_HEADER + body.len()];
+                    decode_kind(&RecordHeader::parse(h), rec).ok()
                 } else {
                     Some(RecordKind::Other)
                 };
                 let Some(kind) = kind else {
                     fed = lsn;
-                    off += at[k];
+                    off += at;
                     break 'chunk;
                 };
                 more &= sink(Record {
                     lsn: Lsn(lsn),
-                    end: Lsn(lsn + maxalign(len[k] as u64)),
-                    prev: hd.prev,
-                    tot_len: hd.tot_len,
-                    xid: hd.xid,
-                    rmid: hd.rmid,
-                    info: hd.info,
+                    end: Lsn(lsn + maxalign(u64::from(tot_len))),
+                    prev: Lsn(prev),
+                    tot_len,
+                    xid: le_u32(h, 4),
+                    rmid,
+                    info,
                     kind,
                 });
                 prev = lsn;
@@ -370,13 +380,13 @@ impl WalDecoder {
         off
     }
 
-    /// [`WalDecoder::fast_loop`] with the SSE 4.2 kernels compiled in.
+    /// [`WalDecoder::fast_loop`] with the CRC kernels compiled in.
     ///
     /// # Safety
-    /// The CPU must support SSE 4.2.
+    /// The CPU must support SSE 4.2 and PCLMULQDQ.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "sse4.2")]
-    unsafe fn fast_loop_sse42<S: FnMut(Record) -> bool>(
+    #[target_feature(enable = "sse4.2,pclmulqdq")]
+    unsafe fn fast_loop_hw<S: FnMut(Record) -> bool>(
         &mut self,
         data: &[u8],
         off: usize,
@@ -390,22 +400,33 @@ impl WalDecoder {
     #[inline]
     fn fast<S: FnMut(Record) -> bool>(&mut self, data: &[u8], off: usize, sink: &mut S) -> usize {
         #[cfg(target_arch = "x86_64")]
-        if self.sse42 {
-            // SAFETY: `sse42` says the CPU supports SSE 4.2 (crc::sse42_available).
-            return unsafe { self.fast_loop_sse42(data, off, sink) };
+        if self.hw_crc {
+            // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
+            return unsafe { self.fast_loop_hw(data, off, sink) };
         }
         self.fast_loop::<false, S>(data, off, sink)
     }
 
     /// The CRC of a record (outside the fast loop).
     #[inline]
-    fn record_crc(&self, payload: &[u8], header: &[u8]) -> u32 {
+    fn record_crc(&self, payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
         #[cfg(target_arch = "x86_64")]
-        if self.sse42 {
-            // SAFETY: `sse42` says the CPU supports SSE 4.2 (crc::sse42_available).
-            return unsafe { record_crc_sse42(payload, header) };
+        if self.hw_crc {
+            // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
+            return unsafe { record_crc_hw(payload, header) };
         }
         crc::record_portable(payload, header)
+    }
+
+    /// Continues the CRC register `reg` of a record read in pieces over `p`.
+    #[inline]
+    fn crc_append(&self, reg: u32, p: &[u8]) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.hw_crc {
+            // SAFETY: `hw_crc` says the CPU has the kernels' features (crc::hw_available).
+            return unsafe { crc_append_hw(reg, p) };
+        }
+        crc::append_portable(reg, p)
     }
 
     /// Decodes from `data[*off..]` until a record is complete, an error, or the bytes run out.
@@ -487,10 +508,13 @@ impl WalDecoder {
             let tot_len = le_u32(rest, 0) as usize;
             if tot_len >= RECORD_HEADER && tot_len <= avail {
                 let rec = &rest[..tot_len];
-                let h = RecordHeader::parse(rec);
+                let Some((hdr, payload)) = rec.split_first_chunk() else {
+                    return Err(internal(self.fed, "record shorter than its header"));
+                };
+                let h = RecordHeader::parse(hdr);
                 let lsn = self.fed;
                 self.check_header(lsn, &h)?;
-                let crc = self.record_crc(&rec[RECORD_HEADER..], rec);
+                let crc = self.record_crc(payload, hdr);
                 if crc != h.crc {
                     return Err(checksum_error(lsn, h.crc, crc));
                 }
@@ -504,7 +528,7 @@ impl WalDecoder {
         self.rec.lsn = self.fed;
         self.rec.got = 0;
         self.rec.tot_len = 0;
-        self.rec.crc = 0;
+        self.rec.crc = !0;
         self.rec.keep = false;
         self.state = State::InRecord;
         Ok(None)
@@ -560,7 +584,7 @@ impl WalDecoder {
         if self.rec.got as usize >= RECORD_HEADER {
             let n = ((self.rec.tot_len - self.rec.got) as usize).min(piece.len());
             let p = &piece[..n];
-            self.rec.crc = crc32c::crc32c_append(self.rec.crc, p);
+            self.rec.crc = self.crc_append(self.rec.crc, p);
             if self.rec.keep {
                 self.buf.extend_from_slice(p);
             }
@@ -571,7 +595,7 @@ impl WalDecoder {
         *off += used;
         if self.rec.got as usize >= RECORD_HEADER && self.rec.got == self.rec.tot_len {
             let h = RecordHeader::parse(&self.rec.hdr);
-            let crc = crc32c::crc32c_append(self.rec.crc, &self.rec.hdr[..RECORD_CRC_OFFSET]);
+            let crc = !self.crc_append(self.rec.crc, &self.rec.hdr[..RECORD_CRC_OFFSET]);
             if crc != h.crc {
                 return Err(checksum_error(lsn, h.crc, crc));
             }
@@ -931,21 +955,21 @@ fn fast_kind(rmid: u8, info: u8) -> bool {
 }
 
 #[inline(always)]
-fn fast_crc1<const SSE42: bool>(payload: &[u8], header: &[u8]) -> u32 {
+fn fast_crc1<const HW: bool>(payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
     #[cfg(target_arch = "x86_64")]
-    if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
-        return unsafe { crc::sse42::record(payload, header) };
+    if HW {
+        // SAFETY: HW is true only in `fast_loop_hw`, run where the kernels can run.
+        return unsafe { crc::hw::record(payload, header) };
     }
     crc::record_portable(payload, header)
 }
 
 #[inline(always)]
-fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
+fn fast_crc2<const HW: bool>(p: [&[u8]; 2], h: [&[u8; RECORD_HEADER]; 2]) -> [u32; 2] {
     #[cfg(target_arch = "x86_64")]
-    if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
-        return unsafe { crc::sse42::records2(p, h) };
+    if HW {
+        // SAFETY: HW is true only in `fast_loop_hw`, run where the kernels can run.
+        return unsafe { crc::hw::records2(p, h) };
     }
     [
         crc::record_portable(p[0], h[0]),
@@ -954,11 +978,11 @@ fn fast_crc2<const SSE42: bool>(p: [&[u8]; 2], h: [&[u8]; 2]) -> [u32; 2] {
 }
 
 #[inline(always)]
-fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
+fn fast_crc3<const HW: bool>(p: [&[u8]; 3], h: [&[u8; RECORD_HEADER]; 3]) -> [u32; 3] {
     #[cfg(target_arch = "x86_64")]
-    if SSE42 {
-        // SAFETY: SSE42 is true only in `fast_loop_sse42`, which runs where SSE 4.2 is.
-        return unsafe { crc::sse42::records3(p, h) };
+    if HW {
+        // SAFETY: HW is true only in `fast_loop_hw`, run where the kernels can run.
+        return unsafe { crc::hw::records3(p, h) };
     }
     [
         crc::record_portable(p[0], h[0]),
@@ -968,11 +992,19 @@ fn fast_crc3<const SSE42: bool>(p: [&[u8]; 3], h: [&[u8]; 3]) -> [u32; 3] {
 }
 
 /// # Safety
-/// The CPU must support SSE 4.2.
+/// The CPU must support SSE 4.2 and PCLMULQDQ.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse4.2")]
-unsafe fn record_crc_sse42(payload: &[u8], header: &[u8]) -> u32 {
-    crc::sse42::record(payload, header)
+#[target_feature(enable = "sse4.2,pclmulqdq")]
+unsafe fn record_crc_hw(payload: &[u8], header: &[u8; RECORD_HEADER]) -> u32 {
+    crc::hw::record(payload, header)
+}
+
+/// # Safety
+/// The CPU must support SSE 4.2 and PCLMULQDQ.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2,pclmulqdq")]
+unsafe fn crc_append_hw(reg: u32, p: &[u8]) -> u32 {
+    crc::hw::append(reg, p)
 }
 
 #[cold]
