@@ -3,7 +3,10 @@
 #   walferry receive --synchronous, a real PostgreSQL standby, pg_receivewal --synchronous.
 # With synchronous_commit=on every commit waits until the standby reports it flushed, so TPS
 # measures how fast each one makes WAL durable and says so. Phases rotate within one run
-# (BENCH_ROUNDS times) and medians are compared.
+# (BENCH_ROUNDS times) and medians are compared. A warm-up run comes first and every phase
+# starts after a CHECKPOINT: otherwise the writes left over from pgbench -i and earlier
+# phases make TPS climb through the run (seen here: 900 -> 2300 tps within one run).
+# BENCH_DIR on tmpfs (e.g. /dev/shm/x) measures the protocol path without the disk.
 #
 #   bash scripts/bench-sync.sh
 #   BENCH_SECONDS=10 BENCH_CLIENTS=4 BENCH_ROUNDS=1 bash scripts/bench-sync.sh
@@ -12,9 +15,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 source scripts/lib/pg.sh
 
-SECONDS_PER_RUN=${BENCH_SECONDS:-20}
+SECONDS_PER_RUN=${BENCH_SECONDS:-15}
 CLIENTS=${BENCH_CLIENTS:-8}
-ROUNDS=${BENCH_ROUNDS:-2}
+ROUNDS=${BENCH_ROUNDS:-5}
 BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
 
 bash scripts/setup.sh >/dev/null
@@ -105,6 +108,7 @@ phase() {
     [ "$name" = standby ] && app=standby1
     set_sync_name "$app"
     wait_sync "$app"
+    psql_pg -c "CHECKPOINT" >/dev/null
     local tps
     tps=$(run_pgbench)
     printf '%-14s round %d: %6d tps\n' "$name" "$round" "$tps"
@@ -117,6 +121,8 @@ phase() {
 
 # TPS drifts within a run (caches warm, checkpoints come and go), so the order rotates each
 # round: nobody always goes first.
+echo "==> warm-up: pgbench without a synchronous standby"
+run_pgbench >/dev/null
 ORDER=(walferry standby pg_receivewal)
 for ((round = 1; round <= ROUNDS; round++)); do
     for ((i = 0; i < 3; i++)); do
@@ -134,4 +140,4 @@ printf '  walferry --synchronous:       %6d tps\n' "$wf"
 printf '  real standby:                 %6d tps\n' "$sb"
 printf '  pg_receivewal --synchronous:  %6d tps\n' "$pr"
 awk -v a="$wf" -v b="$sb" -v c="$pr" \
-    'BEGIN { printf "  walferry / real standby: %.2fx (target >= 1.00x); walferry / pg_receivewal: %.2fx\n", a/b, a/c }'
+    'BEGIN { printf "  walferry / real standby: %.2fx; walferry / pg_receivewal: %.2fx (target >= 1.05x both)\n", a/b, a/c }'
