@@ -18,7 +18,12 @@ pub const AFTER_HELP: &str = "\
 Streaming starts where pg_receivewal would start: after the newest complete segment in the
 directory (a .partial segment is streamed again from its start), else at the slot's
 restart_lsn, else at the server's current WAL position; always at a segment boundary.
-A directory written by pg_receivewal can be resumed by walferry and vice versa.
+When the directory ends in several .partial segments of one timeline (a stop inside the
+record crossing a segment end), streaming starts at the oldest of them. A directory written
+by pg_receivewal can be resumed by walferry and vice versa.
+
+One process per directory: walferry holds a lock on DIR/.walferry.lock while it runs, and a
+second receiver on the same directory exits 1 naming the first one's pid.
 
 Segments are written as NAME.partial, fsynced, renamed to NAME and the directory fsynced.
 Uncompressed .partial files are preallocated to the full segment size (zero-filled with
