@@ -316,16 +316,10 @@ pub(crate) fn read_keeping_error(r: &mut impl Read, buf: &mut [u8]) -> (usize, O
 
 /// Read until `buf` is full or the reader ends; returns the bytes read.
 pub(crate) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    match read_keeping_error(r, buf) {
+        (n, None) => Ok(n),
+        (_, Some(e)) => Err(e),
     }
-    Ok(filled)
 }
 
 /// Rename without replacing an existing target: renameat2(RENAME_NOREPLACE), or where the
