@@ -177,6 +177,57 @@ impl Archive {
         Ok(self.scan()?.streaming_start(self.seg_size))
     }
 
+    /// Give their final names to the full `.partial` segments at the end of the archive that
+    /// can be proven whole and valid from the disk: uncompressed, not the newest file, and
+    /// with the record crossing their end complete and valid in the next file (decoded with
+    /// [`ArchiveReader`]). A stop inside that record leaves such segments behind; finishing
+    /// them here spares streaming them again, which without a slot may no longer be possible
+    /// (the server may have recycled them). Whatever cannot be proven is left for resume to
+    /// stream again. Returns the names given.
+    pub fn finish_proven_partials(&self) -> Result<Vec<String>, ArchiveError> {
+        let scan = self.scan()?;
+        let run = scan.partial_run();
+        let Some((_newest, older)) = run.split_last() else {
+            return Ok(Vec::new());
+        };
+        let mut reader = match ArchiveReader::open(&self.dir, self.seg_size) {
+            Ok(r) => r,
+            Err(_) => return Ok(Vec::new()),
+        };
+        let mut finished = Vec::new();
+        for f in older {
+            let seg = f.wal.segment;
+            let start = seg.segno.start_lsn(self.seg_size);
+            let end = seg.segno.next().start_lsn(self.seg_size);
+            let path = self.dir.join(&f.name);
+            let proven = f.wal.compression == crate::wal::Compression::None
+                && f.len == self.seg_size
+                && reader
+                    .locate(seg.tli, &[], start)
+                    .is_ok_and(|src| src.path == path && src.end == end);
+            if !proven {
+                break;
+            }
+            if !self.no_sync {
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| ArchiveError::io("fsync", &path, e))?;
+            }
+            let mut done = f.wal;
+            done.partial = false;
+            let name = done.file_name(self.seg_size);
+            if self
+                .durable_rename_noreplace(&path, &self.dir.join(&name))?
+                .is_err()
+            {
+                break;
+            }
+            tracing::info!("finished segment {name}: whole and valid on disk");
+            finished.push(name);
+        }
+        Ok(finished)
+    }
+
     /// The database system identifier recorded in the newest readable segment's long page
     /// header, if the directory holds any WAL.
     pub fn system_identifier(&self) -> Result<Option<u64>, ArchiveError> {
@@ -364,4 +415,79 @@ pub(crate) fn open_rw(path: &Path, truncate: bool) -> io::Result<File> {
         .create(true)
         .truncate(truncate)
         .open(path)
+}
+
+#[cfg(test)]
+mod finish_proven_tests {
+    use super::*;
+    use crate::wal::synth::WalBuilder;
+
+    const SEG: u64 = 1 << 20;
+    const SYSID: u64 = 7_400_000_000_000_000_001;
+    const SEG1: &str = "000000010000000000000001";
+    const SEG2: &str = "000000010000000000000002";
+
+    /// Segment 1 and 200 KB of segment 2; the end of the record crossing into segment 2.
+    fn wal() -> (Vec<u8>, u64) {
+        let mut b = WalBuilder::new(Lsn(SEG), TimeLineId(1), SEG, SYSID);
+        let mut crossing_end = 0;
+        while b.end().0 < 2 * SEG + 200_000 {
+            let lsn = b.filler(3000);
+            if lsn.0 < 2 * SEG && b.end().0 > 2 * SEG {
+                crossing_end = b.end().0;
+            }
+        }
+        (b.into_bytes(), crossing_end)
+    }
+
+    /// Lays out segment 1 whole as `.partial`, and segment 2's `.partial` with its first
+    /// `seg2_len` bytes (zeros after, as preallocated).
+    fn lay_out(dir: &Path, wal: &[u8], seg2_len: usize) {
+        fs::write(dir.join(format!("{SEG1}.partial")), &wal[..SEG as usize]).unwrap();
+        let mut two = wal[SEG as usize..SEG as usize + seg2_len].to_vec();
+        two.resize(SEG as usize, 0);
+        fs::write(dir.join(format!("{SEG2}.partial")), two).unwrap();
+    }
+
+    #[test]
+    fn a_full_partial_whose_crossing_record_is_on_disk_is_finished_without_restreaming() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, crossing_end) = wal();
+        lay_out(dir.path(), &wal, (crossing_end - 2 * SEG) as usize + 5000);
+        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false).unwrap();
+        assert_eq!(
+            archive.finish_proven_partials().unwrap(),
+            vec![SEG1.to_string()]
+        );
+        assert_eq!(
+            fs::read(dir.path().join(SEG1)).unwrap(),
+            &wal[..SEG as usize]
+        );
+        assert!(!dir.path().join(format!("{SEG1}.partial")).exists());
+        assert_eq!(
+            archive.streaming_start().unwrap(),
+            Some((Lsn(2 * SEG), TimeLineId(1)))
+        );
+    }
+
+    #[test]
+    fn a_full_partial_whose_crossing_record_is_cut_short_stays_for_restreaming() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, crossing_end) = wal();
+        lay_out(dir.path(), &wal, ((crossing_end - 2 * SEG) / 2) as usize);
+        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false).unwrap();
+        assert!(archive.finish_proven_partials().unwrap().is_empty());
+        assert!(dir.path().join(format!("{SEG1}.partial")).exists());
+        assert!(!dir.path().join(SEG1).exists());
+        assert_eq!(
+            archive.streaming_start().unwrap(),
+            Some((Lsn(SEG), TimeLineId(1)))
+        );
+        // Damage in segment 1 is never finished either, whatever follows.
+        let mut bad = wal.clone();
+        bad[300_000] ^= 0x40;
+        lay_out(dir.path(), &bad, (crossing_end - 2 * SEG) as usize + 5000);
+        assert!(archive.finish_proven_partials().unwrap().is_empty());
+        assert!(!dir.path().join(SEG1).exists());
+    }
 }

@@ -115,20 +115,37 @@ impl ArchiveScan {
         if !newest.wal.partial {
             return Some((seg.segno.next().start_lsn(seg_size), seg.tli));
         }
-        let mut segno = seg.segno;
+        let oldest = self.partial_run().first()?.wal.segment;
+        Some((oldest.segno.start_lsn(seg_size), oldest.tli))
+    }
+
+    /// The `.partial` files of consecutive segments on the newest timeline that end the
+    /// archive, oldest first (one segment may have several, compressed or not); empty when the
+    /// newest file is complete.
+    pub fn partial_run(&self) -> Vec<&ScannedFile> {
+        let Some(newest) = self.segments.last().filter(|f| f.wal.partial) else {
+            return Vec::new();
+        };
+        let tli = newest.wal.segment.tli;
+        let on = |segno: crate::wal::SegNo| {
+            self.segments
+                .iter()
+                .filter(move |f| f.wal.segment.tli == tli && f.wal.segment.segno == segno)
+        };
+        let mut segno = newest.wal.segment.segno;
         while segno.0 > 0 {
             let prev = crate::wal::SegNo(segno.0 - 1);
-            let mut on_tli = self
-                .segments
-                .iter()
-                .filter(|f| f.wal.segment.tli == seg.tli && f.wal.segment.segno == prev);
-            let only_partial = on_tli.clone().next().is_some() && on_tli.all(|f| f.wal.partial);
+            let only_partial = on(prev).next().is_some() && on(prev).all(|f| f.wal.partial);
             if !only_partial {
                 break;
             }
             segno = prev;
         }
-        Some((segno.start_lsn(seg_size), seg.tli))
+        let mut run: Vec<&ScannedFile> = (segno.0..=newest.wal.segment.segno.0)
+            .flat_map(|n| on(crate::wal::SegNo(n)))
+            .collect();
+        run.sort_by_key(|f| order_key(&f.wal));
+        run
     }
 
     pub fn paths(&self, dir: &Path) -> Vec<PathBuf> {

@@ -220,6 +220,9 @@ impl Session<'_> {
             },
             None => None,
         };
+        if opts.validate {
+            archive.finish_proven_partials()?;
+        }
         let (mut start, file_tli) = match archive.streaming_start()? {
             Some(found) => found,
             None => match slot_start {
