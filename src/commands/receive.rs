@@ -19,7 +19,8 @@ Streaming starts where pg_receivewal would start: after the newest complete segm
 directory (a .partial segment is streamed again from its start), else at the slot's
 restart_lsn, else at the server's current WAL position; always at a segment boundary.
 When the directory ends in several .partial segments of one timeline (a stop inside the
-record crossing a segment end), streaming starts at the oldest of them. A directory written
+record crossing a segment end), streaming starts at the oldest of them, after renaming
+those that the WAL on disk proves whole and valid. A directory written
 by pg_receivewal can be resumed by walferry and vice versa.
 
 One process per directory: walferry holds a lock on DIR/.walferry.lock while it runs, and a
