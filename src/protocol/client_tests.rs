@@ -561,10 +561,11 @@ async fn scram_server_must_prove_it_knows_the_password() {
 
 #[tokio::test]
 async fn tries_hosts_in_order_until_one_answers() {
-    // A port nobody listens on: bind, note the port, close.
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A port nobody listens on, held for the whole test (bound, never listening: connections
+    // to it are refused, and no other process can take it meanwhile).
+    let dead = tokio::net::TcpSocket::new_v4().unwrap();
+    dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
     let (port, server) = serve_one(|mut s| async move {
         s.trust().await;
     })
@@ -575,6 +576,7 @@ async fn tries_hosts_in_order_until_one_answers() {
     );
     connect(&p).await.unwrap();
     server.await.unwrap();
+    drop(dead);
 }
 
 #[tokio::test]
@@ -602,10 +604,14 @@ async fn server_error_stops_the_host_search() {
 
 #[tokio::test]
 async fn all_hosts_failing_reports_each() {
+    // Two ports that refuse connections, held for the whole test (bound, never listening).
+    let mut held = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..2 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        ports.push(l.local_addr().unwrap().port());
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        ports.push(s.local_addr().unwrap().port());
+        held.push(s);
     }
     let p = params_for(
         vec![Host::Tcp("127.0.0.1".into()), Host::Tcp("127.0.0.1".into())],
@@ -621,6 +627,7 @@ async fn all_hosts_failing_reports_each() {
         assert!(msg.contains(&format!("port {port}")), "{msg}");
     }
     assert!(!err.is_fatal());
+    drop(held);
 }
 
 #[tokio::test]
