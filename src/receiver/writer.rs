@@ -311,6 +311,13 @@ mod tests {
         (b.into_bytes(), crossing)
     }
 
+    /// Segment 1 complete with its bytes of `wal`, segment 2's `.partial` holding the rest.
+    fn assert_two_segments_on_disk(dir: &std::path::Path, wal: &[u8]) {
+        assert_eq!(std::fs::read(dir.join(SEG1)).unwrap(), &wal[..SEG as usize]);
+        let tail = std::fs::read(dir.join("000000010000000000000002.partial")).unwrap();
+        assert_eq!(&tail[..wal.len() - SEG as usize], &wal[SEG as usize..]);
+    }
+
     /// A validating writer, as the synchronous receive path drives one.
     struct Checked {
         validator: Validator,
@@ -425,12 +432,7 @@ mod tests {
         let end = handle.join().unwrap().unwrap();
         assert_eq!(end.written, Lsn(SEG + wal.len() as u64));
         assert_eq!(progress.borrow().flushed, end.written);
-        assert_eq!(
-            std::fs::read(dir.path().join(SEG1)).unwrap(),
-            &wal[..SEG as usize]
-        );
-        let tail = std::fs::read(dir.path().join("000000010000000000000002.partial")).unwrap();
-        assert_eq!(&tail[..wal.len() - SEG as usize], &wal[SEG as usize..]);
+        assert_two_segments_on_disk(dir.path(), &wal);
     }
 
     /// `--synchronous`'s gathered write: durable on return (one pwritev2 with RWF_DSYNC),
@@ -454,12 +456,7 @@ mod tests {
         let end = Lsn(SEG + wal.len() as u64);
         let p = w.write_durable(Lsn(SEG + small as u64), rest, end).unwrap();
         assert_eq!(p.flushed, end);
-        assert_eq!(
-            std::fs::read(dir.path().join(SEG1)).unwrap(),
-            &wal[..SEG as usize]
-        );
-        let tail = std::fs::read(dir.path().join("000000010000000000000002.partial")).unwrap();
-        assert_eq!(&tail[..wal.len() - SEG as usize], &wal[SEG as usize..]);
+        assert_two_segments_on_disk(dir.path(), &wal);
     }
 
     /// Bytes before a mid-segment start were never written: the writer refuses such a start
