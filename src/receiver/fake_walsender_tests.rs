@@ -9,7 +9,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
-use super::{receive, receive_publishing, Outcome, Position, ReceiveError, ReceiveOptions};
+use std::sync::Arc;
+
+use super::{
+    receive, receive_publishing, LiveTail, Outcome, Published, ReceiveError, ReceiveOptions,
+};
 use crate::archive::ArchiveError;
 use crate::conninfo::{ConnParams, Host, PasswordPrompt, SslMode};
 use crate::protocol::backend::{encode_result_set, Authentication, CopyResponse};
@@ -551,8 +555,11 @@ async fn the_durable_validated_position_is_published() {
         let mut opts = options(port, dir.path());
         opts.endpos = Some(end);
         opts.synchronous = synchronous;
+        let tail = Arc::new(LiveTail::new(4 << 20));
+        opts.live_tail = Some(tail.clone());
         let (_stop_tx, stop_rx) = watch::channel(false);
-        let (tx, mut rx) = watch::channel(Position::NONE);
+        let published = Published::new();
+        let mut rx = published.position.subscribe();
         let seen = tokio::spawn(async move {
             let mut seen = Vec::new();
             while rx.changed().await.is_ok() {
@@ -560,11 +567,14 @@ async fn the_durable_validated_position_is_published() {
             }
             seen
         });
-        let result = receive_publishing(&opts, stop_rx, tx).await;
+        let result = receive_publishing(&opts, stop_rx, &published).await;
         assert!(
             matches!(result, Ok(Outcome::EndposReached(_))),
             "{result:?}"
         );
+        let upstream = published.upstream.borrow().clone().expect("upstream");
+        assert_eq!((upstream.system_id, upstream.seg_size), (SYSID, SEG));
+        drop(published);
         let seen = seen.await.unwrap();
         server.await.unwrap();
         assert_eq!(seen.first().map(|p| p.flushed), Some(Lsn(SEG)), "{seen:?}");
@@ -576,5 +586,64 @@ async fn the_durable_validated_position_is_published() {
         let last = seen.last().unwrap().flushed;
         assert!(last >= end, "synchronous {synchronous}: {seen:?}");
         assert!(last.0 <= SEG + wal.len() as u64);
+
+        // The live tail holds the same WAL, checked, from the stream's start.
+        let (tli, first, tail_end) = tail.range();
+        assert_eq!((tli, first), (TimeLineId(1), Lsn(SEG)));
+        assert!(tail_end >= last);
+        let mut at = Lsn(SEG);
+        while at < last {
+            let b = tail.read(tli, at, 1 << 20).expect("held");
+            let off = (at.0 - SEG) as usize;
+            assert_eq!(&b[..], &wal[off..off + b.len()], "at {at}");
+            at = Lsn(at.0 + b.len() as u64);
+        }
+    }
+}
+
+/// `ack_limit` (a relay's `--sync-downstream` quorum) caps what is reported to the server,
+/// in both modes; when it moves, the new position is reported at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_wait_for_the_ack_limit() {
+    for synchronous in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = wal();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(Walsender::serve(listener, wal.clone()));
+        let limit = Lsn(SEG + 300_000);
+        let (limit_tx, limit_rx) = watch::channel(limit);
+        let mut opts = options(port, dir.path());
+        opts.synchronous = synchronous;
+        opts.flush_eagerly = true;
+        opts.ack_limit = Some(limit_rx);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let published = Published::new();
+        let mut pos = published.position.subscribe();
+        let all_received = Lsn(SEG + (wal.len() as u64 / (128 * 1024)) * 128 * 1024);
+        let driver = async {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                pos.wait_for(|p| p.flushed >= all_received),
+            )
+            .await
+            .expect("WAL flushed")
+            .unwrap();
+            // Held back at the limit until it moves.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            limit_tx.send_replace(Lsn(u64::MAX));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop_tx.send_replace(true);
+        };
+        let (result, ()) = tokio::join!(receive_publishing(&opts, stop_rx, &published), driver);
+        assert!(matches!(result, Ok(Outcome::Stopped(_))), "{result:?}");
+        let flushes = server.await.unwrap();
+        let first_over = flushes.iter().position(|f| *f > limit).expect("reported");
+        assert_eq!(
+            flushes[..first_over].iter().max(),
+            Some(&limit),
+            "synchronous {synchronous}: {flushes:?}"
+        );
+        assert!(flushes[first_over] >= all_received, "{flushes:?}");
     }
 }

@@ -14,12 +14,15 @@
 
 mod error;
 mod policy;
+pub mod tail;
 pub mod validate;
 pub mod writer;
 
 pub use error::ReceiveError;
+pub use tail::LiveTail;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -54,11 +57,20 @@ pub struct ReceiveOptions {
     pub status_interval: Option<Duration>,
     /// Fsync and report `flush` after every batch, so the primary can wait for walferry.
     pub synchronous: bool,
+    /// Async mode: make each batch durable as soon as it is written rather than at segment
+    /// ends and status updates (a relay serves its downstreams durable WAL only, so it must
+    /// not sit in the page cache for seconds).
+    pub flush_eagerly: bool,
     pub no_sync: bool,
     pub compression: CompressionSpec,
     /// Check every received byte as PostgreSQL's WAL reader would (page headers, record
     /// headers, CRC-32C) before it is written; nothing unchecked is acknowledged.
     pub validate: bool,
+    /// Share each checked piece of WAL with a relay's downstream sessions.
+    pub live_tail: Option<Arc<LiveTail>>,
+    /// Never report WAL past this position as written or flushed (a relay's downstream
+    /// quorum, `--sync-downstream`); a change re-reports at once.
+    pub ack_limit: Option<watch::Receiver<Lsn>>,
 }
 
 impl ReceiveOptions {
@@ -71,9 +83,12 @@ impl ReceiveOptions {
             no_loop: false,
             status_interval: Some(Duration::from_secs(10)),
             synchronous: false,
+            flush_eagerly: false,
             no_sync: false,
             compression: CompressionSpec::None,
             validate: true,
+            live_tail: None,
+            ack_limit: None,
         }
     }
 }
@@ -97,8 +112,41 @@ pub async fn receive(
     opts: &ReceiveOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, ReceiveError> {
-    let (published, _) = watch::channel(Position::NONE);
-    receive_publishing(opts, shutdown, published).await
+    receive_publishing(opts, shutdown, &Published::new()).await
+}
+
+/// What a receive run shares with other tasks (a relay's downstream sessions).
+#[derive(Debug)]
+pub struct Published {
+    pub position: watch::Sender<Position>,
+    /// The upstream server, as of the last connection.
+    pub upstream: watch::Sender<Option<Upstream>>,
+}
+
+impl Published {
+    pub fn new() -> Self {
+        Published {
+            position: watch::channel(Position::NONE).0,
+            upstream: watch::channel(None).0,
+        }
+    }
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The upstream server as it identified itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub system_id: u64,
+    /// Its timeline when the connection began.
+    pub timeline: TimeLineId,
+    pub seg_size: u64,
+    /// Its `server_version` ParameterStatus (e.g. "15.8 (Debian 15.8-0+deb12u1)").
+    pub server_version: String,
 }
 
 /// What the archive holds for other tasks (a relay's downstream sessions): WAL of
@@ -119,11 +167,12 @@ impl Position {
     };
 }
 
-/// As [`receive`], publishing the archive's [`Position`] on `published` as it advances.
+/// As [`receive`], publishing the archive's [`Position`] as it advances and the upstream
+/// server at each connection.
 pub async fn receive_publishing(
     opts: &ReceiveOptions,
     mut shutdown: watch::Receiver<bool>,
-    published: watch::Sender<Position>,
+    published: &Published,
 ) -> Result<Outcome, ReceiveError> {
     Archive::check_dir(&opts.directory)?;
     // Held until this returns: one writer per archive directory.
@@ -133,7 +182,7 @@ pub async fn receive_publishing(
     loop {
         let mut session = Session {
             opts,
-            published: &published,
+            published,
             shutdown: shutdown.clone(),
             connected: false,
             streamed: false,
@@ -189,7 +238,7 @@ impl StreamEnd {
 
 struct Session<'a> {
     opts: &'a ReceiveOptions,
-    published: &'a watch::Sender<Position>,
+    published: &'a Published,
     shutdown: watch::Receiver<bool>,
     /// The server was reached and identified itself (later errors may be retried).
     connected: bool,
@@ -210,6 +259,12 @@ impl Session<'_> {
         let archive = Archive::open(&opts.directory, seg_size, opts.compression, opts.no_sync)?
             .zero_filled(opts.synchronous);
         archive.check_system_identifier(system.system_id)?;
+        self.published.upstream.send_replace(Some(Upstream {
+            system_id: system.system_id,
+            timeline: system.timeline,
+            seg_size,
+            server_version: conn.parameter("server_version").unwrap_or("").to_string(),
+        }));
 
         let history = fetch_histories(&mut conn, &archive, system.timeline).await?;
 
@@ -278,9 +333,10 @@ impl Session<'_> {
         tli: TimeLineId,
         system_id: u64,
     ) -> Result<StreamEnd, ReceiveError> {
-        let validator = Validator::new(archive, tli, start, Some(system_id), self.opts.validate)?;
+        let validator = Validator::new(archive, tli, start, Some(system_id), self.opts.validate)?
+            .with_tail(self.opts.live_tail.clone());
         let writer_opts = WriterOptions {
-            synchronous: self.opts.synchronous,
+            synchronous: self.opts.synchronous || self.opts.flush_eagerly,
         };
         let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts);
         let seg_size = archive.seg_size();
@@ -321,11 +377,11 @@ impl Session<'_> {
         seg_size: u64,
     ) -> Result<StreamEnd, ReceiveError> {
         let opts = self.opts;
-        let mut st = StreamState::new(start, seg_size);
+        let mut st = StreamState::new(start, seg_size, opts.ack_limit.clone());
         let mut ticker = status_ticker(opts);
         let mut endpos_flush_sent = false;
         let publish = |flushed: Lsn| {
-            self.published.send_if_modified(|pos| {
+            self.published.position.send_if_modified(|pos| {
                 let new = Position {
                     timeline: tli,
                     flushed,
@@ -338,6 +394,7 @@ impl Session<'_> {
         publish(start);
         loop {
             if let Some(p) = policy.settle(conn).await? {
+                st.last = p;
                 publish(p.flushed);
                 self.streamed |= st.made_progress(p);
                 if let Some(end) = st.report(conn, p, opts.endpos).await? {
@@ -351,6 +408,13 @@ impl Session<'_> {
                 _ = ticker.tick() => {
                     let p = policy.flush().await?;
                     st.status.send(conn, p, false).await?;
+                    continue;
+                }
+                _ = st.status.limit_moved() => {
+                    let p = st.last;
+                    if let Some(end) = st.report(conn, p, opts.endpos).await? {
+                        return Ok(end);
+                    }
                     continue;
                 }
             };
@@ -374,6 +438,7 @@ impl Session<'_> {
                     if opts.endpos.is_some_and(|e| st.received >= e) && !endpos_flush_sent {
                         endpos_flush_sent = true;
                         let p = policy.flush().await?;
+                        st.last = p;
                         publish(p.flushed);
                         if let Some(end) = st.report(conn, p, opts.endpos).await? {
                             return Ok(end);
@@ -529,15 +594,39 @@ fn writer_stopped() -> ReceiveError {
 struct Status {
     flushed: Lsn,
     buf: BytesMut,
+    /// [`ReceiveOptions::ack_limit`].
+    limit: Option<watch::Receiver<Lsn>>,
 }
 
 impl Status {
+    /// `p` as it may be reported: not past the acknowledgement limit.
+    fn clamp(&self, mut p: Progress) -> Progress {
+        if let Some(limit) = &self.limit {
+            let limit = *limit.borrow();
+            p.written = p.written.min(limit);
+            p.flushed = p.flushed.min(limit);
+        }
+        p
+    }
+
+    /// Resolves when the acknowledgement limit moves (never without one).
+    async fn limit_moved(&mut self) {
+        let moved = match &mut self.limit {
+            Some(limit) => limit.changed().await.is_ok(),
+            None => false,
+        };
+        if !moved {
+            std::future::pending::<()>().await;
+        }
+    }
+
     async fn send(
         &mut self,
         conn: &mut ReplicationConn,
         p: Progress,
         reply_requested: bool,
     ) -> Result<(), ReceiveError> {
+        let p = self.clamp(p);
         self.buf.clear();
         // `apply` stays invalid: walferry applies nothing (as pg_receivewal).
         encode_status_update(
@@ -562,17 +651,26 @@ struct StreamState {
     began: std::time::Instant,
     /// End of the WAL received so far (the next XLogData must start here).
     received: Lsn,
+    /// The latest progress of the write policy.
+    last: Progress,
     status: Status,
 }
 
 impl StreamState {
-    fn new(start: Lsn, seg_size: u64) -> Self {
+    fn new(start: Lsn, seg_size: u64, ack_limit: Option<watch::Receiver<Lsn>>) -> Self {
         StreamState {
             start,
             seg_size,
             began: std::time::Instant::now(),
             received: start,
-            status: Status::default(),
+            last: Progress {
+                written: start,
+                flushed: start,
+            },
+            status: Status {
+                limit: ack_limit,
+                ..Status::default()
+            },
         }
     }
 
@@ -611,7 +709,7 @@ impl StreamState {
                 return Ok(Some(StreamEnd::Done(Outcome::EndposReached(p.flushed))));
             }
         }
-        if p.flushed > self.status.flushed {
+        if self.status.clamp(p).flushed > self.status.flushed {
             self.status.send(conn, p, false).await?;
         }
         Ok(None)

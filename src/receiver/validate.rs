@@ -3,11 +3,16 @@
 //! cache, before it goes to the archive writer. The writer is told how far the WAL is
 //! checked and reports nothing beyond that as flushed, nor renames a segment past it.
 
+use std::sync::Arc;
+
+use super::tail::LiveTail;
 use crate::archive::{Archive, ArchiveError};
 use crate::wal::{Lsn, SegmentName, TimeLineId, WalDecoder, WalError};
 
 pub struct Validator {
     decoder: Option<WalDecoder>,
+    /// Where checked WAL is shared with a relay's downstream sessions.
+    tail: Option<Arc<LiveTail>>,
     archive: Archive,
     tli: TimeLineId,
     /// End of the WAL fed so far (what is checked when validation is off).
@@ -38,10 +43,20 @@ impl Validator {
         };
         Ok(Validator {
             decoder,
+            tail: None,
             archive: archive.clone(),
             tli,
             fed: start,
         })
+    }
+
+    /// Share every checked byte with `tail` from now on (which restarts at this stream's start).
+    pub fn with_tail(mut self, tail: Option<Arc<LiveTail>>) -> Self {
+        if let Some(tail) = &tail {
+            tail.restart(self.tli, self.fed);
+        }
+        self.tail = tail;
+        self
     }
 
     /// Check the next `data` of the stream. A failure names the record's LSN and the
@@ -54,15 +69,22 @@ impl Validator {
     pub fn check(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
         self.fed = Lsn(self.fed.0 + data.len() as u64);
         let Some(decoder) = &mut self.decoder else {
+            if let Some(tail) = &self.tail {
+                tail.push(data);
+            }
             return Ok(());
         };
         let fed = decoder.feed_with(data, |_| {});
         let ended = decoder.end_of_wal();
         match (fed, ended) {
-            (Err(source), _) => Err(self.invalid(source)),
-            (Ok(()), Some(lsn)) => Err(self.invalid(WalError::UnexpectedEnd { lsn })),
-            (Ok(()), None) => Ok(()),
+            (Err(source), _) => return Err(self.invalid(source)),
+            (Ok(()), Some(lsn)) => return Err(self.invalid(WalError::UnexpectedEnd { lsn })),
+            (Ok(()), None) => {}
         }
+        if let Some(tail) = &self.tail {
+            tail.push(data);
+        }
+        Ok(())
     }
 
     fn invalid(&self, source: WalError) -> ArchiveError {
