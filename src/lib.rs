@@ -9,4 +9,5 @@ pub mod conninfo;
 pub mod inspect;
 pub mod protocol;
 pub mod receiver;
+pub mod relay;
 pub mod wal;

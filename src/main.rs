@@ -48,6 +48,14 @@ enum Command {
         infer_long_args = true
     )]
     Receive(Box<commands::receive::Args>),
+    /// Receive and archive WAL as `receive` does, and serve it to downstream standbys
+    #[command(
+        after_help = commands::relay::AFTER_HELP,
+        disable_help_flag = true,
+        args_override_self = true,
+        infer_long_args = true
+    )]
+    Relay(Box<commands::relay::RelayArgs>),
     /// Check a whole archive directory: gaps, history files, every page, record and CRC
     #[command(after_help = commands::verify::AFTER_HELP, disable_help_flag = true)]
     Verify(commands::verify::Args),
@@ -64,6 +72,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Receive(args) => commands::receive::run(*args),
+        Command::Relay(args) => commands::relay::run(*args),
         Command::Verify(args) => commands::verify::run(args, cli.verbose),
         Command::RestorePoints(args) => commands::restore_points::run(args, cli.verbose),
         Command::WalInfo(args) => commands::restore_points::run_wal_info(args, cli.verbose),

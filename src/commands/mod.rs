@@ -1,6 +1,7 @@
 //! One file per subcommand. Commands are thin: options -> library calls -> output.
 
 pub mod receive;
+pub mod relay;
 pub mod restore_points;
 pub mod verify;
 

@@ -173,8 +173,8 @@ impl Args {
     /// Checks the command line as pg_receivewal 15's main() does, in its order (-E and -s as
     /// they are parsed, then operands, slot actions, sync flags, the directory, -Z) and with
     /// its messages, so that what one refuses the other refuses too.
-    fn check(&self) -> Result<Checked, Failure> {
-        let usage = |message: String| Failure::usage(message, "receive");
+    fn check(&self, command: &str) -> Result<Checked, Failure> {
+        let usage = |message: String| Failure::usage(message, command);
         let endpos = match &self.endpos {
             Some(text) => Some(
                 text.parse::<Lsn>()
@@ -261,27 +261,79 @@ fn parse_status_interval(text: &str) -> Result<Option<Duration>, String> {
     Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
 }
 
-pub fn run(args: Args) -> Result<(), Failure> {
-    let checked = args.check()?;
-    let params = connection_params(&args.conn)?;
-    let rt = current_thread_runtime()?;
-    let directory = match checked.action {
-        Action::CreateSlot { slot } => {
-            return rt.block_on(manage_slot(&params, &slot, true, args.if_not_exists))
-        }
-        Action::DropSlot { slot } => return rt.block_on(manage_slot(&params, &slot, false, false)),
-        Action::Stream { directory } => directory,
-    };
-    let mut opts = ReceiveOptions::new(params, directory);
-    opts.slot = args.slot;
-    opts.endpos = checked.endpos;
-    opts.no_loop = args.no_loop;
-    opts.status_interval = checked.status_interval;
-    opts.synchronous = args.synchronous;
-    opts.no_sync = args.no_sync;
-    opts.compression = checked.compression;
-    opts.validate = !args.no_validate;
+/// What a valid receive command line asks for (also `relay`'s, which takes the same flags).
+pub enum Plan {
+    Stream(ReceiveOptions),
+    /// `--create-slot` / `--drop-slot` on the upstream, then exit.
+    Slot {
+        params: ConnParams,
+        slot: String,
+        create: bool,
+        if_not_exists: bool,
+    },
+}
 
+impl Plan {
+    /// Check the flags (refusals name `walferry COMMAND --help`) and resolve the connection.
+    pub fn from_args(args: Args, command: &str) -> Result<Plan, Failure> {
+        let checked = args.check(command)?;
+        let params = connection_params(&args.conn)?;
+        let directory = match checked.action {
+            Action::CreateSlot { slot } => {
+                return Ok(Plan::Slot {
+                    params,
+                    slot,
+                    create: true,
+                    if_not_exists: args.if_not_exists,
+                })
+            }
+            Action::DropSlot { slot } => {
+                return Ok(Plan::Slot {
+                    params,
+                    slot,
+                    create: false,
+                    if_not_exists: false,
+                })
+            }
+            Action::Stream { directory } => directory,
+        };
+        let mut opts = ReceiveOptions::new(params, directory);
+        opts.slot = args.slot;
+        opts.endpos = checked.endpos;
+        opts.no_loop = args.no_loop;
+        opts.status_interval = checked.status_interval;
+        opts.synchronous = args.synchronous;
+        opts.no_sync = args.no_sync;
+        opts.compression = checked.compression;
+        opts.validate = !args.no_validate;
+        Ok(Plan::Stream(opts))
+    }
+
+    /// Run a slot action on `rt`; `None` for a stream (the caller's to run).
+    pub fn run_slot_action(
+        self,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<Option<ReceiveOptions>, Failure> {
+        match self {
+            Plan::Stream(opts) => Ok(Some(opts)),
+            Plan::Slot {
+                params,
+                slot,
+                create,
+                if_not_exists,
+            } => rt
+                .block_on(manage_slot(&params, &slot, create, if_not_exists))
+                .map(|()| None),
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let plan = Plan::from_args(args, "receive")?;
+    let rt = current_thread_runtime()?;
+    let Some(opts) = plan.run_slot_action(&rt)? else {
+        return Ok(());
+    };
     rt.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -343,7 +395,7 @@ async fn manage_slot(
     })
 }
 
-fn receive_failure(e: &ReceiveError) -> Failure {
+pub fn receive_failure(e: &ReceiveError) -> Failure {
     let failure = Failure::new(e.to_string());
     match e.hint() {
         Some(hint) => failure.with_hint(hint),
@@ -351,7 +403,7 @@ fn receive_failure(e: &ReceiveError) -> Failure {
     }
 }
 
-async fn wait_for_stop_signal() {
+pub async fn wait_for_stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -382,7 +434,7 @@ mod tests {
     fn check(line: &[&str]) -> Result<Checked, Failure> {
         let line = Line::try_parse_from(std::iter::once("receive").chain(line.iter().copied()))
             .expect("clap accepts the line");
-        line.args.check()
+        line.args.check("receive")
     }
 
     fn refusal(line: &[&str]) -> String {

@@ -155,6 +155,9 @@ mod tests {
         assert!(tail.read(T1, Lsn(64), 10).is_none());
         assert!(tail.read(TimeLineId(2), Lsn(64), 10).is_none());
         tail.push(&[2; 10]);
-        assert_eq!(&tail.read(TimeLineId(2), Lsn(64), 100).unwrap()[..], &[2; 10]);
+        assert_eq!(
+            &tail.read(TimeLineId(2), Lsn(64), 100).unwrap()[..],
+            &[2; 10]
+        );
     }
 }

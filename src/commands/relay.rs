@@ -1,0 +1,196 @@
+//! `walferry relay`: `receive`, plus serving the stream to downstream standbys.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use walferry::receiver::Outcome;
+use walferry::relay::{self, AuthMethod, RelayOptions};
+
+use super::receive::{self, receive_failure, wait_for_stop_signal, Plan};
+use super::Failure;
+
+pub const AFTER_HELP: &str = "\
+walferry relay receives and archives WAL exactly as walferry receive does (same flags, start
+point, validation, durability, compression, timeline following and reconnects), and serves
+it to downstream PostgreSQL standbys, pg_receivewal and walferry receive, which connect to
+--listen as they would to a primary (primary_conninfo = 'host=RELAY port=PORT ...').
+
+Downstreams are served only WAL that the relay has validated and made durable in its
+archive: from memory while they keep up (the newest 64 MiB), from the archive's segment files
+when they fall behind, so a standby that was down for hours catches up without a
+restore_command. Slots that downstreams create (CREATE_REPLICATION_SLOT) are kept in
+DIR/.walferry-slots.json across restarts, with each one's restart_lsn.
+
+Acknowledgement upstream (what the primary waits for when the relay's application_name is
+in synchronous_standby_names):
+  default             flush reported once WAL is durable in the archive, in batches
+  --synchronous       flush reported as each write is durable in the archive (lowest latency)
+  --sync-downstream N flush reported only once WAL is durable in the archive AND N
+                      downstreams have reported it flushed (RPO 0 on N+1 copies)
+
+Authentication of downstreams: --auth trust accepts anyone who can connect (use it on
+loopback or a trusted network).
+
+Examples:
+  walferry relay -D /archive -d 'host=db1 user=replicator' -S relay --listen 0.0.0.0:5433
+  walferry relay -D /archive -d 'host=db1,db2 target_session_attrs=read-write' \\
+      --listen 127.0.0.1:5433 --synchronous -v
+
+Exit status: 0 on SIGINT/SIGTERM (everything received is flushed first), 1 on an error the
+receiver cannot retry (as walferry receive), 2 on an invalid command line.";
+
+#[derive(clap::Args, Debug)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    receive: receive::Args,
+
+    /// Accept replication connections on HOST:PORT (repeat for several addresses)
+    #[arg(
+        long = "listen",
+        value_name = "HOST:PORT",
+        required = true,
+        help_heading = "Relay options"
+    )]
+    listen: Vec<String>,
+
+    /// How downstreams authenticate: trust
+    #[arg(
+        long = "auth",
+        value_name = "METHOD",
+        default_value = "trust",
+        help_heading = "Relay options"
+    )]
+    auth: String,
+
+    /// With --auth scram: the file of `user SCRAM-SHA-256$...` lines (mode 0600)
+    #[arg(
+        long = "auth-file",
+        value_name = "FILE",
+        help_heading = "Relay options"
+    )]
+    auth_file: Option<PathBuf>,
+
+    /// Answer SSLRequest with TLS using this PEM certificate chain (needs --tls-key)
+    #[arg(
+        long = "tls-cert",
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "Relay options"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert
+    #[arg(
+        long = "tls-key",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Relay options"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// With TLS configured, also accept unencrypted connections (refused by default)
+    #[arg(
+        long = "tls-optional",
+        requires = "tls_cert",
+        help_heading = "Relay options"
+    )]
+    tls_optional: bool,
+
+    /// Acknowledge upstream only WAL that N downstreams have also flushed
+    #[arg(
+        long = "sync-downstream",
+        value_name = "N",
+        default_value = "0",
+        help_heading = "Relay options"
+    )]
+    sync_downstream: usize,
+
+    /// Disconnect a downstream silent for this many seconds (0 never)
+    #[arg(
+        long = "wal-sender-timeout",
+        value_name = "SECS",
+        default_value = "60",
+        help_heading = "Relay options"
+    )]
+    wal_sender_timeout: u64,
+}
+
+pub fn run(args: RelayArgs) -> Result<(), Failure> {
+    let usage = |m: String| Failure::usage(m, "relay");
+    let listen = resolve_listen(&args.listen).map_err(usage)?;
+    let auth = match args.auth.as_str() {
+        "trust" => AuthMethod::Trust,
+        other => return Err(usage(format!("invalid --auth \"{other}\": use trust"))),
+    };
+    if args.auth_file.is_some() {
+        return Err(usage("--auth-file needs --auth scram".into()));
+    }
+    let plan = Plan::from_args(args.receive, "relay")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("could not start the async runtime: {e}")))?;
+    let Some(receive) = plan.run_slot_action(&rt)? else {
+        return Ok(());
+    };
+    let opts = RelayOptions {
+        receive,
+        listen,
+        auth,
+        tls: args.tls_cert.zip(args.tls_key),
+        tls_required: !args.tls_optional,
+        sync_downstream: args.sync_downstream,
+        wal_sender_timeout: if args.wal_sender_timeout == 0 {
+            Duration::from_secs(u64::from(u32::MAX))
+        } else {
+            Duration::from_secs(args.wal_sender_timeout)
+        },
+        tail_capacity: relay::DEFAULT_TAIL,
+    };
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        match relay::run(opts, stop_rx, None).await {
+            Ok(Outcome::EndposReached(lsn)) => {
+                tracing::info!("end position reached: WAL is flushed up to {lsn}");
+                Ok(())
+            }
+            Ok(Outcome::Stopped(_)) => Ok(()),
+            Err(relay::RelayError::Receive(e)) => Err(receive_failure(&e)),
+            Err(e) => {
+                let failure = Failure::new(e.to_string());
+                Err(match e.hint() {
+                    Some(h) => failure.with_hint(h),
+                    None => failure,
+                })
+            }
+        }
+    })
+}
+
+/// `--listen` values: HOST:PORT, `[v6]:PORT`, or a name that resolves (every address).
+fn resolve_listen(values: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    for v in values {
+        let addrs: Vec<SocketAddr> = v
+            .to_socket_addrs()
+            .map_err(|e| format!("invalid --listen \"{v}\": {e} (expected HOST:PORT)"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("--listen \"{v}\" resolves to no address"));
+        }
+        for a in addrs {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,359 @@
+//! `walferry relay`: receive and archive WAL exactly as `walferry receive` does, and serve it
+//! to downstream standbys speaking the walsender side of the replication protocol.
+//!
+//! One receiver ([`crate::receiver::receive_publishing`]) feeds everything: it publishes the
+//! archive's durable, validated position on a watch and shares each checked piece of WAL in
+//! a [`LiveTail`]. Every downstream connection is a task ([`session`]) that sends from the
+//! tail while it keeps up and from the archive (its own [`crate::archive::ArchiveReader`])
+//! when it fell behind, never past the published position. With `--sync-downstream N` the
+//! receiver's acknowledgements upstream are held at the [`Quorum`]: the position that N
+//! downstreams have reported flushed, so the primary sees relay and standbys as one
+//! synchronous standby.
+
+pub mod auth;
+pub mod command;
+mod session;
+pub mod slots;
+mod stream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use auth::AuthMethod;
+pub use slots::{Slot, SlotError, Slots};
+
+use crate::receiver::{
+    receive_publishing, LiveTail, Outcome, Position, Published, ReceiveError, ReceiveOptions,
+    Upstream,
+};
+use crate::wal::Lsn;
+
+/// Default size of the live tail: downstreams less than this far behind are served from
+/// memory.
+pub const DEFAULT_TAIL: usize = 64 << 20;
+
+/// Everything `walferry relay` needs to run.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// How to receive and archive (as `walferry receive`).
+    pub receive: ReceiveOptions,
+    /// Addresses to accept downstream connections on.
+    pub listen: Vec<SocketAddr>,
+    pub auth: AuthMethod,
+    /// `--tls-cert`, `--tls-key`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// With TLS configured: refuse connections that do not use it.
+    pub tls_required: bool,
+    /// Acknowledge upstream only what this many downstreams have flushed (0: do not wait).
+    pub sync_downstream: usize,
+    /// A downstream silent this long is disconnected (PostgreSQL's `wal_sender_timeout`).
+    pub wal_sender_timeout: Duration,
+    pub tail_capacity: usize,
+}
+
+/// Why the relay could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Slots(#[from] SlotError),
+}
+
+impl RelayError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RelayError::Receive(e) => e.hint(),
+            RelayError::Listen { .. } => Some(
+                "another process may hold the port (PostgreSQL itself?); pick a free one with --listen".into(),
+            ),
+            RelayError::Tls(_) => Some(
+                "--tls-cert takes a PEM certificate chain, --tls-key its PEM private key (PKCS#8, PKCS#1 or SEC1)".into(),
+            ),
+            RelayError::Slots(_) => None,
+        }
+    }
+}
+
+/// What the sessions share.
+pub(crate) struct Hub {
+    dir: PathBuf,
+    position: watch::Receiver<Position>,
+    upstream: watch::Receiver<Option<Upstream>>,
+    tail: Arc<LiveTail>,
+    slots: Slots,
+    auth: AuthMethod,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls_required: bool,
+    quorum: Quorum,
+    wal_sender_timeout: Duration,
+    next_pid: AtomicI32,
+    secret: u64,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Hub {
+    /// The upstream as of its last connection (sessions start only once there is one).
+    fn upstream(&self) -> Upstream {
+        self.upstream
+            .borrow()
+            .clone()
+            .expect("sessions are accepted only after the upstream identified itself")
+    }
+
+    fn next_pid(&self) -> i32 {
+        self.next_pid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn secret_key(&self, pid: i32) -> i32 {
+        (self.secret ^ (pid as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i32
+    }
+}
+
+/// The `--sync-downstream` quorum: the highest position that `need` downstreams have all
+/// reported flushed. It only moves forward (an acknowledgement cannot be taken back); a
+/// downstream that leaves stops counting.
+pub(crate) struct Quorum {
+    need: usize,
+    reports: Mutex<HashMap<i32, Lsn>>,
+    gate: watch::Sender<Lsn>,
+}
+
+impl Quorum {
+    fn new(need: usize) -> Self {
+        Quorum {
+            need,
+            reports: Mutex::new(HashMap::new()),
+            gate: watch::channel(Lsn(0)).0,
+        }
+    }
+
+    fn report(&self, pid: i32, flush: Lsn) {
+        if self.need == 0 {
+            return;
+        }
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.insert(pid, flush);
+        if reports.len() < self.need {
+            return;
+        }
+        let mut flushes: Vec<Lsn> = reports.values().copied().collect();
+        flushes.sort_unstable_by(|a, b| b.cmp(a));
+        let agreed = flushes[self.need - 1];
+        self.gate.send_if_modified(|g| {
+            let moved = agreed > *g;
+            if moved {
+                *g = agreed;
+            }
+            moved
+        });
+    }
+
+    fn forget(&self, pid: i32) {
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+    }
+}
+
+/// Run the relay until a stop is requested or the receiver fails.
+///
+/// `bound` receives the addresses actually listened on (useful with port 0).
+pub async fn run(
+    opts: RelayOptions,
+    mut shutdown: watch::Receiver<bool>,
+    bound: Option<tokio::sync::oneshot::Sender<Vec<SocketAddr>>>,
+) -> Result<Outcome, RelayError> {
+    let dir = opts.receive.directory.clone();
+    crate::archive::Archive::check_dir(&dir).map_err(ReceiveError::from)?;
+    let slots = Slots::load(&dir)?;
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let mut listeners = Vec::new();
+    for addr in &opts.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RelayError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        listeners.push(l);
+    }
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+
+    let tail = Arc::new(LiveTail::new(opts.tail_capacity));
+    let quorum = Quorum::new(opts.sync_downstream);
+    let mut receive = opts.receive.clone();
+    receive.live_tail = Some(tail.clone());
+    // Downstreams are served durable WAL only: it must not wait for a segment end.
+    receive.flush_eagerly = true;
+    if opts.sync_downstream > 0 {
+        receive.ack_limit = Some(quorum.gate.subscribe());
+    }
+
+    // One stop for everything: the caller's, or the receiver's end.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let published = Arc::new(Published::new());
+    let hub = Arc::new(Hub {
+        dir: dir.clone(),
+        position: published.position.subscribe(),
+        upstream: published.upstream.subscribe(),
+        tail,
+        slots,
+        auth: opts.auth.clone(),
+        tls,
+        tls_required: opts.tls_required,
+        quorum,
+        wal_sender_timeout: opts.wal_sender_timeout,
+        next_pid: AtomicI32::new(std::process::id() as i32 * 1000 % 1_000_000_000 + 1),
+        secret: random_u64(),
+        shutdown: stop_rx.clone(),
+    });
+
+    let receiver = {
+        let published = published.clone();
+        let stop_rx = stop_rx.clone();
+        tokio::spawn(async move { receive_publishing(&receive, stop_rx, &published).await })
+    };
+    let forward = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            if shutdown.wait_for(|s| *s).await.is_ok() {
+                stop_tx.send_replace(true);
+            }
+        })
+    };
+
+    // Serve once the upstream has identified itself (its system id and version are what
+    // downstreams are told).
+    let mut upstream = published.upstream.subscribe();
+    let mut ready_stop = stop_rx.clone();
+    let ready = tokio::select! {
+        r = upstream.wait_for(|u| u.is_some()) => r.is_ok(),
+        _ = stopped(&mut ready_stop) => false,
+        _ = wait_finished(&receiver) => false,
+    };
+    let mut accepters = Vec::new();
+    if ready {
+        for (l, addr) in listeners.into_iter().zip(&addrs) {
+            tracing::info!("relay: accepting replication connections on {addr}");
+            accepters.push(tokio::spawn(accept_loop(hub.clone(), l)));
+        }
+        if let Some(bound) = bound {
+            let _ = bound.send(addrs);
+        }
+    }
+
+    let result = match receiver.await {
+        Ok(r) => r.map_err(RelayError::from),
+        Err(e) => Err(RelayError::Receive(ReceiveError::Internal(format!(
+            "receiver task failed: {e}"
+        )))),
+    };
+    stop_tx.send_replace(true);
+    forward.abort();
+    for a in accepters {
+        a.abort();
+    }
+    result
+}
+
+/// Resolves when a stop is requested (never, once nobody can request one).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves when `task` has finished (without taking its result).
+async fn wait_finished<T>(task: &tokio::task::JoinHandle<T>) {
+    while !task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
+    let mut stop = hub.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&mut stop) => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                tokio::spawn(session::serve(hub.clone(), tcp, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: say so, and do not spin.
+                tracing::warn!("relay: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, RelayError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect())
+        .map_err(|e| {
+            RelayError::Tls(format!(
+                "could not read certificate \"{}\": {e}",
+                cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(RelayError::Tls(format!(
+            "no certificate in \"{}\"",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        RelayError::Tls(format!(
+            "could not read private key \"{}\": {e}",
+            key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            RelayError::Tls(format!(
+                "certificate and key do not make a usable pair: {e}"
+            ))
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_ne_bytes(b)
+}

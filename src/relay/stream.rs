@@ -1,0 +1,388 @@
+//! The streaming phase of `START_REPLICATION`; see the session module's documentation.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::session::{
+    error, fatal, message_name, shutting_down, slot_error, Conn, Session, SessionError,
+};
+use super::Hub;
+use crate::archive::{ArchiveReader, ReaderError};
+use crate::protocol::backend::{encode_result_set, CopyResponse, ServerError, INT8_OID, TEXT_OID};
+use crate::protocol::replication::{encode_keepalive, pg_now};
+use crate::protocol::{BackendMessage, FrontendMessage, StandbyMessage};
+use crate::wal::{HistoryEntry, Lsn, SegmentName, TimeLineId};
+
+/// At most this much WAL per `'w'` message (walsender.c MAX_SEND_SIZE).
+const MAX_SEND: u64 = 128 * 1024;
+const XLOG_BLCKSZ: u64 = 8192;
+
+/// Where one START_REPLICATION streams from and to.
+pub(super) struct Stream {
+    pub tli: TimeLineId,
+    pub slot: Option<String>,
+    /// The session's pid (its BackendKeyData), for the quorum.
+    pid: i32,
+    sent: Lsn,
+    /// The requested timeline's history (ancestors), for reading the archive.
+    history: Vec<HistoryEntry>,
+    /// For a timeline the relay has moved past: where it ends and the next one.
+    end_of_timeline: Option<(Lsn, TimeLineId)>,
+    reader: ArchiveReader,
+    buf: Vec<u8>,
+}
+
+impl Stream {
+    /// Check the request as walsender.c StartReplication does.
+    pub fn begin(
+        hub: &Hub,
+        pid: i32,
+        slot: Option<String>,
+        start: Lsn,
+        timeline: Option<TimeLineId>,
+    ) -> Result<Stream, ServerError> {
+        let pos = *hub.position.borrow();
+        let seg_size = hub.upstream().seg_size;
+        if let Some(name) = &slot {
+            hub.slots.acquire(name, pid).map_err(slot_error)?;
+        }
+        let tli = timeline.unwrap_or(pos.timeline);
+        let reader =
+            ArchiveReader::open(&hub.dir, seg_size).map_err(|e| error("58030", e.to_string()))?;
+        let cur_history = reader
+            .history(pos.timeline)
+            .map_err(|e| error("58P01", e.to_string()))?;
+        let mut end_of_timeline = None;
+        if tli != pos.timeline {
+            let idx = cur_history
+                .iter()
+                .position(|h| h.tli == tli)
+                .ok_or_else(|| {
+                    error(
+                        "XX000",
+                        format!("requested timeline {tli} is not in this server's history"),
+                    )
+                })?;
+            let switch = cur_history[idx].switchpoint;
+            let next = cur_history.get(idx + 1).map_or(pos.timeline, |h| h.tli);
+            if start > switch {
+                return Err(ServerError {
+                    detail: Some(format!(
+                        "This server's history forked from timeline {tli} at {switch}."
+                    )),
+                    ..error(
+                        "XX000",
+                        format!(
+                            "requested starting point {start} on timeline {tli} is not in this server's history"
+                        ),
+                    )
+                });
+            }
+            end_of_timeline = Some((switch, next));
+        } else if start > pos.flushed {
+            return Err(error(
+                "XX000",
+                format!(
+                    "requested starting point {start} is ahead of the WAL flush position of this server {}",
+                    pos.flushed
+                ),
+            ));
+        }
+        let history = if tli == pos.timeline {
+            cur_history
+        } else {
+            reader
+                .history(tli)
+                .map_err(|e| error("58P01", e.to_string()))?
+        };
+        let mut stream = Stream {
+            tli,
+            slot,
+            pid,
+            sent: start,
+            history,
+            end_of_timeline,
+            reader,
+            buf: vec![0; MAX_SEND as usize],
+        };
+        // WAL that neither the tail nor the archive holds cannot be served: say so
+        // now, as PostgreSQL does, rather than inside the stream.
+        let limit = stream.limit(pos.timeline, pos.flushed);
+        if start < limit && hub.tail.read(tli, start, 1).is_none() {
+            if let Err(e) = stream.reader.locate(tli, &stream.history, start) {
+                return Err(match e {
+                    ReaderError::NotFound { .. } => error(
+                        "58P01",
+                        format!(
+                            "requested WAL segment {} has already been removed",
+                            SegmentName::new(tli, start.segno(seg_size)).file_name(seg_size)
+                        ),
+                    ),
+                    other => error("58030", other.to_string()),
+                });
+            }
+        }
+        Ok(stream)
+    }
+
+    /// How far WAL of this stream's timeline can be sent now.
+    fn limit(&self, cur_tli: TimeLineId, flushed: Lsn) -> Lsn {
+        match self.end_of_timeline {
+            Some((switch, _)) => switch,
+            None if cur_tli == self.tli => flushed,
+            // The relay moved to a newer timeline while streaming: nothing more until
+            // the stream is told where this one ended (see `run`).
+            None => self.sent,
+        }
+    }
+
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        session: &mut Session<S>,
+    ) -> Result<(), SessionError> {
+        let hub = session.hub.clone();
+        let conn = &mut session.conn;
+        conn.queue(BackendMessage::CopyBothResponse(CopyResponse {
+            format: 0,
+            column_formats: vec![],
+        }));
+        conn.flush().await?;
+        let mut position = hub.position.clone();
+        let mut shutdown = hub.shutdown.clone();
+        let timeout = hub.wal_sender_timeout;
+        let mut last_reply = Instant::now();
+        let mut ping_sent = false;
+        let mut ticker = tokio::time::interval(Duration::from_millis(
+            (timeout.as_millis() as u64 / 10).clamp(100, 1000),
+        ));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut done_sending = false;
+        let mut reply = Reply::default();
+        loop {
+            let pos = *position.borrow_and_update();
+            if self.end_of_timeline.is_none() && pos.timeline != self.tli {
+                self.learn_switch(pos.timeline)?;
+            }
+            let limit = self.limit(pos.timeline, pos.flushed);
+            // Send what there is, a bounded amount before looking at the client again.
+            let mut budget = 8;
+            while self.sent < limit && budget > 0 {
+                self.send_wal(&hub, conn, limit).await?;
+                budget -= 1;
+            }
+            if !done_sending {
+                if let Some((switch, _)) = self.end_of_timeline {
+                    if self.sent >= switch {
+                        conn.queue(BackendMessage::CopyDone);
+                        conn.flush().await?;
+                        done_sending = true;
+                    }
+                }
+            }
+            let more = self.sent < limit;
+            tokio::select! {
+                biased;
+                _ = super::stopped(&mut shutdown) => return Err(SessionError::Fatal(shutting_down())),
+                m = conn.recv() => {
+                    match m? {
+                        FrontendMessage::CopyData(body) => {
+                            last_reply = Instant::now();
+                            ping_sent = false;
+                            if self.standby_message(&hub, &body, &mut reply)? {
+                                send_keepalive(conn, self.sent, false).await?;
+                            }
+                        }
+                        FrontendMessage::CopyDone => {
+                            if !done_sending {
+                                conn.queue(BackendMessage::CopyDone);
+                            }
+                            return self.finish(conn).await;
+                        }
+                        FrontendMessage::Terminate => return Err(SessionError::Gone),
+                        other => {
+                            return Err(SessionError::Protocol(format!(
+                                "unexpected message {} during streaming",
+                                message_name(&other)
+                            )))
+                        }
+                    }
+                }
+                _ = std::future::ready(()), if more => {}
+                changed = position.changed(), if !done_sending => {
+                    if changed.is_err() {
+                        return Err(SessionError::Fatal(shutting_down()));
+                    }
+                }
+                _ = ticker.tick() => {
+                    let quiet = last_reply.elapsed();
+                    if quiet >= timeout {
+                        tracing::warn!(
+                            "relay: terminating stream to {} due to replication timeout ({} s without a reply)",
+                            conn.peer,
+                            quiet.as_secs()
+                        );
+                        return Err(SessionError::Gone);
+                    }
+                    if quiet >= timeout / 2 && !ping_sent {
+                        send_keepalive(conn, self.sent, true).await?;
+                        ping_sent = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The relay is on a newer timeline than this stream: find where ours ended.
+    fn learn_switch(&mut self, cur: TimeLineId) -> Result<(), SessionError> {
+        let history = self
+            .reader
+            .history(cur)
+            .map_err(|e| SessionError::Fatal(fatal("58P01", e.to_string())))?;
+        let idx = history.iter().position(|h| h.tli == self.tli).ok_or_else(|| {
+            SessionError::Fatal(fatal(
+                "XX000",
+                format!(
+                    "the relay's upstream switched to timeline {cur}, which does not descend from timeline {}",
+                    self.tli
+                ),
+            ))
+        })?;
+        let next = history.get(idx + 1).map_or(cur, |h| h.tli);
+        self.end_of_timeline = Some((history[idx].switchpoint, next));
+        Ok(())
+    }
+
+    async fn send_wal<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        hub: &Hub,
+        conn: &mut Conn<S>,
+        limit: Lsn,
+    ) -> Result<(), SessionError> {
+        let mut want = (limit.0 - self.sent.0).min(MAX_SEND);
+        if self.sent.0 + want < limit.0 {
+            // Not sending all there is: end at a page boundary, as walsender.c does.
+            let end = (self.sent.0 + want) / XLOG_BLCKSZ * XLOG_BLCKSZ;
+            if end > self.sent.0 {
+                want = end - self.sent.0;
+            }
+        }
+        let data = match hub.tail.read(self.tli, self.sent, want as usize) {
+            Some(b) => b,
+            None => self.read_archive(want as usize)?,
+        };
+        let start = self.sent;
+        let end = Lsn(start.0 + data.len() as u64);
+        let mut header = [0u8; 30];
+        let mut h = &mut header[..];
+        h.put_u8(b'd');
+        h.put_u32((4 + 25 + data.len()) as u32);
+        h.put_u8(b'w');
+        h.put_u64(start.0);
+        h.put_u64(end.0);
+        h.put_i64(pg_now());
+        if !conn.wbuf.is_empty() {
+            conn.stream.write_all_buf(&mut conn.wbuf).await?;
+        }
+        let mut msg = (&header[..]).chain(data);
+        conn.stream.write_all_buf(&mut msg).await?;
+        self.sent = end;
+        Ok(())
+    }
+
+    fn read_archive(&mut self, want: usize) -> Result<Bytes, SessionError> {
+        let (tli, sent) = (self.tli, self.sent);
+        let (reader, history, buf) = (&mut self.reader, &self.history, &mut self.buf);
+        let n =
+            block(|| reader.read_timeline(tli, history, sent, &mut buf[..want])).map_err(|e| {
+                match e {
+                    ReaderError::NotFound { .. } => SessionError::Fatal(fatal(
+                        "58P01",
+                        format!(
+                            "requested WAL segment {} has already been removed",
+                            SegmentName::new(tli, sent.segno(reader.seg_size()))
+                                .file_name(reader.seg_size())
+                        ),
+                    )),
+                    other => SessionError::Fatal(fatal("58030", other.to_string())),
+                }
+            })?;
+        Ok(Bytes::copy_from_slice(&self.buf[..n]))
+    }
+
+    /// Handle a `'r'` or `'h'`; true when the client asked for an immediate reply.
+    fn standby_message(
+        &mut self,
+        hub: &Hub,
+        body: &[u8],
+        reply: &mut Reply,
+    ) -> Result<bool, SessionError> {
+        match StandbyMessage::parse(body).map_err(|e| SessionError::Protocol(e.0))? {
+            StandbyMessage::StatusUpdate(u) => {
+                if u.flush > reply.flush {
+                    reply.flush = u.flush;
+                    if let Some(slot) = &self.slot {
+                        if let Err(e) = hub.slots.advance(slot, u.flush, self.tli) {
+                            tracing::error!("relay: {e}");
+                        }
+                    }
+                    hub.quorum.report(self.pid, u.flush);
+                }
+                tracing::debug!(
+                    "relay: standby reports write {} flush {} apply {}",
+                    u.write,
+                    u.flush,
+                    u.apply
+                );
+                Ok(u.reply_requested)
+            }
+            StandbyMessage::HotStandbyFeedback(_) => Ok(false),
+        }
+    }
+
+    /// Both sides sent CopyDone: for a historic timeline, tell the client where the
+    /// next one begins; then end the command.
+    async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        conn: &mut Conn<S>,
+    ) -> Result<(), SessionError> {
+        if let Some((switch, next)) = self.end_of_timeline {
+            let tli = next.0.to_string();
+            let lsn = switch.to_string();
+            encode_result_set(
+                &[("next_tli", INT8_OID), ("next_tli_startpos", TEXT_OID)],
+                &[vec![Some(tli.as_bytes()), Some(lsn.as_bytes())]],
+                "START_STREAMING",
+                &mut conn.wbuf,
+            )
+            .expect("small result set");
+        } else {
+            conn.queue(BackendMessage::CommandComplete {
+                tag: "START_STREAMING".into(),
+            });
+        }
+        conn.queue(BackendMessage::ReadyForQuery { status: b'I' });
+        conn.flush().await
+    }
+}
+
+#[derive(Default)]
+struct Reply {
+    flush: Lsn,
+}
+
+async fn send_keepalive<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    sent: Lsn,
+    reply_requested: bool,
+) -> Result<(), SessionError> {
+    let mut payload = BytesMut::with_capacity(18);
+    encode_keepalive(sent, pg_now(), reply_requested, &mut payload);
+    conn.queue(BackendMessage::CopyData(payload.freeze()));
+    conn.flush().await
+}
+
+fn block<R>(f: impl FnOnce() -> R) -> R {
+    tokio::task::block_in_place(f)
+}
