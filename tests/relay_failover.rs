@@ -1,0 +1,151 @@
+//! The relay as the stable upstream of real standbys through failures: the relay killed
+//! and restarted, a standby restarted after the primary recycled the WAL it needs, and a
+//! timeline switch upstream passed through to the standbys.
+
+mod common;
+mod receive_support;
+mod relay_support;
+
+use common::{tempdir, PgCluster, StandbyOptions};
+use receive_support::*;
+use relay_support::Relay;
+
+fn count(pg: &PgCluster) -> String {
+    pg.psql("SELECT count(*) FROM t")
+}
+
+/// The standby's walreceiver: (sender port, status, received timeline).
+fn wal_receiver(standby: &PgCluster) -> (u16, String, u32) {
+    let out = standby.psql("SELECT sender_port, status, received_tli FROM pg_stat_wal_receiver");
+    let f: Vec<&str> = out.split('|').collect();
+    if f.len() != 3 {
+        return (0, String::new(), 0);
+    }
+    (
+        f[0].parse().unwrap_or(0),
+        f[1].to_string(),
+        f[2].parse().unwrap_or(0),
+    )
+}
+
+#[test]
+fn standbys_reconnect_and_catch_up_after_the_relay_is_killed() {
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("relay");
+    let dir = tempdir();
+    let mut relay = Relay::start(&pg, dir.path(), &["-S", "relay"]);
+    let port = relay.port;
+    let standby = PgCluster::standby_of(
+        &pg,
+        StandbyOptions::new()
+            .primary_conninfo(relay.conninfo("standby1"))
+            .conf("wal_retrieve_retry_interval = '200ms'"),
+    );
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    standby.wait_for_replay(pg.current_wal_lsn());
+
+    relay.proc.kill9();
+    // Written while the relay is down: the primary keeps it for the relay's slot.
+    pg.psql("INSERT INTO t SELECT generate_series(1001, 5000)");
+    emit_wal(&pg, 20);
+    let relay = Relay::start_on(&pg, dir.path(), port, &["-S", "relay"]);
+    pg.psql("INSERT INTO t SELECT generate_series(5001, 6000)");
+    let lsn = pg.current_wal_lsn();
+    standby.wait_for_replay(lsn);
+    assert_eq!(count(&standby), "6000", "nothing lost, nothing doubled");
+    assert_eq!(wal_receiver(&standby).0, relay.port);
+
+    // The standby restarted: it comes back to the relay by itself.
+    let mut standby = standby;
+    standby.restart();
+    pg.psql("INSERT INTO t SELECT generate_series(6001, 7000)");
+    standby.wait_for_replay(pg.current_wal_lsn());
+    assert_eq!(count(&standby), "7000");
+
+    small_commit(&pg);
+    pg.switch_wal();
+    relay.stop();
+    assert_complete_segments_match(dir.path(), &pg);
+}
+
+#[test]
+fn a_standby_catches_up_from_the_relays_archive_after_the_primary_recycled_its_wal() {
+    let pg = PgCluster::builder()
+        .conf("wal_keep_size = 0")
+        .conf("max_wal_size = '64MB'")
+        .conf("min_wal_size = '32MB'")
+        .start();
+    pg.create_physical_slot("relay");
+    let dir = tempdir();
+    let relay = Relay::start(&pg, dir.path(), &["-S", "relay"]);
+    // A base backup taken now, its standby left down while the primary moves on.
+    let mut standby = PgCluster::standby_of(
+        &pg,
+        StandbyOptions::new()
+            .primary_conninfo(relay.conninfo("late"))
+            .no_start(),
+    );
+    let first_needed = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, pad text)");
+    pg.psql("INSERT INTO t SELECT g, repeat('p', 500) FROM generate_series(1, 200000) g");
+    emit_wal(&pg, 80);
+    // The relay has archived everything, so its slot lets the primary recycle the WAL.
+    let target = pg.current_wal_lsn();
+    common::wait_until("the relay to confirm the WAL", common::TIMEOUT, || {
+        pg.psql("SELECT confirmed_flush_lsn IS NULL AND restart_lsn >= pg_current_wal_lsn() - 16*1024*1024 FROM pg_replication_slots WHERE slot_name = 'relay'") == "t"
+    });
+    pg.psql("CHECKPOINT");
+    pg.switch_wal();
+    pg.psql("CHECKPOINT");
+    let on_primary = pg.psql(&format!(
+        "SELECT count(*) FROM pg_ls_waldir() WHERE name = '{first_needed}'"
+    ));
+    assert_eq!(on_primary, "0", "the primary recycled {first_needed}");
+
+    // More than the relay's 64 MiB in-memory tail: served from the archive's files.
+    standby.start();
+    standby.wait_for_replay(target);
+    assert_eq!(count(&standby), "200000");
+    assert_eq!(wal_receiver(&standby).0, relay.port);
+    relay.stop();
+}
+
+#[test]
+fn standbys_follow_a_timeline_switch_upstream() {
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("relay");
+    // S1: a standby of the primary, promoted later; the relay moves to it.
+    let s1 = PgCluster::standby_of(&pg, StandbyOptions::new().slot("s1"));
+    let dir = tempdir();
+    let relay = Relay::start(&pg, dir.path(), &["-S", "relay"]);
+    let port = relay.port;
+    let downstream = PgCluster::standby_of(
+        &pg,
+        StandbyOptions::new()
+            .primary_conninfo(relay.conninfo("downstream"))
+            .conf("wal_retrieve_retry_interval = '200ms'"),
+    );
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let lsn = pg.current_wal_lsn();
+    downstream.wait_for_replay(lsn);
+    s1.wait_for_replay(lsn);
+
+    // Failover: the primary stops (cleanly: S1 has all of it), S1 is promoted.
+    let mut pg = pg;
+    pg.stop();
+    relay.stop();
+    s1.promote();
+    s1.psql("INSERT INTO t SELECT generate_series(1001, 3000)");
+    s1.create_physical_slot("relay");
+    let relay = Relay::start_on(&s1, dir.path(), port, &["-S", "relay"]);
+    s1.psql("INSERT INTO t SELECT generate_series(3001, 4000)");
+    let lsn = s1.current_wal_lsn();
+    downstream.wait_for_replay(lsn);
+    assert_eq!(count(&downstream), "4000");
+    let (sender, status, tli) = wal_receiver(&downstream);
+    assert_eq!((sender, status.as_str(), tli), (relay.port, "streaming", 2));
+    let log = relay.stop();
+    assert!(log.contains("timeline 2"), "{log}");
+}
