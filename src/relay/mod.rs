@@ -247,11 +247,12 @@ pub async fn run(
     };
 
     // Serve once the upstream has identified itself (its system id and version are what
-    // downstreams are told).
-    let mut upstream = published.upstream.subscribe();
+    // downstreams are told) and streaming has begun (the timeline and position they are
+    // told); the upstream is published before the first position.
+    let mut position = published.position.subscribe();
     let mut ready_stop = stop_rx.clone();
     let ready = tokio::select! {
-        r = upstream.wait_for(|u| u.is_some()) => r.is_ok(),
+        r = position.wait_for(|p| *p != Position::NONE) => r.is_ok(),
         _ = stopped(&mut ready_stop) => false,
         _ = wait_finished(&receiver) => false,
     };
