@@ -20,6 +20,7 @@ pub mod writer;
 pub use error::ReceiveError;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -30,6 +31,7 @@ use crate::conninfo::ConnParams;
 use crate::protocol::client::parse_size_setting;
 use crate::protocol::replication::{encode_status_update, pg_now};
 use crate::protocol::ReplicationConn;
+use crate::service::Metrics;
 use crate::wal::{parse_history, tli_of_point_in_history, HistoryEntry, Lsn, TimeLineId};
 use policy::{Batched, Inline, Next, WritePolicy};
 use validate::Validator;
@@ -59,6 +61,8 @@ pub struct ReceiveOptions {
     /// Check every received byte as PostgreSQL's WAL reader would (page headers, record
     /// headers, CRC-32C) before it is written; nothing unchecked is acknowledged.
     pub validate: bool,
+    /// Where to report positions, errors and health (`--metrics`).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl ReceiveOptions {
@@ -74,6 +78,7 @@ impl ReceiveOptions {
             no_sync: false,
             compression: CompressionSpec::None,
             validate: true,
+            metrics: None,
         }
     }
 }
@@ -140,6 +145,9 @@ pub async fn receive_publishing(
         };
         let result = session.run().await;
         connected_once |= session.connected;
+        if let Some(m) = &opts.metrics {
+            report_session_end(m, &result);
+        }
         match result {
             Ok(SessionEnd::Done(outcome)) => return Ok(outcome),
             Ok(SessionEnd::ServerClosed(pos)) if opts.no_loop => {
@@ -158,6 +166,9 @@ pub async fn receive_publishing(
             backoff.reset();
         }
         let delay = backoff.next();
+        if let Some(m) = &opts.metrics {
+            m.receiver().reconnect();
+        }
         tracing::warn!("reconnecting in {:.1} s", delay.as_secs_f64());
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -169,6 +180,22 @@ pub async fn receive_publishing(
 enum SessionEnd {
     Done(Outcome),
     ServerClosed(Lsn),
+}
+
+/// Tell the metrics how a session ended: disconnected, and why the stream is gone unless
+/// the run is over (the caller reports its end).
+fn report_session_end(m: &Metrics, result: &Result<SessionEnd, ReceiveError>) {
+    m.receiver().connected(false);
+    match result {
+        Ok(SessionEnd::Done(_)) => {}
+        Ok(SessionEnd::ServerClosed(pos)) => {
+            m.set_connecting(&format!("server ended streaming at {pos}"))
+        }
+        Err(e) => {
+            m.receiver().error(e.kind());
+            m.set_connecting(&e.to_string());
+        }
+    }
 }
 
 enum StreamEnd {
@@ -205,6 +232,9 @@ impl Session<'_> {
         let mut conn = ReplicationConn::connect(&opts.conn).await?;
         let system = conn.identify_system().await?;
         self.connected = true;
+        if let Some(m) = &opts.metrics {
+            m.receiver().connected(true);
+        }
         let seg_text = conn.show("wal_segment_size").await?;
         let seg_size = server_seg_size(&seg_text)?;
         let archive = Archive::open(&opts.directory, seg_size, opts.compression, opts.no_sync)?
@@ -324,7 +354,11 @@ impl Session<'_> {
         let mut st = StreamState::new(start, seg_size);
         let mut ticker = status_ticker(opts);
         let mut endpos_flush_sent = false;
+        let metrics = opts.metrics.as_deref();
         let publish = |flushed: Lsn| {
+            if let Some(m) = metrics {
+                m.receiver().flushed(flushed);
+            }
             self.published.send_if_modified(|pos| {
                 let new = Position {
                     timeline: tli,
@@ -335,6 +369,10 @@ impl Session<'_> {
                 changed
             })
         };
+        if let Some(m) = metrics {
+            m.receiver().stream_started(tli, start, seg_size);
+            m.set_streaming();
+        }
         publish(start);
         loop {
             if let Some(p) = policy.settle(conn).await? {
@@ -371,6 +409,9 @@ impl Session<'_> {
                         policy.ship().await?;
                         return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
                     }
+                    if let Some(m) = metrics {
+                        m.receiver().received(st.received, policy.checked());
+                    }
                     if opts.endpos.is_some_and(|e| st.received >= e) && !endpos_flush_sent {
                         endpos_flush_sent = true;
                         let p = policy.flush().await?;
@@ -381,6 +422,9 @@ impl Session<'_> {
                     }
                 }
                 Some(Next::Keepalive { reply_requested }) => {
+                    if let Some(m) = metrics {
+                        m.receiver().message();
+                    }
                     if reply_requested {
                         // The server is waiting for us: a stopping walsender waits until the
                         // reported flush reaches what it sent. Make what we have durable; a
