@@ -12,6 +12,7 @@ use walferry::protocol::ReplicationConn;
 use walferry::receiver::{self, Outcome, ReceiveError, ReceiveOptions};
 use walferry::wal::Lsn;
 
+use super::service::ServiceArgs;
 use super::{current_thread_runtime, ConnArgs, Failure};
 
 pub const AFTER_HELP: &str = "\
@@ -149,6 +150,9 @@ pub struct Args {
     #[command(flatten)]
     conn: ConnArgs,
 
+    #[command(flatten)]
+    service: ServiceArgs,
+
     /// Print help
     #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -262,7 +266,7 @@ fn parse_status_interval(text: &str) -> Result<Option<Duration>, String> {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let checked = args.check()?;
+    let checked = args.check().map_err(|f| args.service.annotate(f))?;
     let params = connection_params(&args.conn)?;
     let rt = current_thread_runtime()?;
     let directory = match checked.action {
@@ -284,11 +288,21 @@ pub fn run(args: Args) -> Result<(), Failure> {
 
     rt.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Bound before the first connection: a taken port is reported at once.
+        opts.metrics = args.service.start_metrics(stop_rx.clone()).await?;
         tokio::spawn(async move {
             wait_for_stop_signal().await;
             let _ = stop_tx.send(true);
         });
-        match receiver::receive(&opts, stop_rx).await {
+        let result = receiver::receive(&opts, stop_rx).await;
+        if let Some(m) = &opts.metrics {
+            m.set_stopped(match &result {
+                Ok(Outcome::EndposReached(lsn)) => format!("end position reached at {lsn}"),
+                Ok(Outcome::Stopped(_)) => "stop requested".into(),
+                Err(e) => e.to_string(),
+            });
+        }
+        match result {
             Ok(Outcome::EndposReached(lsn)) => {
                 tracing::info!("end position reached: WAL is flushed up to {lsn}");
                 Ok(())
