@@ -339,6 +339,9 @@ impl Session<'_> {
             .drive_loop(conn, &mut policy, start, tli, seg_size)
             .await;
         let closed = policy.finish().await?;
+        if let Some(m) = &self.opts.metrics {
+            m.receiver().flushed(closed.flushed);
+        }
         Ok(result?.stopped_at(closed.flushed))
     }
 
