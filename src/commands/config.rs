@@ -313,6 +313,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_is_a_valid_receive_command_line() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/walferry-receive.toml.example"
+        );
+        let got = expand(&["walferry", "receive", "--config", example]).unwrap();
+        assert!(got.contains(&"--slot=walferry".to_string()), "{got:?}");
+        assert!(
+            got.contains(&"--metrics=127.0.0.1:9187".to_string()),
+            "{got:?}"
+        );
+        let cli = crate::Cli::try_parse_from(&got).unwrap();
+        let crate::Command::Receive(args) = cli.command else {
+            panic!("not receive: {got:?}");
+        };
+        assert!(args.check_ok(), "{got:?}");
+    }
+
+    #[test]
     fn without_config_or_with_a_bad_command_line_argv_is_unchanged() {
         let line = ["walferry", "receive", "-D", "/a"];
         assert_eq!(expand(&line).unwrap(), line);

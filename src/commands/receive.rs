@@ -59,6 +59,12 @@ Failures: as with pg_receivewal, the first connection must succeed (a wrong host
 password or certificate is reported at once). After that, walferry reconnects with capped
 backoff across server restarts, network loss and a full archive disk, unless --no-loop.
 
+As a service: --config FILE reads flags from a TOML file whose keys are the long flag
+names (slot = \"walferry\", synchronous = true); the command line wins over the file, and an
+unknown key or bad value is refused naming the key and file (exit 2). --metrics HOST:PORT
+serves Prometheus /metrics and /healthz (200 while streaming, else 503 with the reason as
+JSON); the port is bound before connecting, so a taken one fails at once.
+
 Exit status: 0 when --endpos is reached or on SIGINT/SIGTERM (everything received is
 flushed first), 1 on an error that reconnecting cannot fix, on any error before the first
 connection succeeded, or on any error with --no-loop; 2 on an invalid command line.";
@@ -237,6 +243,14 @@ impl Args {
             status_interval,
             compression,
         })
+    }
+}
+
+#[cfg(test)]
+impl Args {
+    /// Whether the line passes every check (for tests outside this module).
+    pub(crate) fn check_ok(&self) -> bool {
+        self.check().is_ok()
     }
 }
 
