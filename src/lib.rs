@@ -2,7 +2,8 @@
 //!
 //! The library holds all the work; `src/main.rs` and `src/commands/` only turn options into
 //! calls here. Data flows one way: socket -> frames -> WAL decoder (validates) -> archive
-//! writer (fsync) -> ack; `inspect` reads an archive back (verify, restore points).
+//! writer (fsync) -> ack; `inspect` reads an archive back (verify, restore points); `service`
+//! tells monitoring how it goes (metrics, health).
 
 pub mod archive;
 pub mod conninfo;
@@ -10,4 +11,5 @@ pub mod inspect;
 pub mod protocol;
 pub mod receiver;
 pub mod relay;
+pub mod service;
 pub mod wal;

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 
 mod commands;
 
@@ -12,7 +12,7 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  success (for receive: --endpos reached, or stopped by SIGINT/SIGTERM)
   1  failure; the message says what happened and a hint line what to do
-  2  invalid command line";
+  2  invalid command line (or config file)";
 
 #[derive(Parser)]
 #[command(
@@ -68,7 +68,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match commands::config::expand_args(Cli::command(), std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            return report(commands::Failure {
+                message: e.to_string(),
+                hint: e.hint(),
+                exit_code: 2,
+            })
+        }
+    };
+    let cli = Cli::parse_from(argv);
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Receive(args) => commands::receive::run(*args),
@@ -79,14 +89,16 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!("walferry: error: {}", failure.message);
-            if let Some(hint) = failure.hint {
-                eprintln!("walferry: hint: {hint}");
-            }
-            ExitCode::from(failure.exit_code)
-        }
+        Err(failure) => report(failure),
     }
+}
+
+fn report(failure: commands::Failure) -> ExitCode {
+    eprintln!("walferry: error: {}", failure.message);
+    if let Some(hint) = failure.hint {
+        eprintln!("walferry: hint: {hint}");
+    }
+    ExitCode::from(failure.exit_code)
 }
 
 fn init_logging(verbose: u8) {

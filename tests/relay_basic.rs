@@ -22,7 +22,9 @@ fn two_real_standbys_replicate_through_the_relay() {
     let pg = PgCluster::primary();
     pg.create_physical_slot("relay");
     let dir = tempdir();
-    let relay = Relay::start(&pg, dir.path(), &["-S", "relay"]);
+    let metrics_port = common::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let relay = Relay::start(&pg, dir.path(), &["-S", "relay", "--metrics", &metrics]);
 
     // standby1 keeps a slot on the relay; standby2 streams without one.
     relay_command(&relay, "CREATE_REPLICATION_SLOT standby1 PHYSICAL");
@@ -52,6 +54,18 @@ fn two_real_standbys_replicate_through_the_relay() {
         read_slot(&relay, "standby1")
             .flatten()
             .is_some_and(|l| l >= lsn)
+    });
+    // /metrics shows each downstream as pg_stat_replication would.
+    common::wait_until("the downstream metrics", common::TIMEOUT, || {
+        let (status, body) = common::http_get(metrics_port, "/metrics").unwrap_or_default();
+        status == 200
+            && ["standby1", "standby2"].iter().all(|name| {
+                body.lines().any(|l| {
+                    l.starts_with("walferry_downstream_flush_lsn_bytes{")
+                        && l.contains(&format!("application_name=\"{name}\""))
+                        && l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) >= Some(lsn)
+                })
+            })
     });
     // The primary serves one walsender: the relay's.
     let stats = pg.replication_stats();

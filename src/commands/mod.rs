@@ -1,8 +1,10 @@
 //! One file per subcommand. Commands are thin: options -> library calls -> output.
 
+pub mod config;
 pub mod receive;
 pub mod relay;
 pub mod restore_points;
+pub mod service;
 pub mod verify;
 
 use clap::Args;

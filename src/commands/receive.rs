@@ -12,6 +12,7 @@ use walferry::protocol::ReplicationConn;
 use walferry::receiver::{self, Outcome, ReceiveError, ReceiveOptions};
 use walferry::wal::Lsn;
 
+use super::service::ServiceArgs;
 use super::{current_thread_runtime, ConnArgs, Failure};
 
 pub const AFTER_HELP: &str = "\
@@ -57,6 +58,12 @@ Examples:
 Failures: as with pg_receivewal, the first connection must succeed (a wrong host, port,
 password or certificate is reported at once). After that, walferry reconnects with capped
 backoff across server restarts, network loss and a full archive disk, unless --no-loop.
+
+As a service: --config FILE reads flags from a TOML file whose keys are the long flag
+names (slot = \"walferry\", synchronous = true); the command line wins over the file, and an
+unknown key or bad value is refused naming the key and file (exit 2). --metrics HOST:PORT
+serves Prometheus /metrics and /healthz (200 while streaming, else 503 with the reason as
+JSON); the port is bound before connecting, so a taken one fails at once.
 
 Exit status: 0 when --endpos is reached or on SIGINT/SIGTERM (everything received is
 flushed first), 1 on an error that reconnecting cannot fix, on any error before the first
@@ -149,6 +156,9 @@ pub struct Args {
     #[command(flatten)]
     conn: ConnArgs,
 
+    #[command(flatten)]
+    service: ServiceArgs,
+
     /// Print help
     #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -236,6 +246,14 @@ impl Args {
     }
 }
 
+#[cfg(test)]
+impl Args {
+    /// Whether the line passes every check (for tests outside this module).
+    pub(crate) fn check_ok(&self) -> bool {
+        self.check("receive").is_ok()
+    }
+}
+
 /// `-s/--status-interval` as pg_receivewal reads it (fe_utils option_parse_int over C
 /// strtol): white space around the number is allowed and an empty value is 0; the range is
 /// 0..INT_MAX/1000 seconds, so that the interval in milliseconds fits an int.
@@ -274,26 +292,35 @@ pub enum Plan {
 }
 
 impl Plan {
-    /// Check the flags (refusals name `walferry COMMAND --help`) and resolve the connection.
-    pub fn from_args(args: Args, command: &str) -> Result<Plan, Failure> {
-        let checked = args.check(command)?;
+    /// Check the flags (refusals name `walferry COMMAND --help`, and the config file when
+    /// the flag came from one) and resolve the connection. The service flags (`--config`,
+    /// `--metrics`) come back for the caller to start.
+    pub fn from_args(args: Args, command: &str) -> Result<(Plan, ServiceArgs), Failure> {
+        let checked = args.check(command).map_err(|f| args.service.annotate(f))?;
+        let service = args.service.clone();
         let params = connection_params(&args.conn)?;
         let directory = match checked.action {
             Action::CreateSlot { slot } => {
-                return Ok(Plan::Slot {
-                    params,
-                    slot,
-                    create: true,
-                    if_not_exists: args.if_not_exists,
-                })
+                return Ok((
+                    Plan::Slot {
+                        params,
+                        slot,
+                        create: true,
+                        if_not_exists: args.if_not_exists,
+                    },
+                    service,
+                ))
             }
             Action::DropSlot { slot } => {
-                return Ok(Plan::Slot {
-                    params,
-                    slot,
-                    create: false,
-                    if_not_exists: false,
-                })
+                return Ok((
+                    Plan::Slot {
+                        params,
+                        slot,
+                        create: false,
+                        if_not_exists: false,
+                    },
+                    service,
+                ))
             }
             Action::Stream { directory } => directory,
         };
@@ -306,7 +333,7 @@ impl Plan {
         opts.no_sync = args.no_sync;
         opts.compression = checked.compression;
         opts.validate = !args.no_validate;
-        Ok(Plan::Stream(opts))
+        Ok((Plan::Stream(opts), service))
     }
 
     /// Run a slot action on `rt`; `None` for a stream (the caller's to run).
@@ -329,18 +356,28 @@ impl Plan {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let plan = Plan::from_args(args, "receive")?;
+    let (plan, service) = Plan::from_args(args, "receive")?;
     let rt = current_thread_runtime()?;
-    let Some(opts) = plan.run_slot_action(&rt)? else {
+    let Some(mut opts) = plan.run_slot_action(&rt)? else {
         return Ok(());
     };
     rt.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Bound before the first connection: a taken port is reported at once.
+        opts.metrics = service.start_metrics(stop_rx.clone()).await?;
         tokio::spawn(async move {
             wait_for_stop_signal().await;
             let _ = stop_tx.send(true);
         });
-        match receiver::receive(&opts, stop_rx).await {
+        let result = receiver::receive(&opts, stop_rx).await;
+        if let Some(m) = &opts.metrics {
+            m.set_stopped(match &result {
+                Ok(Outcome::EndposReached(lsn)) => format!("end position reached at {lsn}"),
+                Ok(Outcome::Stopped(_)) => "stop requested".into(),
+                Err(e) => e.to_string(),
+            });
+        }
+        match result {
             Ok(Outcome::EndposReached(lsn)) => {
                 tracing::info!("end position reached: WAL is flushed up to {lsn}");
                 Ok(())

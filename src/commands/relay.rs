@@ -128,7 +128,7 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
     if args.auth_file.is_some() {
         return Err(usage("--auth-file needs --auth scram".into()));
     }
-    let plan = Plan::from_args(args.receive, "relay")?;
+    let (plan, service) = Plan::from_args(args.receive, "relay")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -137,7 +137,7 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
     let Some(receive) = plan.run_slot_action(&rt)? else {
         return Ok(());
     };
-    let opts = RelayOptions {
+    let mut opts = RelayOptions {
         receive,
         listen,
         auth,
@@ -153,11 +153,22 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
     };
     rt.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Bound before the first connection: a taken port is reported at once.
+        opts.receive.metrics = service.start_metrics(stop_rx.clone()).await?;
+        let metrics = opts.receive.metrics.clone();
         tokio::spawn(async move {
             wait_for_stop_signal().await;
             let _ = stop_tx.send(true);
         });
-        match relay::run(opts, stop_rx, None).await {
+        let result = relay::run(opts, stop_rx, None).await;
+        if let Some(m) = &metrics {
+            m.set_stopped(match &result {
+                Ok(Outcome::EndposReached(lsn)) => format!("end position reached at {lsn}"),
+                Ok(Outcome::Stopped(_)) => "stop requested".into(),
+                Err(e) => e.to_string(),
+            });
+        }
+        match result {
             Ok(Outcome::EndposReached(lsn)) => {
                 tracing::info!("end position reached: WAL is flushed up to {lsn}");
                 Ok(())

@@ -60,6 +60,31 @@ impl ReceiveError {
         }
     }
 
+    /// A short fixed name for the error's kind: the `kind` label of `walferry_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReceiveError::Client(c) => match c {
+                ClientError::Server(_) => "server",
+                ClientError::PasswordRequired
+                | ClientError::UnsupportedAuth(_)
+                | ClientError::Auth(_) => "auth",
+                ClientError::TlsConfig(_)
+                | ClientError::Tls { .. }
+                | ClientError::SslNotSupported { .. } => "tls",
+                ClientError::WrongSlotType { .. } => "slot",
+                ClientError::Protocol(_) => "protocol",
+                _ => "connection",
+            },
+            ReceiveError::Archive(ArchiveError::DiskFull { .. }) => "disk_full",
+            ReceiveError::Archive(ArchiveError::InvalidWal { .. }) => "invalid_wal",
+            ReceiveError::Archive(_) => "archive",
+            ReceiveError::UnknownSlot(_) => "slot",
+            ReceiveError::Protocol(_) => "protocol",
+            ReceiveError::Disconnected(_) => "disconnected",
+            ReceiveError::Internal(_) => "internal",
+        }
+    }
+
     /// What the DBA can do about it, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         if let Some(hint) = match self.sqlstate() {

@@ -33,6 +33,7 @@ use crate::conninfo::ConnParams;
 use crate::protocol::client::parse_size_setting;
 use crate::protocol::replication::{encode_status_update, pg_now};
 use crate::protocol::ReplicationConn;
+use crate::service::Metrics;
 use crate::wal::{parse_history, tli_of_point_in_history, HistoryEntry, Lsn, TimeLineId};
 use policy::{Batched, Inline, Next, WritePolicy};
 use validate::Validator;
@@ -71,6 +72,8 @@ pub struct ReceiveOptions {
     /// Never report WAL past this position as written or flushed (a relay's downstream
     /// quorum, `--sync-downstream`); a change re-reports at once.
     pub ack_limit: Option<watch::Receiver<Lsn>>,
+    /// Where to report positions, errors and health (`--metrics`).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl ReceiveOptions {
@@ -89,6 +92,7 @@ impl ReceiveOptions {
             validate: true,
             live_tail: None,
             ack_limit: None,
+            metrics: None,
         }
     }
 }
@@ -189,6 +193,9 @@ pub async fn receive_publishing(
         };
         let result = session.run().await;
         connected_once |= session.connected;
+        if let Some(m) = &opts.metrics {
+            report_session_end(m, &result);
+        }
         match result {
             Ok(SessionEnd::Done(outcome)) => return Ok(outcome),
             Ok(SessionEnd::ServerClosed(pos)) if opts.no_loop => {
@@ -207,6 +214,9 @@ pub async fn receive_publishing(
             backoff.reset();
         }
         let delay = backoff.next();
+        if let Some(m) = &opts.metrics {
+            m.receiver().reconnect();
+        }
         tracing::warn!("reconnecting in {:.1} s", delay.as_secs_f64());
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -218,6 +228,22 @@ pub async fn receive_publishing(
 enum SessionEnd {
     Done(Outcome),
     ServerClosed(Lsn),
+}
+
+/// Tell the metrics how a session ended: disconnected, and why the stream is gone unless
+/// the run is over (the caller reports its end).
+fn report_session_end(m: &Metrics, result: &Result<SessionEnd, ReceiveError>) {
+    m.receiver().connected(false);
+    match result {
+        Ok(SessionEnd::Done(_)) => {}
+        Ok(SessionEnd::ServerClosed(pos)) => {
+            m.set_connecting(&format!("server ended streaming at {pos}"))
+        }
+        Err(e) => {
+            m.receiver().error(e.kind());
+            m.set_connecting(&e.to_string());
+        }
+    }
 }
 
 enum StreamEnd {
@@ -254,6 +280,9 @@ impl Session<'_> {
         let mut conn = ReplicationConn::connect(&opts.conn).await?;
         let system = conn.identify_system().await?;
         self.connected = true;
+        if let Some(m) = &opts.metrics {
+            m.receiver().connected(true);
+        }
         let seg_text = conn.show("wal_segment_size").await?;
         let seg_size = server_seg_size(&seg_text)?;
         let archive = Archive::open(&opts.directory, seg_size, opts.compression, opts.no_sync)?
@@ -365,6 +394,9 @@ impl Session<'_> {
             .drive_loop(conn, &mut policy, start, tli, seg_size)
             .await;
         let closed = policy.finish().await?;
+        if let Some(m) = &self.opts.metrics {
+            m.receiver().flushed(closed.flushed);
+        }
         Ok(result?.stopped_at(closed.flushed))
     }
 
@@ -380,7 +412,11 @@ impl Session<'_> {
         let mut st = StreamState::new(start, seg_size, opts.ack_limit.clone());
         let mut ticker = status_ticker(opts);
         let mut endpos_flush_sent = false;
+        let metrics = opts.metrics.as_deref();
         let publish = |flushed: Lsn| {
+            if let Some(m) = metrics {
+                m.receiver().flushed(flushed);
+            }
             self.published.position.send_if_modified(|pos| {
                 let new = Position {
                     timeline: tli,
@@ -391,6 +427,10 @@ impl Session<'_> {
                 changed
             })
         };
+        if let Some(m) = metrics {
+            m.receiver().stream_started(tli, start, seg_size);
+            m.set_streaming();
+        }
         publish(start);
         loop {
             if let Some(p) = policy.settle(conn).await? {
@@ -435,6 +475,9 @@ impl Session<'_> {
                         policy.ship().await?;
                         return Ok(StreamEnd::Done(Outcome::Stopped(st.received)));
                     }
+                    if let Some(m) = metrics {
+                        m.receiver().received(st.received, policy.checked());
+                    }
                     if opts.endpos.is_some_and(|e| st.received >= e) && !endpos_flush_sent {
                         endpos_flush_sent = true;
                         let p = policy.flush().await?;
@@ -446,6 +489,9 @@ impl Session<'_> {
                     }
                 }
                 Some(Next::Keepalive { reply_requested }) => {
+                    if let Some(m) = metrics {
+                        m.receiver().message();
+                    }
                     if reply_requested {
                         // The server is waiting for us: a stopping walsender waits until the
                         // reported flush reaches what it sent. Make what we have durable; a

@@ -59,6 +59,8 @@ pub(super) trait WritePolicy {
     async fn ship(&mut self) -> Result<(), ReceiveError>;
     /// Close the files (an incomplete segment stays `.partial`); the last progress.
     async fn finish(self) -> Result<Progress, ReceiveError>;
+    /// End of the WAL checked valid so far (for metrics).
+    fn checked(&self) -> Lsn;
 }
 
 /// `--synchronous`: the network task drives the writer itself. The checked WAL of the
@@ -172,6 +174,10 @@ impl WritePolicy for Inline {
     async fn finish(self) -> Result<Progress, ReceiveError> {
         let writer = self.writer;
         Ok(blocking(|| writer.close())?)
+    }
+
+    fn checked(&self) -> Lsn {
+        self.validator.checked_end()
     }
 }
 
@@ -288,5 +294,9 @@ impl WritePolicy for Batched {
                 "archive writer failed: {join}"
             ))),
         }
+    }
+
+    fn checked(&self) -> Lsn {
+        self.batches.validator.checked_end()
     }
 }

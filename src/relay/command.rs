@@ -159,8 +159,9 @@ struct Parser {
 
 impl Parser {
     fn next(&mut self) -> Option<Token> {
+        // Past the end too, so that an error after the last token says "end of input".
         let t = self.tokens.get(self.at).cloned();
-        self.at += usize::from(t.is_some());
+        self.at += 1;
         t
     }
 

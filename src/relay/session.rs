@@ -206,7 +206,7 @@ pub(super) struct Session<S> {
     pub(super) conn: Conn<S>,
     pid: i32,
     user: String,
-    application_name: String,
+    pub(super) application_name: String,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {

@@ -143,6 +143,11 @@ impl Stream {
         session: &mut Session<S>,
     ) -> Result<(), SessionError> {
         let hub = session.hub.clone();
+        // pg_stat_replication's view of this downstream, in /metrics.
+        let mut metrics = hub
+            .metrics
+            .as_ref()
+            .map(|m| m.downstream(&session.application_name, &session.conn.peer.to_string()));
         let conn = &mut session.conn;
         conn.queue(BackendMessage::CopyBothResponse(CopyResponse {
             format: 0,
@@ -170,6 +175,9 @@ impl Stream {
             let mut budget = 8;
             while self.sent < limit && budget > 0 {
                 self.send_wal(&hub, conn, limit).await?;
+                if let Some(m) = &mut metrics {
+                    m.sent(self.sent);
+                }
                 budget -= 1;
             }
             if !done_sending {
@@ -190,7 +198,7 @@ impl Stream {
                         FrontendMessage::CopyData(body) => {
                             last_reply = Instant::now();
                             ping_sent = false;
-                            if self.standby_message(&hub, &body, &mut reply)? {
+                            if self.standby_message(&hub, &body, &mut reply, metrics.as_mut())? {
                                 send_keepalive(conn, self.sent, false).await?;
                             }
                         }
@@ -317,9 +325,13 @@ impl Stream {
         hub: &Hub,
         body: &[u8],
         reply: &mut Reply,
+        metrics: Option<&mut crate::service::DownstreamMetrics>,
     ) -> Result<bool, SessionError> {
         match StandbyMessage::parse(body).map_err(|e| SessionError::Protocol(e.0))? {
             StandbyMessage::StatusUpdate(u) => {
+                if let Some(m) = metrics {
+                    m.reply(u.write, u.flush, u.apply);
+                }
                 if u.flush > reply.flush {
                     reply.flush = u.flush;
                     if let Some(slot) = &self.slot {

@@ -153,6 +153,10 @@ impl TimestampTz {
         self.0.saturating_add(Self::PG_EPOCH_UNIX_SECS * 1_000_000)
     }
 
+    pub fn from_unix_micros(us: i64) -> Self {
+        TimestampTz(us.saturating_sub(Self::PG_EPOCH_UNIX_SECS * 1_000_000))
+    }
+
     pub fn to_system_time(self) -> SystemTime {
         let us = self.unix_micros();
         let abs = std::time::Duration::from_micros(us.unsigned_abs());
