@@ -5,6 +5,7 @@
 //! writer (fsync) -> ack; `inspect` reads an archive back (verify, restore points).
 
 pub mod archive;
+pub mod auth;
 pub mod conninfo;
 pub mod inspect;
 pub mod protocol;
