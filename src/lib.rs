@@ -6,6 +6,7 @@
 //! tells monitoring how it goes (metrics, health).
 
 pub mod archive;
+pub mod auth;
 pub mod conninfo;
 pub mod inspect;
 pub mod protocol;

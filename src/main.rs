@@ -56,6 +56,9 @@ enum Command {
         infer_long_args = true
     )]
     Relay(Box<commands::relay::RelayArgs>),
+    /// Print a SCRAM-SHA-256 verifier line for `relay --auth-file` from a password
+    #[command(after_help = commands::auth_verifier::AFTER_HELP, disable_help_flag = true)]
+    AuthVerifier(commands::auth_verifier::Args),
     /// Check a whole archive directory: gaps, history files, every page, record and CRC
     #[command(after_help = commands::verify::AFTER_HELP, disable_help_flag = true)]
     Verify(commands::verify::Args),
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Receive(args) => commands::receive::run(*args),
         Command::Relay(args) => commands::relay::run(*args),
+        Command::AuthVerifier(args) => commands::auth_verifier::run(args),
         Command::Verify(args) => commands::verify::run(args, cli.verbose),
         Command::RestorePoints(args) => commands::restore_points::run(args, cli.verbose),
         Command::WalInfo(args) => commands::restore_points::run_wal_info(args, cli.verbose),

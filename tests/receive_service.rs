@@ -6,8 +6,6 @@
 mod common;
 mod receive_support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 

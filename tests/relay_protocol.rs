@@ -8,7 +8,7 @@ mod relay_support;
 
 use std::process::Output;
 
-use common::{client_command, pg_bin, tempdir, PgCluster};
+use common::{client_command, pg_bin, tempdir, PgCluster, StandbyOptions};
 use receive_support::*;
 use relay_support::Relay;
 
@@ -180,5 +180,137 @@ fn a_bad_listen_address_or_tls_file_is_refused_clearly() {
         text(&out.stderr).contains("/nonexistent.crt"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// An auth file with one user, made by `walferry auth-verifier` (mode 0600).
+fn auth_file(dir: &std::path::Path, user: &str, password: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+    let mut child = client_command(common::walferry_bin())
+        .args(["auth-verifier", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line = text(&out.stdout);
+    assert!(
+        line.starts_with(&format!("{user} SCRAM-SHA-256$4096:")),
+        "{line}"
+    );
+    assert!(!line.contains(password));
+    let path = dir.join("relay.users");
+    std::fs::write(&path, format!("# downstreams\n{line}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn scram_checks_passwords_against_the_auth_file_with_and_without_tls() {
+    let pg = PgCluster::builder().ssl(true).start();
+    pg.create_physical_slot("relay");
+    let ssl = pg.ssl_files().clone();
+    let dir = tempdir();
+    let secrets = tempdir();
+    let users = auth_file(secrets.path(), "rep", "right pw");
+    let relay = Relay::start(
+        &pg,
+        dir.path(),
+        &[
+            "-S",
+            "relay",
+            "--auth",
+            "scram",
+            "--auth-file",
+            users.to_str().unwrap(),
+            "--tls-cert",
+            ssl.server_cert.to_str().unwrap(),
+            "--tls-key",
+            ssl.server_key.to_str().unwrap(),
+            "--tls-optional",
+        ],
+    );
+    let conn = |user: &str, password: &str, extra: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} password='{password}' replication=true {extra}",
+            relay.port
+        )
+    };
+    let identify = |conninfo: String| {
+        let out = client_command(pg_bin("psql"))
+            .args(["-XAtq", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let sysid = pg.system_identifier().to_string();
+    for extra in [
+        "sslmode=disable",
+        "sslmode=require channel_binding=require",
+        "sslmode=require channel_binding=disable",
+    ] {
+        let (ok, out, err) = identify(conn("rep", "right pw", extra));
+        assert!(ok && out.starts_with(&sysid), "{extra}: {err}");
+    }
+    for (user, password) in [("rep", "wrong"), ("nobody", "right pw")] {
+        let (ok, _, err) = identify(conn(user, password, "sslmode=disable"));
+        assert!(!ok);
+        assert!(
+            err.contains(&format!(
+                "FATAL:  password authentication failed for user \"{user}\""
+            )),
+            "{err}"
+        );
+    }
+    // Without TLS there is nothing to bind to: libpq's own refusal.
+    let (ok, _, err) = identify(conn(
+        "rep",
+        "right pw",
+        "sslmode=disable channel_binding=require",
+    ));
+    assert!(!ok);
+    assert!(err.contains("channel binding"), "{err}");
+
+    // A real standby authenticates the same way.
+    let standby = PgCluster::standby_of(
+        &pg,
+        StandbyOptions::new().primary_conninfo(format!(
+            "host=127.0.0.1 port={} user=rep password='right pw' application_name=s1 sslmode=require",
+            relay.port
+        )),
+    );
+    pg.psql("CREATE TABLE t AS SELECT 1 AS x");
+    standby.wait_for_replay(pg.current_wal_lsn());
+    assert_eq!(standby.psql("SELECT count(*) FROM t"), "1");
+    relay.stop();
+}
+
+#[test]
+fn a_group_readable_auth_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::primary();
+    let dir = tempdir();
+    let secrets = tempdir();
+    let users = auth_file(secrets.path(), "rep", "pw");
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = run_bounded(
+        &mut relay_support::relay_command(
+            &pg,
+            dir.path(),
+            common::free_port(),
+            &["--auth", "scram", "--auth-file", users.to_str().unwrap()],
+        ),
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("chmod 0600"), "{err}");
+    assert!(
+        !err.contains("SCRAM-SHA-256$"),
+        "never print a verifier: {err}"
     );
 }

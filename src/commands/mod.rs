@@ -1,5 +1,6 @@
 //! One file per subcommand. Commands are thin: options -> library calls -> output.
 
+pub mod auth_verifier;
 pub mod config;
 pub mod receive;
 pub mod relay;

@@ -2,10 +2,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use walferry::auth::AuthFile;
 use walferry::receiver::Outcome;
 use walferry::relay::{self, AuthMethod, RelayOptions};
 
@@ -32,7 +34,11 @@ in synchronous_standby_names):
                       downstreams have reported it flushed (RPO 0 on N+1 copies)
 
 Authentication of downstreams: --auth trust accepts anyone who can connect (use it on
-loopback or a trusted network).
+loopback or a trusted network). --auth scram checks SCRAM-SHA-256 (and SCRAM-SHA-256-PLUS,
+channel binding, over TLS) against the verifiers in --auth-file: one `user verifier` per
+line, the verifier as pg_authid stores it (SELECT rolname, rolpassword FROM pg_authid) or
+as `walferry auth-verifier USER` prints it; the file must be mode 0600 or stricter and owned
+by the user walferry runs as. Plaintext passwords are never read, stored or logged.
 
 Examples:
   walferry relay -D /archive -d 'host=db1 user=replicator' -S relay --listen 0.0.0.0:5433
@@ -56,7 +62,7 @@ pub struct RelayArgs {
     )]
     listen: Vec<String>,
 
-    /// How downstreams authenticate: trust
+    /// How downstreams authenticate: trust, or scram (SCRAM-SHA-256 against --auth-file)
     #[arg(
         long = "auth",
         value_name = "METHOD",
@@ -121,13 +127,30 @@ pub struct RelayArgs {
 pub fn run(args: RelayArgs) -> Result<(), Failure> {
     let usage = |m: String| Failure::usage(m, "relay");
     let listen = resolve_listen(&args.listen).map_err(usage)?;
-    let auth = match args.auth.as_str() {
-        "trust" => AuthMethod::Trust,
-        other => return Err(usage(format!("invalid --auth \"{other}\": use trust"))),
+    let auth = match (args.auth.as_str(), &args.auth_file) {
+        ("trust", None) => AuthMethod::Trust,
+        ("trust", Some(_)) => return Err(usage("--auth-file needs --auth scram".into())),
+        ("scram", Some(path)) => {
+            let file = AuthFile::load(path).map_err(|e| {
+                let f = Failure::new(e.to_string());
+                match e.hint() {
+                    Some(h) => f.with_hint(h),
+                    None => f,
+                }
+            })?;
+            AuthMethod::Scram(Arc::new(file))
+        }
+        ("scram", None) => {
+            return Err(usage(
+                "--auth scram needs --auth-file FILE (lines of: user SCRAM-SHA-256$...)".into(),
+            ))
+        }
+        (other, _) => {
+            return Err(usage(format!(
+                "invalid --auth \"{other}\": use trust or scram"
+            )))
+        }
     };
-    if args.auth_file.is_some() {
-        return Err(usage("--auth-file needs --auth scram".into()));
-    }
     let (plan, service) = Plan::from_args(args.receive, "relay")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

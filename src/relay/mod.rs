@@ -100,6 +100,8 @@ pub(crate) struct Hub {
     slots: Slots,
     auth: AuthMethod,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `tls-server-end-point` channel-binding data of the certificate, for SCRAM-PLUS.
+    tls_binding: Option<Vec<u8>>,
     tls_required: bool,
     quorum: Quorum,
     wal_sender_timeout: Duration,
@@ -185,9 +187,12 @@ pub async fn run(
     let dir = opts.receive.directory.clone();
     crate::archive::Archive::check_dir(&dir).map_err(ReceiveError::from)?;
     let slots = Slots::load(&dir)?;
-    let tls = match &opts.tls {
-        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
-        None => None,
+    let (tls, tls_binding) = match &opts.tls {
+        Some((cert, key)) => {
+            let (acceptor, binding) = tls_acceptor(cert, key)?;
+            (Some(acceptor), binding)
+        }
+        None => (None, None),
     };
     let mut listeners = Vec::new();
     for addr in &opts.listen {
@@ -225,6 +230,7 @@ pub async fn run(
         slots,
         auth: opts.auth.clone(),
         tls,
+        tls_binding,
         tls_required: opts.tls_required,
         quorum,
         wal_sender_timeout: opts.wal_sender_timeout,
@@ -317,7 +323,12 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
     }
 }
 
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, RelayError> {
+/// The TLS acceptor for `--tls-cert`/`--tls-key`, and the certificate's channel-binding
+/// data (none for a key type SCRAM-PLUS cannot bind to).
+fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+) -> Result<(tokio_rustls::TlsAcceptor, Option<Vec<u8>>), RelayError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|i| i.collect())
         .map_err(|e| {
@@ -338,6 +349,13 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Re
             key.display()
         ))
     })?;
+    let binding = match crate::auth::tls_server_end_point(&certs[0]) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!("relay: SCRAM-SHA-256-PLUS will not be offered: {e}");
+            None
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -349,7 +367,7 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Re
                 "certificate and key do not make a usable pair: {e}"
             ))
         })?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), binding))
 }
 
 fn random_u64() -> u64 {

@@ -250,7 +250,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ));
         };
         self.accept_startup(&params)?;
-        super::auth::authenticate(&self.hub, &mut self.conn, &self.user).await?;
+        let tls = self.conn.tls;
+        super::auth::authenticate(&self.hub, &mut self.conn, &self.user, tls).await?;
         self.greet()?;
         self.conn.flush().await?;
         tracing::info!(
