@@ -365,7 +365,10 @@ pub enum ConnInfoError {
     )]
     ChannelBindingWithoutSsl,
     #[error("definition of service \"{name}\" not found; looked in {}", list_paths(.searched))]
-    ServiceNotFound { name: String, searched: Vec<PathBuf> },
+    ServiceNotFound {
+        name: String,
+        searched: Vec<PathBuf>,
+    },
     #[error("{problem} in service file \"{}\", line {line}", .path.display())]
     ServiceFileSyntax {
         path: PathBuf,
@@ -616,7 +619,10 @@ pub fn resolve_with(
         in_dot_postgresql("postgresql.crt").filter(|p| p.exists()),
     );
     let sslkey = path_or("sslkey", in_dot_postgresql("postgresql.key"));
-    let sslcrl = path_or("sslcrl", in_dot_postgresql("root.crl").filter(|p| p.exists()));
+    let sslcrl = path_or(
+        "sslcrl",
+        in_dot_postgresql("root.crl").filter(|p| p.exists()),
+    );
     let sslcrldir = path_or("sslcrldir", None);
 
     let target_session_attrs = match get("target_session_attrs") {

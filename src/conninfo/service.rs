@@ -63,7 +63,10 @@ pub(super) fn lookup(
                 Ok(Some(keyword)) => out.push((keyword, value.to_string())),
                 Ok(None) => {}
                 Err(ConnInfoError::UnknownOption { .. }) => {
-                    return Err(syntax(line, format!("syntax error: unknown keyword \"{key}\"")))
+                    return Err(syntax(
+                        line,
+                        format!("syntax error: unknown keyword \"{key}\""),
+                    ))
                 }
                 Err(e) => return Err(e),
             }
@@ -95,7 +98,10 @@ fn section<'a>(text: &'a str, name: &str) -> Option<Vec<Entry<'a>>> {
             if found.is_some() {
                 break;
             }
-            if header.strip_prefix(name).is_some_and(|r| r.starts_with(']')) {
+            if header
+                .strip_prefix(name)
+                .is_some_and(|r| r.starts_with(']'))
+            {
                 found = Some(Vec::new());
             }
             continue;
@@ -142,12 +148,18 @@ host=never
                 (11, "sslmode", "require"),
             ]
         );
-        assert_eq!(section(FILE, "other").unwrap(), vec![(3, "host", "elsewhere")]);
+        assert_eq!(
+            section(FILE, "other").unwrap(),
+            vec![(3, "host", "elsewhere")]
+        );
         assert!(section(FILE, "mai").is_none());
         assert!(section(FILE, "main]").is_none());
         assert!(section(FILE, "missing").is_none());
         assert!(section("", "main").is_none());
-        assert_eq!(section("[empty]\n[next]\nhost=x\n", "empty").unwrap(), vec![]);
+        assert_eq!(
+            section("[empty]\n[next]\nhost=x\n", "empty").unwrap(),
+            vec![]
+        );
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -163,7 +175,10 @@ host=never
         let system = write(dir.path(), "sys.conf", "[a]\nhost=sys-a\n[b]\nport=7\n");
         let missing = dir.path().join("missing.conf");
         let files = [missing.clone(), user, system];
-        assert_eq!(lookup("a", &files).unwrap(), vec![("host", "user-a".into())]);
+        assert_eq!(
+            lookup("a", &files).unwrap(),
+            vec![("host", "user-a".into())]
+        );
         // Not in the user's file: the system file is searched.
         assert_eq!(lookup("b", &files).unwrap(), vec![("port", "7".into())]);
         let err = lookup("c", &files).unwrap_err();
@@ -188,7 +203,7 @@ host=never
             ("[s]\nservice=t\n", 2, "nested service"),
         ] {
             let f = write(dir.path(), "bad.conf", text);
-            let err = lookup("s", &[f.clone()]).unwrap_err();
+            let err = lookup("s", std::slice::from_ref(&f)).unwrap_err();
             match &err {
                 ConnInfoError::ServiceFileSyntax { path, line: l, .. } => {
                     assert_eq!((path, *l), (&f, line), "{text:?}")

@@ -802,7 +802,10 @@ fn target_session_attrs_and_channel_binding() {
     assert!(e.to_string().contains("from PGCHANNELBINDING"), "{e}");
     // require can never succeed without TLS: said before connecting.
     let e = err(&d("channel_binding=require sslmode=disable"));
-    assert!(matches!(e, ConnInfoError::ChannelBindingWithoutSsl), "{e:?}");
+    assert!(
+        matches!(e, ConnInfoError::ChannelBindingWithoutSsl),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("sslmode=require"), "{e}");
 }
 
@@ -861,10 +864,8 @@ impl ServiceDirs {
     fn env(&self, vars: &[(&str, &str)]) -> TestEnv {
         let mut env = TestEnv::new(vars);
         env.home = Some(self.home.path().to_path_buf());
-        env.vars.push((
-            "PGSYSCONFDIR".into(),
-            self.sys.path().display().to_string(),
-        ));
+        env.vars
+            .push(("PGSYSCONFDIR".into(), self.sys.path().display().to_string()));
         env
     }
 }
