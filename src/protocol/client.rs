@@ -551,7 +551,7 @@ impl ReplicationConn {
                     Ok(s) => Ok(Stream::Tls(Box::new(s))),
                     Err(e) => Err(ClientError::Tls {
                         target: desc.to_string(),
-                        message: e.to_string(),
+                        message: describe_tls_error(&e),
                     }),
                 }
             }
@@ -1458,6 +1458,28 @@ fn choose_sasl(
         ChannelBinding::unsupported()
     };
     Ok((SCRAM_SHA_256, binding))
+}
+
+/// The handshake error in words; revocation outcomes spelled out, since rustls' own names
+/// for them (`Revoked`, `UnknownRevocationStatus`) do not say which certificate or list.
+fn describe_tls_error(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return e.to_string();
+    };
+    match inner {
+        Error::InvalidCertificate(CertificateError::Revoked) => {
+            "server certificate has been revoked (it is listed in the certificate revocation list, sslcrl/sslcrldir)".into()
+        }
+        Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {
+            "server certificate's revocation status is unknown: sslcrl/sslcrldir holds no certificate revocation list from its issuer".into()
+        }
+        Error::InvalidCertificate(CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. }) => {
+            "the certificate revocation list (sslcrl/sslcrldir) has expired; fetch a current one from the CA".into()
+        }
+        other => other.to_string(),
+    }
 }
 
 fn log_notice(n: &ServerError) {
