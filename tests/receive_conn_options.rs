@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::{format_lsn, password, roles, tempdir, PgCluster, StandbyOptions};
 use receive_support::*;
@@ -545,5 +546,67 @@ fn dash_w_asks_the_terminal_before_connecting_and_dash_w_never_asks() {
         &probe(&pg, &conninfo, |c| {
             c.env("PGPASSWORD", password(role));
         }),
+    );
+}
+
+/// The case target_session_attrs exists for: a long-running receiver given both nodes
+/// loses its primary, and after the promotion reconnects to the new one (and not to the
+/// standby it skipped before), continuing on the new timeline.
+#[test]
+fn a_running_receiver_follows_the_failover_to_the_new_primary() {
+    let mut primary = PgCluster::primary();
+    let standby = PgCluster::standby_of(&primary, StandbyOptions::new());
+    let conninfo = format!(
+        "host={h},{h} port={},{} user={} target_session_attrs=read-write application_name=follower",
+        standby.port(),
+        primary.port(),
+        roles::TRUST,
+        h = common::HOST,
+    );
+    let dir = tempdir();
+    let mut wf = Proc::spawn(
+        walferry_bare()
+            .arg("-D")
+            .arg(dir.path())
+            .args(["-d", &conninfo, "-w", "-s", "1", "-v"]),
+    );
+    let streaming_to = |pg: &PgCluster| {
+        pg.replication_stats()
+            .into_iter()
+            .find(|s| s.application_name == "follower" && s.state == "streaming")
+    };
+    common::wait_until(
+        "walferry to stream from the primary",
+        common::TIMEOUT,
+        || streaming_to(&primary).is_some(),
+    );
+    assert!(!streamed_from(&standby, "follower"));
+    small_commit(&primary);
+    standby.wait_for_replay(primary.current_wal_lsn());
+
+    primary.stop();
+    standby.promote();
+    emit_wal(&standby, 2);
+    small_commit(&standby);
+    let target = flush_lsn(&standby);
+    common::wait_until(
+        "walferry to write the new primary's WAL",
+        Duration::from_secs(90),
+        || {
+            streaming_to(&standby)
+                .and_then(|s| s.write_lsn)
+                .is_some_and(|l| l >= target)
+        },
+    );
+    wf.signal(libc::SIGTERM);
+    let status = wf.wait();
+    assert_eq!(status.code(), Some(0), "{}", wf.stderr());
+    assert!(dir.path().join("00000002.history").exists());
+    assert!(
+        partial_segments(dir.path())
+            .iter()
+            .any(|p| p.starts_with("00000002")),
+        "{:?}",
+        list_dir(dir.path())
     );
 }

@@ -147,7 +147,7 @@ impl ClientError {
                 .iter()
                 .find_map(ClientError::hint)
                 .or_else(|| Some(format!(
-                    "none of the servers is a {}server now; during a failover, retry once the new primary is up (walferry receive and relay retry by themselves)",
+                    "none of the servers is a {}server now; during a failover, try again once it is over (a walferry that is already streaming keeps retrying by itself)",
                     target::wanted(*want)
                 ))),
             _ => None,
