@@ -3,25 +3,42 @@
 //! and the flags left unset, before the environment does, as libpq's fe-connect.c
 //! `parseServiceInfo`. The user's file (PGSERVICEFILE, else `~/.pg_service.conf`) is read
 //! first; the system-wide `PGSYSCONFDIR/pg_service.conf` only when the user's file has no
-//! such section. A file that does not exist is skipped; a service found nowhere is an error.
+//! such section. A default file that does not exist is skipped, a PGSERVICEFILE that does
+//! not exist is an error (as in libpq), and so is a service found nowhere.
 
 use std::path::PathBuf;
 
 use super::parse::classify;
 use super::{ConnInfoError, Environment, Origin};
 
+/// A file to search, and whether it must exist (PGSERVICEFILE must).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ServiceFile {
+    pub path: PathBuf,
+    pub required: bool,
+}
+
 /// The files to search, in order.
-pub(super) fn files(env: &Environment<'_>) -> Vec<PathBuf> {
+pub(super) fn files(env: &Environment<'_>) -> Vec<ServiceFile> {
     let var = |name: &str| (env.var)(name).filter(|v| !v.is_empty());
     let mut files = Vec::with_capacity(2);
     match var("PGSERVICEFILE") {
-        Some(f) => files.push(PathBuf::from(f)),
-        None => files.extend(env.home.map(|h| h.join(".pg_service.conf"))),
+        Some(f) => files.push(ServiceFile {
+            path: PathBuf::from(f),
+            required: true,
+        }),
+        None => files.extend(env.home.map(|h| ServiceFile {
+            path: h.join(".pg_service.conf"),
+            required: false,
+        })),
     }
     let sysconfdir = var("PGSYSCONFDIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| env.default_sysconfdir.to_path_buf());
-    files.push(sysconfdir.join("pg_service.conf"));
+    files.push(ServiceFile {
+        path: sysconfdir.join("pg_service.conf"),
+        required: false,
+    });
     files
 }
 
@@ -29,10 +46,10 @@ pub(super) fn files(env: &Environment<'_>) -> Vec<PathBuf> {
 /// order (a caller that keeps the first value of each keyword gets libpq's "first wins").
 pub(super) fn lookup(
     name: &str,
-    files: &[PathBuf],
+    files: &[ServiceFile],
 ) -> Result<Vec<(&'static str, String)>, ConnInfoError> {
-    for path in files {
-        if !path.exists() {
+    for ServiceFile { path, required } in files {
+        if !path.exists() && !required {
             continue;
         }
         let text = std::fs::read(path).map_err(|source| ConnInfoError::ServiceFileRead {
@@ -75,7 +92,7 @@ pub(super) fn lookup(
     }
     Err(ConnInfoError::ServiceNotFound {
         name: name.to_string(),
-        searched: files.to_vec(),
+        searched: files.iter().map(|f| f.path.clone()).collect(),
     })
 }
 
@@ -168,13 +185,20 @@ host=never
         p
     }
 
+    fn optional(path: &Path) -> ServiceFile {
+        ServiceFile {
+            path: path.to_path_buf(),
+            required: false,
+        }
+    }
+
     #[test]
     fn first_file_with_the_section_wins() {
         let dir = tempfile::tempdir().unwrap();
         let user = write(dir.path(), "user.conf", "[a]\nhost=user-a\n");
         let system = write(dir.path(), "sys.conf", "[a]\nhost=sys-a\n[b]\nport=7\n");
         let missing = dir.path().join("missing.conf");
-        let files = [missing.clone(), user, system];
+        let files = [optional(&missing), optional(&user), optional(&system)];
         assert_eq!(
             lookup("a", &files).unwrap(),
             vec![("host", "user-a".into())]
@@ -192,6 +216,16 @@ host=never
             "{msg}"
         );
         assert!(msg.contains(&missing.display().to_string()), "{msg}");
+        // A PGSERVICEFILE that does not exist is an error, not skipped.
+        let required = ServiceFile {
+            path: missing.clone(),
+            required: true,
+        };
+        let err = lookup("a", &[required, optional(&system)]).unwrap_err();
+        assert!(
+            matches!(&err, ConnInfoError::ServiceFileRead { path, .. } if *path == missing),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -203,7 +237,7 @@ host=never
             ("[s]\nservice=t\n", 2, "nested service"),
         ] {
             let f = write(dir.path(), "bad.conf", text);
-            let err = lookup("s", std::slice::from_ref(&f)).unwrap_err();
+            let err = lookup("s", &[optional(&f)]).unwrap_err();
             match &err {
                 ConnInfoError::ServiceFileSyntax { path, line: l, .. } => {
                     assert_eq!((path, *l), (&f, line), "{text:?}")
@@ -217,13 +251,16 @@ host=never
         // A refused keyword is refused here too; an ignored one is dropped.
         let f = write(dir.path(), "r.conf", "[s]\nhostaddr=1.2.3.4\n");
         assert!(matches!(
-            lookup("s", &[f]),
+            lookup("s", &[optional(&f)]),
             Err(ConnInfoError::UnsupportedOption {
                 keyword: "hostaddr",
                 ..
             })
         ));
         let f = write(dir.path(), "i.conf", "[s]\noptions=-c x=y\nport=1\n");
-        assert_eq!(lookup("s", &[f]).unwrap(), vec![("port", "1".into())]);
+        assert_eq!(
+            lookup("s", &[optional(&f)]).unwrap(),
+            vec![("port", "1".into())]
+        );
     }
 }
