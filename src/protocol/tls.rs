@@ -152,16 +152,17 @@ pub fn setup(params: &ConnParams) -> Result<Option<TlsSetup>, TlsConfigError> {
         .with_custom_certificate_verifier(verifier);
     let config = match client_identity(params)? {
         None => config.with_no_client_auth(),
-        Some((chain, key, files)) => config.with_client_auth_cert(chain, key).map_err(|e| {
-            config_error(
-                format!(
-                    "could not use client certificate \"{}\" with private key \"{}\": {e}",
-                    files.0.display(),
-                    files.1.display()
-                ),
-                Some("sslcert and sslkey must be a certificate and the key it was issued for"),
-            )
-        })?,
+        Some(id) => {
+            let (cert, key) = (id.cert_path.display(), id.key_path.display());
+            config
+                .with_client_auth_cert(id.chain, id.key)
+                .map_err(|e| {
+                    config_error(
+                        format!("could not use client certificate \"{cert}\" with private key \"{key}\": {e}"),
+                        Some("sslcert and sslkey must be a certificate and the key it was issued for"),
+                    )
+                })?
+        }
     };
     Ok(Some(TlsSetup {
         config: Arc::new(config),
@@ -253,19 +254,18 @@ fn read_crl_file(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         .map_err(|e| e.to_string())
 }
 
-/// The certificate chain and key to authenticate with, and their paths; `None` without a
-/// certificate file (then the server gets no certificate, as with libpq).
-#[allow(clippy::type_complexity)]
-fn client_identity(
-    params: &ConnParams,
-) -> Result<
-    Option<(
-        Vec<CertificateDer<'static>>,
-        PrivateKeyDer<'static>,
-        (PathBuf, PathBuf),
-    )>,
-    TlsConfigError,
-> {
+/// What the client authenticates with: its certificate chain and key, read from the files
+/// named (kept for messages).
+struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+/// The client certificate to send, if any: `None` without a certificate file (then the
+/// server gets no certificate, as with libpq).
+fn client_identity(params: &ConnParams) -> Result<Option<ClientIdentity>, TlsConfigError> {
     let Some(cert_path) = params.sslcert.as_deref() else {
         return Ok(None);
     };
@@ -307,11 +307,12 @@ fn client_identity(
         ));
     };
     let key = load_private_key(key_path, params.sslpassword.is_some())?;
-    Ok(Some((
+    Ok(Some(ClientIdentity {
         chain,
         key,
-        (cert_path.to_path_buf(), key_path.to_path_buf()),
-    )))
+        cert_path: cert_path.to_path_buf(),
+        key_path: key_path.to_path_buf(),
+    }))
 }
 
 /// The private key file, after libpq's checks: it exists, is a regular file and is
