@@ -53,7 +53,8 @@ impl Failure {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Connection options")]
 pub struct ConnArgs {
-    /// Connection string (key=value ...) or postgres:// URL
+    /// Connection string (key=value ...) or postgres:// URL; keywords as libpq's
+    /// (target_session_attrs, sslcert, sslcrl, channel_binding, service, ...)
     #[arg(
         short = 'd',
         long = "dbname",
@@ -88,7 +89,7 @@ pub struct ConnArgs {
     /// Never prompt for a password
     #[arg(short = 'w', long = "no-password", overrides_with = "password")]
     pub no_password: bool,
-    /// Prompt for a password before connecting
+    /// Prompt for a password (on the terminal) before connecting
     #[arg(short = 'W', long = "password", overrides_with = "no_password")]
     pub password: bool,
 }

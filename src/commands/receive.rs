@@ -47,6 +47,15 @@ with the same message. Two differences: zstd (.zst, levels -131072-22, workers=0
 walferry's own, as pg_receivewal 15 refuses zstd; and an lz4 level is accepted but walferry
 always writes LZ4's fast mode (pg_receivewal uses LZ4HC from level 3 on).
 
+Connection (-d): libpq keywords and PG* variables, among them host=a,b port=1,2 (tried in
+order), target_session_attrs=any|read-write|read-only|primary|standby|prefer-standby (a
+server of the wrong kind is skipped; read-write follows a failover to the new primary),
+sslmode, sslrootcert, sslcert/sslkey (client certificate; key file 0600), sslcrl/sslcrldir,
+channel_binding=disable|prefer|require (SCRAM-SHA-256-PLUS over TLS), service (from
+PGSERVICEFILE or ~/.pg_service.conf, then PGSYSCONFDIR/pg_service.conf), passfile,
+connect_timeout, keepalives*, tcp_user_timeout, application_name. -W asks for the password
+on the terminal before connecting (replacing PGPASSWORD or a password in -d); -w never asks.
+
 Command line: as pg_receivewal's, a repeated flag's last value wins and a long flag may be
 abbreviated while unambiguous. -E takes X/X with up to 8 hex digits each; pg_receivewal
 (sscanf) also takes trailing text, 0x prefixes, minus signs and longer numbers there.
@@ -54,6 +63,7 @@ abbreviated while unambiguous. -E takes X/X with up to 8 hex digits each; pg_rec
 Examples:
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --create-slot
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --synchronous -v
+  walferry receive -D /archive -d 'host=n1,n2 user=replicator target_session_attrs=read-write'
 
 Failures: as with pg_receivewal, the first connection must succeed (a wrong host, port,
 password or certificate is reported at once). After that, walferry reconnects with capped
@@ -388,9 +398,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     })
 }
 
+/// The resolved connection options. `-W` asks for the password here, once, before any
+/// connection (as pg_receivewal's streamutil.c): the answer is used for every reconnect,
+/// and it replaces a password from `-d` or PGPASSWORD, as pg_receivewal's does.
 pub fn connection_params(conn: &ConnArgs) -> Result<ConnParams, Failure> {
     let mut params = conninfo::resolve(&conn.options()).map_err(|e| Failure::new(e.to_string()))?;
-    if params.prompt == PasswordPrompt::Always && params.password.is_none() {
+    if params.prompt == PasswordPrompt::Always {
         let password = conninfo::prompt_password("Password: ")
             .map_err(|e| Failure::new(format!("could not read the password: {e}")))?;
         params.password = Some(Password(password));

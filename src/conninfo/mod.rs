@@ -1,16 +1,17 @@
 //! libpq-compatible connection options: conninfo strings (`key=value ...`), `postgres://`
-//! URLs, the PG* environment variables, `~/.pgpass` and the command-line flags
-//! (`-d -h -p -U -w -W`). The result is a resolved [`ConnParams`] that the protocol client
+//! URLs, the PG* environment variables, service files (`service=`/PGSERVICE), `~/.pgpass`
+//! and the command-line flags (`-d -h -p -U -w -W`). The result is a resolved [`ConnParams`] that the protocol client
 //! connects with. Passwords never appear in `Debug` output or in error messages.
 //!
 //! Resolution mirrors pg_receivewal's streamutil.c `GetConnection` feeding libpq: values from
-//! the `-d` string, then `-h -p -U` over them, then the environment for what is still unset,
-//! then libpq's defaults. [`resolve_with`] does this without touching the process (the
+//! the `-d` string, then `-h -p -U` over them, then the service's values for what is still
+//! unset (as libpq's `conninfo_add_defaults`), then the environment, then libpq's defaults. [`resolve_with`] does this without touching the process (the
 //! environment comes in as an [`Environment`]); [`resolve`] runs it on the real one.
 
 mod parse;
 mod pgpass;
 mod prompt;
+mod service;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -82,6 +83,90 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// libpq's `target_session_attrs`: which kind of server a connection must reach. With a
+/// multi-host list every host is tried in turn until one qualifies, so `read-write` (or
+/// `primary`) follows a failover to whichever node is now the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TargetSessionAttrs {
+    #[default]
+    Any,
+    /// Not read-only: neither in hot standby nor `default_transaction_read_only`.
+    ReadWrite,
+    /// Read-only, for either reason.
+    ReadOnly,
+    /// Not in hot standby (a primary, even one made read-only).
+    Primary,
+    /// In hot standby.
+    Standby,
+    /// A standby if any host is one; otherwise a second pass accepts any server.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// The libpq spelling (`read-write`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    fn parse(s: &str) -> Option<TargetSessionAttrs> {
+        Some(match s {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            "primary" => TargetSessionAttrs::Primary,
+            "standby" => TargetSessionAttrs::Standby,
+            "prefer-standby" => TargetSessionAttrs::PreferStandby,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for TargetSessionAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// libpq's `channel_binding`: whether SCRAM binds the authentication to the TLS session
+/// (`SCRAM-SHA-256-PLUS` with `tls-server-end-point`), which proves that no one in the
+/// middle terminated TLS, even when the server certificate is not verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ChannelBindingMode {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection uses TLS and the server offers it.
+    #[default]
+    Prefer,
+    /// Fail unless the server authenticates with channel binding.
+    Require,
+}
+
+impl ChannelBindingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBindingMode::Disable => "disable",
+            ChannelBindingMode::Prefer => "prefer",
+            ChannelBindingMode::Require => "require",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ChannelBindingMode> {
+        Some(match s {
+            "disable" => ChannelBindingMode::Disable,
+            "prefer" => ChannelBindingMode::Prefer,
+            "require" => ChannelBindingMode::Require,
+            _ => return None,
+        })
+    }
+}
+
 /// A password that does not print itself.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(pub String);
@@ -124,6 +209,24 @@ pub struct ConnParams {
     /// The CA file from `sslrootcert`/`PGSSLROOTCERT`, else `~/.postgresql/root.crt` when it
     /// exists (libpq then verifies the server against it even with `sslmode=require`).
     pub sslrootcert: Option<PathBuf>,
+    /// The client certificate (chain) from `sslcert`/`PGSSLCERT`, else
+    /// `~/.postgresql/postgresql.crt` when it exists; sent when the server asks for one.
+    pub sslcert: Option<PathBuf>,
+    /// Its private key, `sslkey`/`PGSSLKEY`, else `~/.postgresql/postgresql.key`; only read
+    /// when there is a certificate.
+    pub sslkey: Option<PathBuf>,
+    /// `sslpassword`: for encrypted keys, which walferry refuses with a clear error; kept so
+    /// that the error can say it was given.
+    pub sslpassword: Option<Password>,
+    /// Certificate revocation list file (`sslcrl`/`PGSSLCRL`, else `~/.postgresql/root.crl`
+    /// when it exists); checked whenever the server certificate is verified.
+    pub sslcrl: Option<PathBuf>,
+    /// A directory of CRL files (`sslcrldir`/`PGSSLCRLDIR`); every file in it is read.
+    pub sslcrldir: Option<PathBuf>,
+    /// Which kind of server the connection must reach (`target_session_attrs`).
+    pub target_session_attrs: TargetSessionAttrs,
+    /// SCRAM channel binding (`channel_binding`).
+    pub channel_binding: ChannelBindingMode,
     /// `None`: wait forever. Values under 2 s are raised to 2 s, as libpq does.
     pub connect_timeout: Option<Duration>,
     /// TCP keepalives and user timeout (libpq's `keepalives*`, `tcp_user_timeout`).
@@ -174,6 +277,8 @@ pub enum Origin {
     Flag(&'static str),
     /// An environment variable, e.g. `PGPORT`.
     Env(&'static str),
+    /// The section of the service named by `service=` or PGSERVICE.
+    Service,
 }
 
 impl fmt::Display for Origin {
@@ -183,6 +288,7 @@ impl fmt::Display for Origin {
             Origin::Url => f.write_str("in the connection URL"),
             Origin::Flag(flag) => write!(f, "given with {flag}"),
             Origin::Env(var) => write!(f, "from {var}"),
+            Origin::Service => f.write_str("in the service file"),
         }
     }
 }
@@ -248,6 +354,43 @@ pub enum ConnInfoError {
         "sslmode={mode} needs a root certificate to verify the server, and none is set; put the CA certificate in ~/.postgresql/root.crt or give sslrootcert (PGSSLROOTCERT), or use sslmode=require"
     )]
     MissingRootCert { mode: SslMode },
+    #[error(
+        "invalid target_session_attrs \"{value}\" {origin}; use any, read-write, read-only, primary, standby or prefer-standby"
+    )]
+    InvalidTargetSessionAttrs { value: String, origin: Origin },
+    #[error("invalid channel_binding \"{value}\" {origin}; use disable, prefer or require")]
+    InvalidChannelBinding { value: String, origin: Origin },
+    #[error(
+        "channel_binding=require needs an SSL connection, but sslmode=disable never uses one; use sslmode=require or stricter"
+    )]
+    ChannelBindingWithoutSsl,
+    #[error("definition of service \"{name}\" not found; looked in {}", list_paths(.searched))]
+    ServiceNotFound {
+        name: String,
+        searched: Vec<PathBuf>,
+    },
+    #[error("{problem} in service file \"{}\", line {line}", .path.display())]
+    ServiceFileSyntax {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("could not read service file \"{}\": {source}", .path.display())]
+    ServiceFileRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "no service file (none of PGSERVICEFILE, ~/.pg_service.conf, PGSYSCONFDIR/pg_service.conf exists)".into();
+    }
+    paths
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 fn quoted_or(value: &Option<String>, otherwise: &str) -> String {
@@ -272,6 +415,9 @@ pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 pub const DEFAULT_TCP_HOST: &str = "localhost";
 /// `fallback_application_name`, as pg_receivewal passes its program name.
 pub const DEFAULT_APPLICATION_NAME: &str = "walferry";
+/// Where the system-wide `pg_service.conf` lives when PGSYSCONFDIR is unset: Debian's
+/// libpq is built with this `SYSCONFDIR` (`pg_config --sysconfdir`).
+pub const DEFAULT_SYSCONFDIR: &str = "/etc/postgresql-common";
 
 /// The PG* variables read, and the keyword each one fills.
 const ENV_VARS: &[(&str, &str)] = &[
@@ -283,7 +429,13 @@ const ENV_VARS: &[(&str, &str)] = &[
     ("application_name", "PGAPPNAME"),
     ("sslmode", "PGSSLMODE"),
     ("sslrootcert", "PGSSLROOTCERT"),
+    ("sslcert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+    ("sslcrl", "PGSSLCRL"),
+    ("sslcrldir", "PGSSLCRLDIR"),
     ("connect_timeout", "PGCONNECT_TIMEOUT"),
+    ("target_session_attrs", "PGTARGETSESSIONATTRS"),
+    ("channel_binding", "PGCHANNELBINDING"),
 ];
 
 /// The outside world as resolution sees it; [`resolve`] fills it from the process.
@@ -296,6 +448,8 @@ pub struct Environment<'a> {
     pub os_user: Option<&'a str>,
     /// The default socket directory when it exists; `None` makes `localhost` the default host.
     pub default_socket_dir: Option<&'a Path>,
+    /// Where `pg_service.conf` is looked for when PGSYSCONFDIR is unset.
+    pub default_sysconfdir: &'a Path,
 }
 
 /// Resolve options against the process environment (PG* variables, ~/.pgpass location).
@@ -315,6 +469,7 @@ pub fn resolve(opts: &ConnOptions) -> Result<ConnParams, ConnInfoError> {
             home: home.as_deref(),
             os_user: passwd.as_ref().map(|p| p.name.as_str()),
             default_socket_dir: socket_dir.is_dir().then_some(socket_dir),
+            default_sysconfdir: Path::new(DEFAULT_SYSCONFDIR),
         },
     )
 }
@@ -326,7 +481,8 @@ struct Setting {
 }
 
 /// The resolution itself, without reading the process environment; the file system is only
-/// asked whether the password file and `~/.postgresql/root.crt` exist.
+/// asked whether the password file and the default TLS files exist, and for the service
+/// file when a service is named.
 pub fn resolve_with(
     opts: &ConnOptions,
     env: &Environment<'_>,
@@ -352,6 +508,18 @@ pub fn resolve_with(
         if let Some(value) = nonempty(value) {
             let origin = Origin::Flag(flag);
             settings.insert(keyword, Setting { value, origin });
+        }
+    }
+    let service = match settings.get("service") {
+        Some(s) => Some(s.value.clone()),
+        None => (env.var)("PGSERVICE").filter(|v| !v.is_empty()),
+    };
+    if let Some(name) = service {
+        for (keyword, value) in service::lookup(&name, &service::files(env))? {
+            if !value.is_empty() {
+                let origin = Origin::Service;
+                settings.entry(keyword).or_insert(Setting { value, origin });
+            }
         }
     }
     for &(keyword, var) in ENV_VARS {
@@ -439,6 +607,46 @@ pub fn resolve_with(
     if matches!(sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && sslrootcert.is_none() {
         return Err(ConnInfoError::MissingRootCert { mode: sslmode });
     }
+    // As libpq: files under ~/.postgresql are defaults; the certificate and the CRL only
+    // when they exist, the key always (it is read only when there is a certificate).
+    let in_dot_postgresql = |name: &str| env.home.map(|h| h.join(".postgresql").join(name));
+    let path_or = |key: &str, default: Option<PathBuf>| match get(key) {
+        Some(s) => Some(PathBuf::from(&s.value)),
+        None => default,
+    };
+    let sslcert = path_or(
+        "sslcert",
+        in_dot_postgresql("postgresql.crt").filter(|p| p.exists()),
+    );
+    let sslkey = path_or("sslkey", in_dot_postgresql("postgresql.key"));
+    let sslcrl = path_or(
+        "sslcrl",
+        in_dot_postgresql("root.crl").filter(|p| p.exists()),
+    );
+    let sslcrldir = path_or("sslcrldir", None);
+
+    let target_session_attrs = match get("target_session_attrs") {
+        None => TargetSessionAttrs::default(),
+        Some(s) => TargetSessionAttrs::parse(&s.value).ok_or_else(|| {
+            ConnInfoError::InvalidTargetSessionAttrs {
+                value: s.value.clone(),
+                origin: s.origin,
+            }
+        })?,
+    };
+    let channel_binding = match get("channel_binding") {
+        None => ChannelBindingMode::default(),
+        Some(s) => ChannelBindingMode::parse(&s.value).ok_or_else(|| {
+            ConnInfoError::InvalidChannelBinding {
+                value: s.value.clone(),
+                origin: s.origin,
+            }
+        })?,
+    };
+    // libpq would find out at authentication time; the outcome is the same failure.
+    if channel_binding == ChannelBindingMode::Require && sslmode == SslMode::Disable {
+        return Err(ConnInfoError::ChannelBindingWithoutSsl);
+    }
 
     let connect_timeout = match get("connect_timeout") {
         None => None,
@@ -457,6 +665,13 @@ pub fn resolve_with(
         application_name,
         sslmode,
         sslrootcert,
+        sslcert,
+        sslkey,
+        sslpassword: get("sslpassword").map(|s| Password(s.value.clone())),
+        sslcrl,
+        sslcrldir,
+        target_session_attrs,
+        channel_binding,
         connect_timeout,
         keepalives,
         prompt: opts.prompt,

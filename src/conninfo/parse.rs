@@ -27,6 +27,14 @@ const USED: &[&str] = &[
     "fallback_application_name",
     "sslmode",
     "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcrl",
+    "sslcrldir",
+    "target_session_attrs",
+    "channel_binding",
+    "service",
 ];
 
 /// libpq keywords that are accepted and ignored: they tune things walferry does not do, or
@@ -36,14 +44,8 @@ const IGNORED: &[&str] = &[
     "replication",
     "options",
     "client_encoding",
-    "target_session_attrs",
     "load_balance_hosts",
-    "sslcert",
-    "sslkey",
-    "sslpassword",
     "sslcertmode",
-    "sslcrl",
-    "sslcrldir",
     "sslcompression",
     "sslsni",
     "sslnegotiation",
@@ -57,14 +59,10 @@ const IGNORED: &[&str] = &[
 ];
 
 /// libpq keywords that are refused: ignoring them would silently connect elsewhere or accept
-/// weaker authentication than asked for. `channel_binding` and `gssencmode` are accepted
-/// when their value asks for nothing we lack.
+/// weaker authentication than asked for. `gssencmode` is accepted when its value asks for
+/// nothing we lack.
 const REFUSED: &[(&str, &str)] = &[
     ("hostaddr", "give the address as host= instead"),
-    (
-        "service",
-        "service files are not read; spell out host, port and user instead",
-    ),
     (
         "require_auth",
         "walferry cannot restrict the authentication methods; remove it",
@@ -74,6 +72,11 @@ const REFUSED: &[(&str, &str)] = &[
         "walferry cannot check the server process's user; remove it",
     ),
 ];
+
+/// Keywords whose values are secrets: never shown in logs or errors.
+fn is_secret(keyword: &str) -> bool {
+    matches!(keyword, "password" | "sslpassword")
+}
 
 /// Whether `-d` holds a URL rather than a conninfo string (libpq `uri_prefix_length`:
 /// case-sensitive prefixes).
@@ -95,7 +98,7 @@ pub(crate) fn parse_dbname_option(s: &str) -> Result<(Settings, Origin), ConnInf
     let mut out = Vec::with_capacity(pairs.len());
     let mut previous: Option<&str> = None;
     for (keyword, value) in &pairs {
-        let hide = previous == Some("password");
+        let hide = previous.is_some_and(is_secret);
         if let Some(k) = classify(keyword, value, origin, hide)? {
             out.push((k, value.clone()));
         }
@@ -105,7 +108,7 @@ pub(crate) fn parse_dbname_option(s: &str) -> Result<(Settings, Origin), ConnInf
 }
 
 /// `Some(canonical keyword)` for a used keyword, `None` for an ignored one.
-fn classify(
+pub(crate) fn classify(
     keyword: &str,
     value: &str,
     origin: Origin,
@@ -121,13 +124,6 @@ fn classify(
         Err(ConnInfoError::UnsupportedOption { keyword, hint })
     };
     match keyword {
-        "channel_binding" if value != "require" => return Ok(None),
-        "channel_binding" => {
-            return refuse(
-                "channel_binding",
-                "walferry does not do SCRAM channel binding yet; use channel_binding=prefer",
-            )
-        }
         "gssencmode" if value != "require" => return Ok(None),
         "gssencmode" => {
             return refuse(
@@ -199,7 +195,7 @@ pub(crate) fn parse_conninfo(s: &str) -> Result<Vec<(String, String)>, ConnInfoE
                 }
             }
         }
-        after_password = keyword == "password";
+        after_password = is_secret(&keyword);
         out.push((keyword, value));
     }
 }
@@ -390,7 +386,6 @@ fn is_known_keyword(k: &str) -> bool {
     USED.contains(&k)
         || IGNORED.contains(&k)
         || REFUSED.iter().any(|(r, _)| *r == k)
-        || k == "channel_binding"
         || k == "gssencmode"
         || k == "ssl"
 }
@@ -409,7 +404,7 @@ pub fn redact(s: &str) -> String {
             .map(|(k, v)| {
                 if !is_known_keyword(k) {
                     "***".to_string()
-                } else if k == "password" {
+                } else if is_secret(k) {
                     format!("{k}=***")
                 } else {
                     format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -471,7 +466,7 @@ fn redact_url(s: &str) -> String {
                 .split('&')
                 .map(|p| match p.split_once('=') {
                     Some((k, v)) => match percent_decode(k, "") {
-                        Ok(key) if key == "password" || !is_known_keyword(&key) => {
+                        Ok(key) if is_secret(&key) || !is_known_keyword(&key) => {
                             format!("{k}=***")
                         }
                         Ok(_) => format!("{k}={v}"),
@@ -588,8 +583,7 @@ mod tests {
     fn keywords_used_ignored_refused_unknown() {
         let (p, origin) = parse_dbname_option(
             "replication=true options='-c x=y' keepalives=1 keepalives_idle=5 target_session_attrs=any \
-             gssencmode=prefer sslcert=/c sslkey=/k sslcrl=/r sslcompression=0 channel_binding=prefer \
-             user=rep",
+             gssencmode=prefer sslcompression=0 load_balance_hosts=disable user=rep",
         )
         .unwrap();
         assert_eq!(origin, Origin::ConnString);
@@ -598,6 +592,7 @@ mod tests {
             vec![
                 ("keepalives", "1".to_string()),
                 ("keepalives_idle", "5".to_string()),
+                ("target_session_attrs", "any".to_string()),
                 ("user", "rep".to_string())
             ]
         );
@@ -610,10 +605,8 @@ mod tests {
 
         for (s, k) in [
             ("hostaddr=10.0.0.1", "hostaddr"),
-            ("service=main", "service"),
             ("require_auth=scram-sha-256", "require_auth"),
             ("requirepeer=postgres", "requirepeer"),
-            ("channel_binding=require", "channel_binding"),
             ("gssencmode=require", "gssencmode"),
         ] {
             match parse_dbname_option(s) {
@@ -778,6 +771,14 @@ mod tests {
             "(connection string hidden: it does not parse)"
         );
         // What may be a mangled password is hidden too.
+        assert_eq!(
+            redact("sslpassword=k3y sslkey=/k"),
+            "sslpassword=*** sslkey='/k'"
+        );
+        assert_eq!(
+            redact("postgres://h?sslpassword=k3y&sslcert=/c"),
+            "postgres://h?sslpassword=***&sslcert=/c"
+        );
         assert_eq!(
             redact("password=ab cd=ef port=1"),
             "password=*** *** port='1'"

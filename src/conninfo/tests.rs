@@ -42,6 +42,7 @@ impl TestEnv {
                 home: self.home.as_deref(),
                 os_user: self.os_user.as_deref(),
                 default_socket_dir: self.socket_dir.as_deref(),
+                default_sysconfdir: Path::new("/nonexistent/sysconfdir"),
             },
         )
     }
@@ -756,4 +757,202 @@ fn passwd_entry_of_the_effective_user() {
         assert!(!entry.name.is_empty());
         assert!(entry.home.is_absolute(), "{}", entry.home.display());
     }
+}
+
+#[test]
+fn target_session_attrs_and_channel_binding() {
+    let p = ok(&ConnOptions::default());
+    assert_eq!(p.target_session_attrs, TargetSessionAttrs::Any);
+    assert_eq!(p.channel_binding, ChannelBindingMode::Prefer);
+    for (s, want) in [
+        ("any", TargetSessionAttrs::Any),
+        ("read-write", TargetSessionAttrs::ReadWrite),
+        ("read-only", TargetSessionAttrs::ReadOnly),
+        ("primary", TargetSessionAttrs::Primary),
+        ("standby", TargetSessionAttrs::Standby),
+        ("prefer-standby", TargetSessionAttrs::PreferStandby),
+    ] {
+        let p = ok(&d(&format!("host=a,b target_session_attrs={s}")));
+        assert_eq!(p.target_session_attrs, want);
+        assert_eq!(want.as_str(), s);
+    }
+    // The environment fills it; the -d string wins over it.
+    let env = TestEnv::new(&[
+        ("PGTARGETSESSIONATTRS", "standby"),
+        ("PGCHANNELBINDING", "require"),
+        ("PGSSLMODE", "require"),
+    ]);
+    let p = env.resolve(&ConnOptions::default()).unwrap();
+    assert_eq!(p.target_session_attrs, TargetSessionAttrs::Standby);
+    assert_eq!(p.channel_binding, ChannelBindingMode::Require);
+    let p = env
+        .resolve(&d("target_session_attrs=primary channel_binding=disable"))
+        .unwrap();
+    assert_eq!(p.target_session_attrs, TargetSessionAttrs::Primary);
+    assert_eq!(p.channel_binding, ChannelBindingMode::Disable);
+
+    let e = err(&d("target_session_attrs=master"));
+    assert!(
+        matches!(&e, ConnInfoError::InvalidTargetSessionAttrs { value, .. } if value == "master")
+    );
+    assert!(e.to_string().contains("read-write"), "{e}");
+    let e = TestEnv::new(&[("PGCHANNELBINDING", "yes")])
+        .resolve(&ConnOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("from PGCHANNELBINDING"), "{e}");
+    // require can never succeed without TLS: said before connecting.
+    let e = err(&d("channel_binding=require sslmode=disable"));
+    assert!(
+        matches!(e, ConnInfoError::ChannelBindingWithoutSsl),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("sslmode=require"), "{e}");
+}
+
+#[test]
+fn client_certificate_and_crl_files() {
+    let home = tempfile::tempdir().unwrap();
+    let mut env = TestEnv::new(&[]);
+    env.home = Some(home.path().to_path_buf());
+    let dot = home.path().join(".postgresql");
+    // Nothing in ~/.postgresql: no certificate, no CRL; the key path is the default.
+    let p = env.resolve(&ConnOptions::default()).unwrap();
+    assert_eq!(p.sslcert, None);
+    assert_eq!(p.sslkey, Some(dot.join("postgresql.key")));
+    assert_eq!(p.sslcrl, None);
+    assert_eq!(p.sslcrldir, None);
+    fs::create_dir(&dot).unwrap();
+    fs::write(dot.join("postgresql.crt"), "pem").unwrap();
+    fs::write(dot.join("root.crl"), "pem").unwrap();
+    let p = env.resolve(&ConnOptions::default()).unwrap();
+    assert_eq!(p.sslcert, Some(dot.join("postgresql.crt")));
+    assert_eq!(p.sslcrl, Some(dot.join("root.crl")));
+    // Explicit values (conninfo over environment) replace the defaults.
+    env.vars.push(("PGSSLCERT".into(), "/env.crt".into()));
+    env.vars.push(("PGSSLKEY".into(), "/env.key".into()));
+    env.vars.push(("PGSSLCRL".into(), "/env.crl".into()));
+    env.vars.push(("PGSSLCRLDIR".into(), "/crls".into()));
+    let p = env
+        .resolve(&d("sslcert=/c.crt sslpassword=s3cret"))
+        .unwrap();
+    assert_eq!(p.sslcert, Some(PathBuf::from("/c.crt")));
+    assert_eq!(p.sslkey, Some(PathBuf::from("/env.key")));
+    assert_eq!(p.sslcrl, Some(PathBuf::from("/env.crl")));
+    assert_eq!(p.sslcrldir, Some(PathBuf::from("/crls")));
+    assert_eq!(p.sslpassword, Some(Password("s3cret".into())));
+    assert!(!format!("{p:?}").contains("s3cret"));
+}
+
+/// A home directory with `~/.pg_service.conf` and a system directory with
+/// `pg_service.conf`, for the service tests.
+struct ServiceDirs {
+    home: tempfile::TempDir,
+    sys: tempfile::TempDir,
+}
+
+impl ServiceDirs {
+    fn new(user: &str, system: &str) -> ServiceDirs {
+        let dirs = ServiceDirs {
+            home: tempfile::tempdir().unwrap(),
+            sys: tempfile::tempdir().unwrap(),
+        };
+        fs::write(dirs.home.path().join(".pg_service.conf"), user).unwrap();
+        fs::write(dirs.sys.path().join("pg_service.conf"), system).unwrap();
+        dirs
+    }
+
+    fn env(&self, vars: &[(&str, &str)]) -> TestEnv {
+        let mut env = TestEnv::new(vars);
+        env.home = Some(self.home.path().to_path_buf());
+        env.vars
+            .push(("PGSYSCONFDIR".into(), self.sys.path().display().to_string()));
+        env
+    }
+}
+
+#[test]
+fn service_values_are_defaults_under_conninfo_and_flags_over_environment() {
+    let dirs = ServiceDirs::new(
+        "[main]\nhost=svc-host\nport=6000\nuser=svc-user\nsslmode=require\n\
+         target_session_attrs=read-write\napplication_name=svc-app\n",
+        "[main]\nhost=sys-host\n[sysonly]\nhost=sys-only\nport=6001\n",
+    );
+    let env = dirs.env(&[("PGHOST", "env-host"), ("PGAPPNAME", "env-app")]);
+    let p = env.resolve(&d("service=main port=7000")).unwrap();
+    assert_eq!(p.hosts, vec![tcp("svc-host")], "service beats PGHOST");
+    assert_eq!(p.ports, vec![7000], "the -d string beats the service");
+    assert_eq!(p.user, "svc-user");
+    assert_eq!(p.sslmode, SslMode::Require);
+    assert_eq!(p.target_session_attrs, TargetSessionAttrs::ReadWrite);
+    assert_eq!(p.application_name, "svc-app");
+
+    // Flags beat the service too.
+    let p = env
+        .resolve(&ConnOptions {
+            dbname: Some("service=main".into()),
+            host: Some("flag-host".into()),
+            user: Some("flag-user".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(p.hosts, vec![tcp("flag-host")]);
+    assert_eq!(p.user, "flag-user");
+
+    // PGSERVICE names it when -d does not; the user's file shadows the system file's
+    // section of the same name, and a section only the system file has is found there.
+    let p = dirs
+        .env(&[("PGSERVICE", "main")])
+        .resolve(&ConnOptions::default())
+        .unwrap();
+    assert_eq!(p.hosts, vec![tcp("svc-host")]);
+    let p = env.resolve(&d("service=sysonly")).unwrap();
+    assert_eq!(p.hosts, vec![tcp("sys-only")]);
+    assert_eq!(p.ports, vec![6001]);
+    // A service in a URL query.
+    let p = env.resolve(&d("postgres:///?service=sysonly")).unwrap();
+    assert_eq!(p.hosts, vec![tcp("sys-only")]);
+
+    // PGSERVICEFILE replaces ~/.pg_service.conf.
+    let other = dirs.home.path().join("other.conf");
+    fs::write(&other, "[main]\nhost=other-host\n").unwrap();
+    let p = dirs
+        .env(&[("PGSERVICEFILE", &other.display().to_string())])
+        .resolve(&d("service=main"))
+        .unwrap();
+    assert_eq!(p.hosts, vec![tcp("other-host")]);
+}
+
+#[test]
+fn unknown_service_and_bad_service_files() {
+    let dirs = ServiceDirs::new("[main]\nhost=a\n", "[main]\nhost=b\n");
+    let e = dirs.env(&[]).resolve(&d("service=nope")).unwrap_err();
+    assert!(
+        matches!(&e, ConnInfoError::ServiceNotFound { name, .. } if name == "nope"),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("definition of service \"nope\" not found"),
+        "{msg}"
+    );
+    assert!(msg.contains(".pg_service.conf"), "{msg}");
+    assert!(msg.contains("pg_service.conf"), "{msg}");
+    let e = dirs
+        .env(&[("PGSERVICE", "nope")])
+        .resolve(&ConnOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, ConnInfoError::ServiceNotFound { .. }), "{e:?}");
+
+    // A typo in the service file is reported with its line, not skipped.
+    let dirs = ServiceDirs::new("[main]\nhots=a\n", "");
+    let e = dirs.env(&[]).resolve(&d("service=main")).unwrap_err();
+    assert!(
+        matches!(&e, ConnInfoError::ServiceFileSyntax { line: 2, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("\"hots\""), "{e}");
+    // A bad value from the service file says where it came from.
+    let dirs = ServiceDirs::new("[main]\nport=x\n", "");
+    let e = dirs.env(&[]).resolve(&d("service=main")).unwrap_err();
+    assert!(e.to_string().contains("in the service file"), "{e}");
 }

@@ -1,6 +1,7 @@
 //! A physical replication connection, as pg_receivewal opens one: startup with
-//! `replication=true`, authentication (trust, cleartext, md5, SCRAM-SHA-256), TLS per
-//! `sslmode`, libpq's multi-host and `connect_timeout` rules; then Simple Query commands
+//! `replication=true`, authentication (trust, cleartext, md5, SCRAM-SHA-256 with channel
+//! binding over TLS), TLS per `sslmode`, libpq's multi-host, `target_session_attrs` and
+//! `connect_timeout` rules; then Simple Query commands
 //! (`IDENTIFY_SYSTEM`, `TIMELINE_HISTORY`, slots) and the CopyBoth stream of
 //! `START_REPLICATION`.
 //!
@@ -21,7 +22,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
@@ -32,8 +35,12 @@ use super::frame::{frame_len, parse_frame, tag_name, ProtocolError};
 use super::frontend;
 use super::replication::{ReplicationMessage, XLOG_DATA_HEADER_LEN};
 use super::stream::Stream;
+use super::target::{self, Check, ServerState};
 use super::tls::{self, TlsConfigError, TlsSetup};
-use crate::conninfo::{self, ConnParams, Host, Keepalives, Password, PasswordPrompt, SslMode};
+use crate::conninfo::{
+    self, ChannelBindingMode, ConnParams, Host, Keepalives, Password, PasswordPrompt, SslMode,
+    TargetSessionAttrs,
+};
 use crate::wal::{Lsn, TimeLineId};
 
 /// Largest server message accepted. Replication traffic is at most 128 KiB of WAL per
@@ -68,6 +75,23 @@ pub enum ClientError {
     /// Every host was tried; each attempt's error, in order.
     #[error("could not connect to any host:{}", .0.iter().map(|e| format!("\n  {e}")).collect::<String>())]
     AllHostsFailed(Vec<ClientError>),
+    /// A server accepted the connection but is not the kind `target_session_attrs` wants;
+    /// the connection was closed and the next host tried.
+    #[error("{target}: {reason}")]
+    WrongSessionKind {
+        target: String,
+        reason: &'static str,
+    },
+    /// No host was the kind `target_session_attrs` wants; each attempt's error, in order.
+    #[error(
+        "could not make a {}connection to any of the hosts (target_session_attrs={want}):{}",
+        target::wanted(*.want),
+        .errors.iter().map(|e| format!("\n  {e}")).collect::<String>()
+    )]
+    NoSuitableHost {
+        want: TargetSessionAttrs,
+        errors: Vec<ClientError>,
+    },
     /// An ErrorResponse; `code` is the SQLSTATE callers decide on.
     #[error("{0}")]
     Server(ServerError),
@@ -78,6 +102,9 @@ pub enum ClientError {
     /// SCRAM exchange failed on our side (e.g. the server's proof did not verify).
     #[error("SCRAM authentication failed: {0}")]
     Auth(String),
+    /// `channel_binding=require` could not be met, or the binding data not computed.
+    #[error("{0}")]
+    ChannelBinding(String),
     #[error("{}", .0.message)]
     TlsConfig(TlsConfigError),
     #[error("SSL connection to {target} failed: {message}")]
@@ -111,8 +138,18 @@ impl ClientError {
             ClientError::UnsupportedAuth(_) => Some(
                 "allow scram-sha-256, md5, password or trust for replication connections from this host in pg_hba.conf".to_string(),
             ),
+            ClientError::ChannelBinding(_) => Some(
+                "channel_binding=require needs an SSL connection (sslmode=require or stricter) and scram-sha-256 authentication for this user in pg_hba.conf; use channel_binding=prefer to allow other methods".to_string(),
+            ),
             ClientError::TlsConfig(e) => e.hint.clone(),
             ClientError::AllHostsFailed(all) => all.iter().find_map(ClientError::hint),
+            ClientError::NoSuitableHost { want, errors } => errors
+                .iter()
+                .find_map(ClientError::hint)
+                .or_else(|| Some(format!(
+                    "none of the servers is a {}server now; during a failover, try again once it is over (a walferry that is already streaming keeps retrying by itself)",
+                    target::wanted(*want)
+                ))),
             _ => None,
         }
     }
@@ -123,10 +160,13 @@ impl ClientError {
             ClientError::PasswordRequired
             | ClientError::UnsupportedAuth(_)
             | ClientError::Auth(_)
+            | ClientError::ChannelBinding(_)
             | ClientError::TlsConfig(_)
             | ClientError::SslNotSupported { .. }
             | ClientError::WrongSlotType { .. } => true,
             ClientError::AllHostsFailed(all) => all.iter().all(ClientError::is_fatal),
+            // The kind of a server changes (promotion): trying again may find one.
+            ClientError::NoSuitableHost { .. } | ClientError::WrongSessionKind { .. } => false,
             _ => false,
         }
     }
@@ -230,16 +270,39 @@ struct Target<'a> {
 impl ReplicationConn {
     /// Open a physical replication connection: hosts in order, each address of each host,
     /// like libpq. Connection failures and timeouts move on to the next address; an error
-    /// reported by a server (e.g. authentication failed) ends the search, as in libpq.
+    /// reported by a server (e.g. authentication failed) ends the search, as in libpq. A
+    /// server that is not the kind `target_session_attrs` asks for is left for the next
+    /// host; `prefer-standby` takes any server in a second pass when no standby was found.
     pub async fn connect(params: &ConnParams) -> Result<Self, ClientError> {
-        let tls = tls::setup(params.sslmode, params.sslrootcert.as_deref())
-            .map_err(ClientError::TlsConfig)?;
+        let tls = tls::setup(params).map_err(ClientError::TlsConfig)?;
         let mut prompted: Option<Password> = None;
         if params.prompt == PasswordPrompt::Always && params.password.is_none() {
             prompted = Some(Password(conninfo::prompt_password("Password: ")?));
         }
         loop {
-            match Self::connect_any(params, tls.as_ref(), prompted.as_ref()).await {
+            let first = Self::connect_any(
+                params,
+                tls.as_ref(),
+                prompted.as_ref(),
+                params.target_session_attrs,
+            )
+            .await;
+            let result = match first {
+                Err(e @ ClientError::NoSuitableHost { .. })
+                    if params.target_session_attrs == TargetSessionAttrs::PreferStandby =>
+                {
+                    tracing::debug!("{e}; trying again for any server (prefer-standby)");
+                    Self::connect_any(
+                        params,
+                        tls.as_ref(),
+                        prompted.as_ref(),
+                        TargetSessionAttrs::Any,
+                    )
+                    .await
+                }
+                other => other,
+            };
+            match result {
                 // Ask outside the connection attempt, as pg_receivewal does: the server's
                 // authentication_timeout must not run while someone types.
                 Err(ClientError::PasswordRequired)
@@ -258,6 +321,7 @@ impl ReplicationConn {
         params: &ConnParams,
         tls: Option<&TlsSetup>,
         prompted: Option<&Password>,
+        want: TargetSessionAttrs,
     ) -> Result<Self, ClientError> {
         let timeout = params
             .connect_timeout
@@ -291,7 +355,11 @@ impl ReplicationConn {
                 Host::Unix(dir) => {
                     let path = dir.join(format!(".s.PGSQL.{}", target.port));
                     let desc = format!("server on socket \"{}\"", path.display());
-                    let attempt = Self::connect_unix(path, desc.clone(), params, &password);
+                    let attempt = async {
+                        let conn =
+                            Self::connect_unix(path, desc.clone(), params, &password).await?;
+                        conn.settle(want, &desc).await
+                    };
                     match with_timeout(timeout, &desc, attempt).await {
                         Ok(conn) => return Ok(conn),
                         Err(e) if ends_search(&e) => return Err(e),
@@ -317,10 +385,21 @@ impl ReplicationConn {
                     for addr in addrs {
                         let desc =
                             format!("server at \"{name}\" ({}), port {}", addr.ip(), addr.port());
-                        let attempt = Self::connect_tcp(addr, name, &desc, params, tls, &password);
+                        let attempt = async {
+                            let conn = Self::connect_tcp(addr, name, &desc, params, tls, &password)
+                                .await?;
+                            conn.settle(want, &desc).await
+                        };
                         match with_timeout(timeout, &desc, attempt).await {
                             Ok(conn) => return Ok(conn),
                             Err(e) if ends_search(&e) => return Err(e),
+                            // As libpq: the server's kind is the host's, so its other
+                            // addresses are skipped.
+                            Err(e @ ClientError::WrongSessionKind { .. }) => {
+                                tracing::debug!("{e}");
+                                errors.push(e);
+                                break;
+                            }
                             Err(e) => {
                                 tracing::debug!("{e}");
                                 errors.push(e);
@@ -330,11 +409,43 @@ impl ReplicationConn {
                 }
             }
         }
-        if errors.len() == 1 {
+        if want != TargetSessionAttrs::Any
+            && errors
+                .iter()
+                .any(|e| matches!(e, ClientError::WrongSessionKind { .. }))
+        {
+            Err(ClientError::NoSuitableHost { want, errors })
+        } else if errors.len() == 1 {
             Err(errors.remove(0))
         } else {
             Err(ClientError::AllHostsFailed(errors))
         }
+    }
+
+    /// Keep the connection if the server is the kind wanted; otherwise say goodbye and
+    /// report why (libpq closes it politely too).
+    async fn settle(mut self, want: TargetSessionAttrs, desc: &str) -> Result<Self, ClientError> {
+        let mut state = ServerState::reported(|name| self.parameter(name));
+        // At most two SHOWs are ever asked for; the bound guards against a loop.
+        for _ in 0..4 {
+            match target::check(want, &state) {
+                Check::Accept => return Ok(self),
+                Check::Reject(reason) => {
+                    self.close().await;
+                    return Err(ClientError::WrongSessionKind {
+                        target: desc.to_string(),
+                        reason,
+                    });
+                }
+                Check::Show(setting) => {
+                    let value = self.show(setting).await?;
+                    state.learn(setting, &value);
+                }
+            }
+        }
+        Err(ClientError::Protocol(format!(
+            "could not tell whether {desc} matches target_session_attrs={want}"
+        )))
     }
 
     async fn connect_unix(
@@ -440,7 +551,7 @@ impl ReplicationConn {
                     Ok(s) => Ok(Stream::Tls(Box::new(s))),
                     Err(e) => Err(ClientError::Tls {
                         target: desc.to_string(),
-                        message: e.to_string(),
+                        message: describe_tls_error(&e),
                     }),
                 }
             }
@@ -482,7 +593,10 @@ impl ReplicationConn {
         conn.flush_writes().await?;
 
         let need_password = || password().ok_or(ClientError::PasswordRequired);
+        let binding_mode = params.channel_binding;
+        let require_binding = binding_mode == ChannelBindingMode::Require;
         let mut scram: Option<(ScramSha256, bool)> = None;
+        let mut bound = false;
         loop {
             match conn.next_message().await? {
                 BackendMessage::Authentication(auth) => match auth {
@@ -495,6 +609,20 @@ impl ReplicationConn {
                                     .into(),
                             ));
                         }
+                        // As libpq's check_expected_areq: trust (or anything but a
+                        // finished SCRAM-PLUS) is not channel binding.
+                        if require_binding && !bound {
+                            return Err(ClientError::ChannelBinding(
+                                "channel binding required, but server authenticated client without channel binding".into(),
+                            ));
+                        }
+                    }
+                    Authentication::CleartextPassword | Authentication::Md5Password { .. }
+                        if require_binding =>
+                    {
+                        return Err(ClientError::ChannelBinding(
+                            "channel binding required but not supported by server's authentication request".into(),
+                        ));
                     }
                     Authentication::CleartextPassword => {
                         let pw = need_password()?;
@@ -508,19 +636,13 @@ impl ReplicationConn {
                         conn.flush_writes().await?;
                     }
                     Authentication::Sasl { mechanisms } => {
-                        // Plain SCRAM-SHA-256 even when -PLUS is offered: channel binding is
-                        // not implemented, so the gs2 header says 'n' ("client does not
-                        // support it"); 'y' would make the server suspect a downgrade.
-                        if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                            return Err(ClientError::UnsupportedAuth(format!(
-                                "SASL ({})",
-                                mechanisms.join(", ")
-                            )));
-                        }
+                        let (mechanism, binding) =
+                            choose_sasl(&mechanisms, binding_mode, conn.stream.peer_certificate())?;
+                        bound = mechanism == SCRAM_SHA_256_PLUS;
                         let pw = need_password()?;
-                        let s = ScramSha256::new(pw.0.as_bytes(), ChannelBinding::unsupported());
+                        let s = ScramSha256::new(pw.0.as_bytes(), binding);
                         frontend::sasl_initial_response(
-                            SCRAM_SHA_256,
+                            mechanism,
                             s.message(),
                             &mut conn.write_buf,
                         )?;
@@ -1287,8 +1409,77 @@ fn ends_search(e: &ClientError) -> bool {
             | ClientError::PasswordRequired
             | ClientError::UnsupportedAuth(_)
             | ClientError::Auth(_)
+            | ClientError::ChannelBinding(_)
             | ClientError::TlsConfig(_)
     )
+}
+
+/// The SASL mechanism and channel-binding flag, as libpq's pg_SASL_init and
+/// fe-auth-scram.c pick them: SCRAM-SHA-256-PLUS with `tls-server-end-point` when the
+/// connection uses TLS, binding is not disabled and the server offers it; otherwise plain
+/// SCRAM-SHA-256, whose gs2 header says `y` ("I could bind, you did not offer it": a server
+/// that did offer PLUS then knows someone stripped it) over TLS, and `n` without TLS or
+/// with `channel_binding=disable`.
+fn choose_sasl(
+    mechanisms: &[String],
+    mode: ChannelBindingMode,
+    server_cert: Option<&[u8]>,
+) -> Result<(&'static str, ChannelBinding), ClientError> {
+    let offered = |m: &str| mechanisms.iter().any(|x| x == m);
+    let can_bind = mode != ChannelBindingMode::Disable;
+    if let (true, Some(cert)) = (can_bind && offered(SCRAM_SHA_256_PLUS), server_cert) {
+        let hash = crate::auth::tls_server_end_point(cert).map_err(|e| {
+            ClientError::ChannelBinding(format!("could not compute channel binding data: {e}"))
+        })?;
+        return Ok((
+            SCRAM_SHA_256_PLUS,
+            ChannelBinding::tls_server_end_point(hash),
+        ));
+    }
+    if mode == ChannelBindingMode::Require {
+        let why = if server_cert.is_none() {
+            " (the connection does not use SSL)"
+        } else {
+            ""
+        };
+        return Err(ClientError::ChannelBinding(format!(
+            "channel binding is required, but server did not offer an authentication method that supports channel binding{why}"
+        )));
+    }
+    if !offered(SCRAM_SHA_256) {
+        return Err(ClientError::UnsupportedAuth(format!(
+            "SASL ({})",
+            mechanisms.join(", ")
+        )));
+    }
+    let binding = if can_bind && server_cert.is_some() {
+        ChannelBinding::unrequested()
+    } else {
+        ChannelBinding::unsupported()
+    };
+    Ok((SCRAM_SHA_256, binding))
+}
+
+/// The handshake error in words; revocation outcomes spelled out, since rustls' own names
+/// for them (`Revoked`, `UnknownRevocationStatus`) do not say which certificate or list.
+fn describe_tls_error(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return e.to_string();
+    };
+    match inner {
+        Error::InvalidCertificate(CertificateError::Revoked) => {
+            "server certificate has been revoked (it is listed in the certificate revocation list, sslcrl/sslcrldir)".into()
+        }
+        Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {
+            "server certificate's revocation status is unknown: sslcrl/sslcrldir holds no certificate revocation list from its issuer".into()
+        }
+        Error::InvalidCertificate(CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. }) => {
+            "the certificate revocation list (sslcrl/sslcrldir) has expired; fetch a current one from the CA".into()
+        }
+        other => other.to_string(),
+    }
 }
 
 fn log_notice(n: &ServerError) {

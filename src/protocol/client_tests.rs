@@ -21,7 +21,9 @@ use super::client::{ClientError, CopyMessage, ReplicationConn, StreamItem};
 use super::frame::MAX_MESSAGE_LEN;
 use super::frontend::{self, FrontendMessage, StartupPacket};
 use super::replication::{encode_xlog_data, ReplicationMessage};
-use crate::conninfo::{ConnParams, Host, Password, PasswordPrompt, SslMode};
+use crate::conninfo::{
+    ChannelBindingMode, ConnParams, Host, Password, PasswordPrompt, SslMode, TargetSessionAttrs,
+};
 use crate::wal::{Lsn, TimeLineId};
 
 const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocol/testdata");
@@ -201,6 +203,13 @@ fn params_for(hosts: Vec<Host>, ports: Vec<u16>) -> ConnParams {
         application_name: "walferry-test".into(),
         sslmode: SslMode::Disable,
         sslrootcert: None,
+        sslcert: None,
+        sslkey: None,
+        sslpassword: None,
+        sslcrl: None,
+        sslcrldir: None,
+        target_session_attrs: Default::default(),
+        channel_binding: Default::default(),
         connect_timeout: Some(Duration::from_secs(5)),
         keepalives: Default::default(),
         prompt: PasswordPrompt::Never,
@@ -457,20 +466,37 @@ enum ScramEnding {
     SkipFinal,
 }
 
-async fn scram_server(mut s: Fake, password: &'static str, ending: ScramEnding) {
+async fn scram_server(s: Fake, password: &'static str, ending: ScramEnding) {
+    let offered = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
+    // 'n': no channel binding over plain TCP; never 'y' when the server offered -PLUS.
+    scram_exchange(s, password, ending, &offered, "SCRAM-SHA-256", b"n,,").await
+}
+
+/// The server side of a SCRAM exchange offering `offered`; the client must pick
+/// `expect_mechanism` and bind with `expect_binding` (gs2 header and channel-binding data,
+/// as the client-final message's `c=` carries them).
+async fn scram_exchange(
+    mut s: Fake,
+    password: &'static str,
+    ending: ScramEnding,
+    offered: &[&str],
+    expect_mechanism: &str,
+    expect_binding: &[u8],
+) {
     s.startup().await;
     s.send(&[auth(Authentication::Sasl {
-        mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()],
+        mechanisms: offered.iter().map(|m| m.to_string()).collect(),
     })])
     .await;
     let (mech, data) = frontend::parse_sasl_initial_response(s.auth_response().await).unwrap();
-    assert_eq!(
-        mech, "SCRAM-SHA-256",
-        "must not pick -PLUS without channel binding"
-    );
+    assert_eq!(mech, expect_mechanism);
     let client_first = String::from_utf8(data.unwrap().to_vec()).unwrap();
-    // 'n': no channel binding; never 'y' when the server offered -PLUS.
-    let client_first_bare = client_first.strip_prefix("n,,").expect("gs2 header n,,");
+    let gs2_len = client_first.match_indices(',').nth(1).unwrap().0 + 1;
+    let (gs2, client_first_bare) = client_first.split_at(gs2_len);
+    assert!(
+        expect_binding.starts_with(gs2.as_bytes()),
+        "gs2 header {gs2}"
+    );
     let client_nonce = client_first_bare.split("r=").nth(1).unwrap();
     let salt = b"walferry-salt";
     let iterations = 4096;
@@ -484,7 +510,8 @@ async fn scram_server(mut s: Fake, password: &'static str, ending: ScramEnding) 
     .await;
     let client_final = String::from_utf8(s.auth_response().await.to_vec()).unwrap();
     let (without_proof, proof) = client_final.rsplit_once(",p=").unwrap();
-    assert!(without_proof.starts_with("c=biws,r="), "{without_proof}");
+    let expected_c = format!("c={},r=", scram::b64(expect_binding));
+    assert!(without_proof.starts_with(&expected_c), "{without_proof}");
     let salted = scram::salted_password(password.as_bytes(), salt, iterations);
     let client_key = scram::hmac(&salted, b"Client Key");
     let stored_key = scram::sha256(&client_key);
@@ -1497,4 +1524,331 @@ fn stream_futures_are_send() {
         assert_send(&all(c));
     }
     let _ = check;
+}
+
+// ---- target_session_attrs ----
+
+/// A server that reports `in_hot_standby` and `default_transaction_read_only` as a
+/// PostgreSQL 14+ server does, for `connections` connections in turn.
+async fn reporting_server(
+    hot_standby: bool,
+    default_read_only: bool,
+    connections: usize,
+) -> (u16, JoinHandle<()>) {
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    serve(move |l| async move {
+        for _ in 0..connections {
+            let (sock, _) = l.accept().await.unwrap();
+            let mut s = Fake::new(sock);
+            s.startup().await;
+            s.send(&[
+                auth(Authentication::Ok),
+                param("server_version", "15.4"),
+                param("in_hot_standby", on_off(hot_standby)),
+                param("default_transaction_read_only", on_off(default_read_only)),
+                BackendMessage::ReadyForQuery { status: b'I' },
+            ])
+            .await;
+            // Rejected servers are told goodbye; the chosen one is closed by the test.
+            assert!(matches!(
+                s.try_recv().await,
+                Some(FrontendMessage::Terminate) | None
+            ));
+        }
+    })
+    .await
+}
+
+fn two_hosts(ports: [u16; 2], want: TargetSessionAttrs) -> ConnParams {
+    let mut p = params_for(
+        vec![Host::Tcp("127.0.0.1".into()), Host::Tcp("127.0.0.1".into())],
+        ports.to_vec(),
+    );
+    p.target_session_attrs = want;
+    p
+}
+
+#[tokio::test]
+async fn read_write_and_primary_skip_a_standby() {
+    for want in [TargetSessionAttrs::ReadWrite, TargetSessionAttrs::Primary] {
+        let (standby, s1) = reporting_server(true, false, 1).await;
+        let (primary, s2) = reporting_server(false, false, 1).await;
+        let conn = connect(&two_hosts([standby, primary], want)).await.unwrap();
+        assert_eq!(conn.parameter("in_hot_standby"), Some("off"), "{want}");
+        conn.close().await;
+        s1.await.unwrap();
+        s2.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn standby_and_read_only_skip_a_primary() {
+    for want in [
+        TargetSessionAttrs::Standby,
+        TargetSessionAttrs::ReadOnly,
+        TargetSessionAttrs::PreferStandby,
+    ] {
+        let (primary, s1) = reporting_server(false, false, 1).await;
+        let (standby, s2) = reporting_server(true, false, 1).await;
+        let conn = connect(&two_hosts([primary, standby], want)).await.unwrap();
+        assert_eq!(conn.parameter("in_hot_standby"), Some("on"), "{want}");
+        conn.close().await;
+        s1.await.unwrap();
+        s2.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_primary_is_a_primary_but_not_writable() {
+    let (fenced, s1) = reporting_server(false, true, 2).await;
+    let (standby, s2) = reporting_server(true, false, 1).await;
+    let conn = connect(&two_hosts([standby, fenced], TargetSessionAttrs::Primary))
+        .await
+        .unwrap();
+    assert_eq!(conn.parameter("default_transaction_read_only"), Some("on"));
+    conn.close().await;
+    let err = connect(&two_hosts([fenced, fenced], TargetSessionAttrs::ReadWrite))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::NoSuitableHost { .. }), "{err:?}");
+    s1.await.unwrap();
+    s2.await.unwrap();
+}
+
+#[tokio::test]
+async fn no_matching_host_names_each_host_and_why() {
+    let (a, s1) = reporting_server(true, false, 1).await;
+    let (b, s2) = reporting_server(true, false, 1).await;
+    let err = connect(&two_hosts([a, b], TargetSessionAttrs::ReadWrite))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(
+            "could not make a writable connection to any of the hosts (target_session_attrs=read-write):"
+        ),
+        "{msg}"
+    );
+    for port in [a, b] {
+        assert!(
+            msg.contains(&format!("port {port}: session is read-only")),
+            "{msg}"
+        );
+    }
+    // Not final: after a failover one of them may be the primary.
+    assert!(!err.is_fatal());
+    assert!(err.hint().unwrap().contains("failover"), "{:?}", err.hint());
+    s1.await.unwrap();
+    s2.await.unwrap();
+
+    let (a, s1) = reporting_server(false, false, 1).await;
+    let mut p = two_hosts([a, a], TargetSessionAttrs::Standby);
+    p.hosts.truncate(1);
+    p.ports.truncate(1);
+    let err = connect(&p).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("could not make a standby connection")
+            && err
+                .to_string()
+                .contains("server is not in hot standby mode"),
+        "{err}"
+    );
+    s1.await.unwrap();
+}
+
+#[tokio::test]
+async fn prefer_standby_takes_any_server_in_a_second_pass() {
+    // Two primaries: the first pass rejects both, the second takes the first.
+    let (a, s1) = reporting_server(false, false, 2).await;
+    let (b, s2) = reporting_server(false, false, 1).await;
+    let conn = connect(&two_hosts([a, b], TargetSessionAttrs::PreferStandby))
+        .await
+        .unwrap();
+    conn.close().await;
+    s1.await.unwrap();
+    s2.await.unwrap();
+}
+
+#[tokio::test]
+async fn servers_without_the_reports_are_asked_with_show() {
+    // A pre-14 server: no in_hot_standby / default_transaction_read_only reports.
+    let (port, server) = serve_one(|mut s| async move {
+        s.trust().await;
+        assert_eq!(s.expect_query().await, "SHOW transaction_read_only");
+        s.answer_rows(
+            &[("transaction_read_only", TEXT_OID)],
+            &[vec![Some(b"on")]],
+            "SHOW",
+        )
+        .await;
+        assert_eq!(s.expect_query().await, "SHOW default_transaction_read_only");
+        s.answer_rows(
+            &[("default_transaction_read_only", TEXT_OID)],
+            &[vec![Some(b"off")]],
+            "SHOW",
+        )
+        .await;
+        s.until_closed().await;
+    })
+    .await;
+    let mut p = params(port);
+    p.target_session_attrs = TargetSessionAttrs::Standby;
+    let conn = connect(&p).await.unwrap();
+    conn.close().await;
+    server.await.unwrap();
+}
+
+// ---- channel binding ----
+
+/// SSLRequest -> 'S' -> handshake with the `server` certificate; the TLS side as a Fake.
+async fn accept_tls(sock: tokio::net::TcpStream) -> Fake {
+    let mut s = Fake::new(sock);
+    assert_eq!(s.startup().await, StartupPacket::SslRequest);
+    s.send_raw(b"S").await;
+    let tls = tls_acceptor("server").accept(s.io).await.unwrap();
+    Fake::new(tls)
+}
+
+/// `p=tls-server-end-point,,` and the SHA-256 of the test server certificate (ECDSA with
+/// SHA-256), computed here with rustls' hash rather than the code under test.
+fn server_end_point_binding() -> Vec<u8> {
+    let cert = CertificateDer::pem_file_iter(cert_path("server.crt"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut b = b"p=tls-server-end-point,,".to_vec();
+    b.extend(scram::sha256(&cert));
+    b
+}
+
+async fn binding_case(
+    mode: ChannelBindingMode,
+    offered: &'static [&'static str],
+    expect_mechanism: &'static str,
+    expect_binding: Vec<u8>,
+) -> Result<ReplicationConn, ClientError> {
+    let (port, server) = serve(move |l| async move {
+        let (sock, _) = l.accept().await.unwrap();
+        let s = accept_tls(sock).await;
+        let binding: &'static [u8] = Box::leak(expect_binding.into_boxed_slice());
+        scram_exchange(
+            s,
+            "pw",
+            ScramEnding::Honest,
+            offered,
+            expect_mechanism,
+            binding,
+        )
+        .await;
+    })
+    .await;
+    let mut p = params(port);
+    p.sslmode = SslMode::Require;
+    p.channel_binding = mode;
+    p.password = Some(Password("pw".into()));
+    let result = connect(&p).await;
+    if result.is_err() {
+        server.abort();
+    } else {
+        // The exchange was checked by the server script.
+        assert!(!server.is_finished() || server.await.is_ok());
+    }
+    result
+}
+
+#[tokio::test]
+async fn scram_plus_binds_to_the_server_certificate_over_tls() {
+    for mode in [ChannelBindingMode::Prefer, ChannelBindingMode::Require] {
+        let conn = binding_case(
+            mode,
+            &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"],
+            "SCRAM-SHA-256-PLUS",
+            server_end_point_binding(),
+        )
+        .await
+        .unwrap();
+        assert!(conn.is_tls());
+        conn.close().await;
+    }
+    // disable: plain SCRAM, and 'n' (binding not wanted).
+    binding_case(
+        ChannelBindingMode::Disable,
+        &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"],
+        "SCRAM-SHA-256",
+        b"n,,".to_vec(),
+    )
+    .await
+    .unwrap()
+    .close()
+    .await;
+    // prefer, PLUS not offered over TLS: 'y' tells the server we could have bound.
+    binding_case(
+        ChannelBindingMode::Prefer,
+        &["SCRAM-SHA-256"],
+        "SCRAM-SHA-256",
+        b"y,,".to_vec(),
+    )
+    .await
+    .unwrap()
+    .close()
+    .await;
+}
+
+#[tokio::test]
+async fn channel_binding_require_refuses_what_cannot_bind() {
+    // TLS, but the server does not offer SCRAM-SHA-256-PLUS.
+    let err = binding_case(
+        ChannelBindingMode::Require,
+        &["SCRAM-SHA-256"],
+        "SCRAM-SHA-256",
+        b"y,,".to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::ChannelBinding(_)), "{err:?}");
+    assert!(
+        err.to_string().starts_with(
+            "channel binding is required, but server did not offer an authentication method that supports channel binding"
+        ),
+        "{err}"
+    );
+    assert!(err.is_fatal());
+    assert!(err.hint().unwrap().contains("sslmode=require"));
+
+    // Without TLS: trust and md5 are refused, each with libpq's message, before any
+    // password is sent.
+    for (request, needle) in [
+        (
+            Authentication::Ok,
+            "server authenticated client without channel binding",
+        ),
+        (
+            Authentication::Md5Password { salt: [1; 4] },
+            "not supported by server's authentication request",
+        ),
+        (
+            Authentication::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256".into()],
+            },
+            "(the connection does not use SSL)",
+        ),
+    ] {
+        let (port, server) = serve_one(move |mut s| async move {
+            s.startup().await;
+            s.send(&[auth(request)]).await;
+            assert!(matches!(
+                s.try_recv().await,
+                None | Some(FrontendMessage::Terminate)
+            ));
+        })
+        .await;
+        let mut p = params(port);
+        p.channel_binding = ChannelBindingMode::Require;
+        p.password = Some(Password("pw".into()));
+        let err = connect(&p).await.unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+        server.await.unwrap();
+    }
 }

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod frontend;
 pub mod replication;
 mod stream;
+pub mod target;
 pub mod tls;
 
 #[cfg(test)]

@@ -103,6 +103,13 @@ impl ReceiveError {
         }
         match self {
             ReceiveError::Client(ClientError::Tls { message, .. })
+                if message.contains("revocation list") =>
+            {
+                Some(
+                    "a revoked or unlisted server certificate must be replaced on the server (ssl_cert_file); check that sslcrl/sslcrldir hold the current list of the CA that signed it".into(),
+                )
+            }
+            ReceiveError::Client(ClientError::Tls { message, .. })
                 if message.contains("certificate") =>
             {
                 Some(
