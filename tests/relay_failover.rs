@@ -149,3 +149,71 @@ fn standbys_follow_a_timeline_switch_upstream() {
     let log = relay.stop();
     assert!(log.contains("timeline 2"), "{log}");
 }
+
+/// `-d` lists both nodes with `target_session_attrs=read-write`: when the primary fails and
+/// its standby is promoted, the running relay finds the new primary by itself, and its
+/// downstream follows to the new timeline; nothing is reconfigured or restarted.
+#[test]
+fn a_running_relay_follows_a_failover_to_whichever_node_is_writable() {
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("relay");
+    let s1 = PgCluster::standby_of(&pg, StandbyOptions::new().slot("s1"));
+    let dir = tempdir();
+    let both = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres target_session_attrs=read-write",
+        pg.port(),
+        s1.port()
+    );
+    let mut cmd = relay_support::relay_command(&pg, dir.path(), common::free_port(), &[]);
+    // The last -d wins, as with pg_receivewal's flags.
+    cmd.args(["-d", &both, "-S", "relay"]);
+    let port = cmd
+        .get_args()
+        .skip_while(|a| *a != "--listen")
+        .nth(1)
+        .and_then(|a| a.to_str()?.rsplit(':').next()?.parse::<u16>().ok())
+        .unwrap();
+    let mut proc = Proc::spawn(&mut cmd);
+    common::wait_until("the relay to listen", common::TIMEOUT, || {
+        assert!(proc.is_running(), "{}", proc.stderr());
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let downstream = PgCluster::standby_of(
+        &pg,
+        StandbyOptions::new()
+            .primary_conninfo(format!(
+                "host=127.0.0.1 port={port} user=postgres application_name=downstream"
+            ))
+            .conf("wal_retrieve_retry_interval = '200ms'"),
+    );
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let lsn = pg.current_wal_lsn();
+    downstream.wait_for_replay(lsn);
+    s1.wait_for_replay(lsn);
+
+    // The relay's slot exists on S1 before the failover (a standby keeps physical slots
+    // through its promotion), so the relay never meets a new primary without it.
+    s1.create_physical_slot("relay");
+    let mut pg = pg;
+    pg.stop();
+    s1.promote();
+    s1.psql("INSERT INTO t SELECT generate_series(1001, 2000)");
+    let lsn = s1.current_wal_lsn();
+    downstream.wait_for_replay(lsn);
+    assert_eq!(count(&downstream), "2000");
+    assert_eq!(
+        wal_receiver(&downstream).2,
+        2,
+        "the downstream is on timeline 2"
+    );
+    assert!(
+        proc.is_running(),
+        "the relay rode through: {}",
+        proc.stderr()
+    );
+    proc.signal(libc::SIGTERM);
+    assert_eq!(proc.wait().code(), Some(0), "{}", proc.stderr());
+    let log = proc.stderr();
+    assert!(log.contains("timeline 2"), "{log}");
+}

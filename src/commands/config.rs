@@ -332,6 +332,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_relay_config_file_is_a_valid_relay_command_line() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/walferry-relay.toml.example"
+        );
+        let got = expand(&["walferry", "relay", "--config", example]).unwrap();
+        assert!(
+            got.contains(&"--listen=0.0.0.0:5433".to_string()),
+            "{got:?}"
+        );
+        assert!(got.contains(&"--auth=scram".to_string()), "{got:?}");
+        let cli = crate::Cli::try_parse_from(&got).unwrap();
+        assert!(matches!(cli.command, crate::Command::Relay(_)), "{got:?}");
+    }
+
+    #[test]
     fn without_config_or_with_a_bad_command_line_argv_is_unchanged() {
         let line = ["walferry", "receive", "-D", "/a"];
         assert_eq!(expand(&line).unwrap(), line);

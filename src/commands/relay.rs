@@ -54,10 +54,10 @@ pub struct RelayArgs {
     receive: receive::Args,
 
     /// Accept replication connections on HOST:PORT (repeat for several addresses)
+    // Not `required` for clap: it may come from --config.
     #[arg(
         long = "listen",
         value_name = "HOST:PORT",
-        required = true,
         help_heading = "Relay options"
     )]
     listen: Vec<String>,
@@ -126,6 +126,11 @@ pub struct RelayArgs {
 
 pub fn run(args: RelayArgs) -> Result<(), Failure> {
     let usage = |m: String| Failure::usage(m, "relay");
+    if args.listen.is_empty() {
+        return Err(usage(
+            "no --listen address: where should downstream standbys connect?".into(),
+        ));
+    }
     let listen = resolve_listen(&args.listen).map_err(usage)?;
     let auth = match (args.auth.as_str(), &args.auth_file) {
         ("trust", None) => AuthMethod::Trust,
