@@ -34,6 +34,10 @@ fn two_real_standbys_replicate_through_the_relay() {
             let mut opts = StandbyOptions::new().primary_conninfo(relay.conninfo(name));
             if *name == "standby1" {
                 opts = opts.conf("primary_slot_name = 'standby1'");
+            } else {
+                opts = opts
+                    .conf("hot_standby_feedback = on")
+                    .conf("wal_receiver_status_interval = 1");
             }
             PgCluster::standby_of(&pg, opts)
         })
@@ -66,6 +70,12 @@ fn two_real_standbys_replicate_through_the_relay() {
                         && l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) >= Some(lsn)
                 })
             })
+    });
+    // standby2's hot-standby feedback reaches the primary through the relay: the relay's
+    // slot there holds back vacuum for standby2's queries.
+    common::wait_until("the feedback to reach the primary", common::TIMEOUT, || {
+        pg.psql("SELECT xmin IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'relay'")
+            == "t"
     });
     // The primary serves one walsender: the relay's.
     let stats = pg.replication_stats();

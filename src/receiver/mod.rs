@@ -31,7 +31,9 @@ use tokio::sync::{mpsc, watch};
 use crate::archive::{AlignedBuf, Archive, ArchiveError, ArchiveLock, CompressionSpec};
 use crate::conninfo::ConnParams;
 use crate::protocol::client::parse_size_setting;
-use crate::protocol::replication::{encode_status_update, pg_now};
+use crate::protocol::replication::{
+    encode_hot_standby_feedback, encode_status_update, pg_now, HotStandbyFeedback,
+};
 use crate::protocol::ReplicationConn;
 use crate::service::Metrics;
 use crate::wal::{parse_history, tli_of_point_in_history, HistoryEntry, Lsn, TimeLineId};
@@ -72,6 +74,9 @@ pub struct ReceiveOptions {
     /// Never report WAL past this position as written or flushed (a relay's downstream
     /// quorum, `--sync-downstream`); a change re-reports at once.
     pub ack_limit: Option<watch::Receiver<Lsn>>,
+    /// Hot-standby feedback to pass upstream (a relay's downstreams' oldest xmin); sent
+    /// whenever it changes, `None` releasing what was sent before.
+    pub feedback: Option<watch::Receiver<Option<Feedback>>>,
     /// Where to report positions, errors and health (`--metrics`).
     pub metrics: Option<Arc<Metrics>>,
 }
@@ -92,6 +97,7 @@ impl ReceiveOptions {
             validate: true,
             live_tail: None,
             ack_limit: None,
+            feedback: None,
             metrics: None,
         }
     }
@@ -140,6 +146,16 @@ impl Default for Published {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The oldest transactions downstream hot standbys still need, as full (epoch, xid) pairs;
+/// an xid of 0 means none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Feedback {
+    pub xmin: u32,
+    pub xmin_epoch: u32,
+    pub catalog_xmin: u32,
+    pub catalog_xmin_epoch: u32,
 }
 
 /// The upstream server as it identified itself.
@@ -410,6 +426,15 @@ impl Session<'_> {
     ) -> Result<StreamEnd, ReceiveError> {
         let opts = self.opts;
         let mut st = StreamState::new(start, seg_size, opts.ack_limit.clone());
+        // What downstreams need is sent at the start of every stream (the upstream forgot
+        // it with the last connection), then on every change.
+        let mut feedback = opts.feedback.clone();
+        if let Some(f) = &mut feedback {
+            let current = *f.borrow_and_update();
+            if let Some(current) = current {
+                send_feedback(conn, current).await?;
+            }
+        }
         let mut ticker = status_ticker(opts);
         let mut endpos_flush_sent = false;
         let metrics = opts.metrics.as_deref();
@@ -448,6 +473,11 @@ impl Session<'_> {
                 _ = ticker.tick() => {
                     let p = policy.flush().await?;
                     st.status.send(conn, p, false).await?;
+                    continue;
+                }
+                _ = feedback_moved(&mut feedback) => {
+                    let f = feedback.as_mut().and_then(|f| *f.borrow_and_update()).unwrap_or_default();
+                    send_feedback(conn, f).await?;
                     continue;
                 }
                 _ = st.status.limit_moved() => {
@@ -760,6 +790,34 @@ impl StreamState {
         }
         Ok(None)
     }
+}
+
+/// Resolves when the downstream feedback changes (never without a feed).
+async fn feedback_moved(feedback: &mut Option<watch::Receiver<Option<Feedback>>>) {
+    let moved = match feedback {
+        Some(f) => f.changed().await.is_ok(),
+        None => false,
+    };
+    if !moved {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn send_feedback(conn: &mut ReplicationConn, f: Feedback) -> Result<(), ReceiveError> {
+    let mut buf = BytesMut::with_capacity(32);
+    encode_hot_standby_feedback(
+        &HotStandbyFeedback {
+            send_time: pg_now(),
+            xmin: f.xmin,
+            xmin_epoch: f.xmin_epoch,
+            catalog_xmin: f.catalog_xmin,
+            catalog_xmin_epoch: f.catalog_xmin_epoch,
+        },
+        &mut buf,
+    );
+    conn.send_copy_data(&buf).await?;
+    tracing::debug!("hot standby feedback: xmin {}:{}", f.xmin_epoch, f.xmin);
+    Ok(())
 }
 
 /// Status updates every `-s` seconds (never with `-s 0`); the first one after a full interval.

@@ -32,8 +32,8 @@ pub use auth::AuthMethod;
 pub use slots::{Slot, SlotError, Slots};
 
 use crate::receiver::{
-    receive_publishing, LiveTail, Outcome, Position, Published, ReceiveError, ReceiveOptions,
-    Upstream,
+    receive_publishing, Feedback, LiveTail, Outcome, Position, Published, ReceiveError,
+    ReceiveOptions, Upstream,
 };
 use crate::wal::Lsn;
 
@@ -104,6 +104,7 @@ pub(crate) struct Hub {
     tls_binding: Option<Vec<u8>>,
     tls_required: bool,
     quorum: Quorum,
+    feedback: FeedbackHub,
     wal_sender_timeout: Duration,
     metrics: Option<Arc<crate::service::Metrics>>,
     next_pid: AtomicI32,
@@ -176,6 +177,72 @@ impl Quorum {
     }
 }
 
+/// Hot-standby feedback of the downstreams, passed upstream as one: the oldest xmin (and
+/// catalog xmin) any of them still needs, so that the primary's vacuum keeps the rows their
+/// queries read, as a cascading PostgreSQL standby does. A downstream that leaves stops
+/// holding anything back.
+pub(crate) struct FeedbackHub {
+    each: Mutex<HashMap<i32, Feedback>>,
+    oldest: watch::Sender<Option<Feedback>>,
+}
+
+impl FeedbackHub {
+    fn new() -> Self {
+        FeedbackHub {
+            each: Mutex::new(HashMap::new()),
+            oldest: watch::channel(None).0,
+        }
+    }
+
+    fn report(&self, pid: i32, f: Feedback) {
+        let mut each = self.each.lock().unwrap_or_else(|p| p.into_inner());
+        each.insert(pid, f);
+        self.publish(&each);
+    }
+
+    fn forget(&self, pid: i32) {
+        let mut each = self.each.lock().unwrap_or_else(|p| p.into_inner());
+        if each.remove(&pid).is_some() {
+            self.publish(&each);
+        }
+    }
+
+    fn publish(&self, each: &HashMap<i32, Feedback>) {
+        let oldest = oldest_feedback(each.values().copied());
+        self.oldest.send_if_modified(|cur| {
+            let changed = *cur != oldest;
+            *cur = oldest;
+            changed
+        });
+    }
+}
+
+/// The oldest of several feedbacks, each xid compared with its epoch; xid 0 is "none".
+/// `None` when there is nothing to report at all (no downstream sent feedback).
+fn oldest_feedback(all: impl Iterator<Item = Feedback>) -> Option<Feedback> {
+    let full = |xid: u32, epoch: u32| (xid != 0).then(|| (u64::from(epoch) << 32) | u64::from(xid));
+    let mut seen = false;
+    let mut xmin: Option<u64> = None;
+    let mut catalog: Option<u64> = None;
+    for f in all {
+        seen = true;
+        if let Some(x) = full(f.xmin, f.xmin_epoch) {
+            xmin = Some(xmin.map_or(x, |m| m.min(x)));
+        }
+        if let Some(x) = full(f.catalog_xmin, f.catalog_xmin_epoch) {
+            catalog = Some(catalog.map_or(x, |m| m.min(x)));
+        }
+    }
+    let split = |x: Option<u64>| x.map_or((0, 0), |x| (x as u32, (x >> 32) as u32));
+    let ((xmin, xmin_epoch), (catalog_xmin, catalog_xmin_epoch)) = (split(xmin), split(catalog));
+    seen.then_some(Feedback {
+        xmin,
+        xmin_epoch,
+        catalog_xmin,
+        catalog_xmin_epoch,
+    })
+}
+
 /// Run the relay until a stop is requested or the receiver fails.
 ///
 /// `bound` receives the addresses actually listened on (useful with port 0).
@@ -211,6 +278,7 @@ pub async fn run(
 
     let tail = Arc::new(LiveTail::new(opts.tail_capacity));
     let quorum = Quorum::new(opts.sync_downstream);
+    let feedback = FeedbackHub::new();
     let mut receive = opts.receive.clone();
     receive.live_tail = Some(tail.clone());
     // Downstreams are served durable WAL only: it must not wait for a segment end.
@@ -218,6 +286,7 @@ pub async fn run(
     if opts.sync_downstream > 0 {
         receive.ack_limit = Some(quorum.gate.subscribe());
     }
+    receive.feedback = Some(feedback.oldest.subscribe());
 
     // One stop for everything: the caller's, or the receiver's end.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -233,6 +302,7 @@ pub async fn run(
         tls_binding,
         tls_required: opts.tls_required,
         quorum,
+        feedback,
         wal_sender_timeout: opts.wal_sender_timeout,
         metrics: opts.receive.metrics.clone(),
         next_pid: AtomicI32::new(std::process::id() as i32 * 1000 % 1_000_000_000 + 1),
@@ -377,4 +447,54 @@ fn random_u64() -> u64 {
         let _ = f.read_exact(&mut b);
     }
     u64::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fb(xmin: u32, xmin_epoch: u32, catalog_xmin: u32) -> Feedback {
+        Feedback {
+            xmin,
+            xmin_epoch,
+            catalog_xmin,
+            catalog_xmin_epoch: 0,
+        }
+    }
+
+    #[test]
+    fn the_oldest_xmin_wins_across_epochs_and_zero_means_none() {
+        assert_eq!(oldest_feedback([].into_iter()), None);
+        let got =
+            oldest_feedback([fb(100, 1, 0), fb(4_000_000_000, 0, 7), fb(0, 0, 0)].into_iter());
+        assert_eq!(got, Some(fb(4_000_000_000, 0, 7)));
+        // Only "none" reports: something to send, holding nothing back.
+        assert_eq!(
+            oldest_feedback([fb(0, 0, 0)].into_iter()),
+            Some(fb(0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn the_quorum_is_the_nth_highest_flush_and_never_goes_back() {
+        let q = Quorum::new(2);
+        let gate = q.gate.subscribe();
+        q.report(1, Lsn(500));
+        assert_eq!(
+            *gate.borrow(),
+            Lsn(0),
+            "one downstream is not a quorum of two"
+        );
+        q.report(2, Lsn(300));
+        assert_eq!(*gate.borrow(), Lsn(300));
+        q.report(3, Lsn(400));
+        assert_eq!(*gate.borrow(), Lsn(400));
+        q.forget(1);
+        q.report(2, Lsn(350));
+        assert_eq!(
+            *gate.borrow(),
+            Lsn(400),
+            "an acknowledgement is never taken back"
+        );
+    }
 }

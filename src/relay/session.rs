@@ -234,6 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(SessionError::Io(e)) => tracing::info!("relay: {peer}: connection lost: {e}"),
         }
         session.hub.quorum.forget(pid);
+        session.hub.feedback.forget(pid);
         if let Err(e) = session.hub.slots.release_all(pid) {
             tracing::error!("relay: {e}");
         }

@@ -13,6 +13,7 @@ use crate::archive::{ArchiveReader, ReaderError};
 use crate::protocol::backend::{encode_result_set, CopyResponse, ServerError, INT8_OID, TEXT_OID};
 use crate::protocol::replication::{encode_keepalive, pg_now};
 use crate::protocol::{BackendMessage, FrontendMessage, StandbyMessage};
+use crate::receiver::Feedback;
 use crate::wal::{HistoryEntry, Lsn, SegmentName, TimeLineId};
 
 /// At most this much WAL per `'w'` message (walsender.c MAX_SEND_SIZE).
@@ -349,7 +350,18 @@ impl Stream {
                 );
                 Ok(u.reply_requested)
             }
-            StandbyMessage::HotStandbyFeedback(_) => Ok(false),
+            StandbyMessage::HotStandbyFeedback(h) => {
+                hub.feedback.report(
+                    self.pid,
+                    Feedback {
+                        xmin: h.xmin,
+                        xmin_epoch: h.xmin_epoch,
+                        catalog_xmin: h.catalog_xmin,
+                        catalog_xmin_epoch: h.catalog_xmin_epoch,
+                    },
+                );
+                Ok(false)
+            }
         }
     }
 
