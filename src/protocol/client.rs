@@ -233,6 +233,9 @@ enum State {
     CopyBoth,
     /// The server sent CopyDone; we may still send CopyData until `finish_copy`.
     ServerCopyDone,
+    /// The server ended the stream with CommandComplete and is going away (a walsender
+    /// stopping with its server): nothing follows.
+    ServerEnded,
     /// Framing was lost or the server hung up: nothing more can be done.
     Broken,
 }
@@ -832,9 +835,11 @@ impl ReplicationConn {
                 self.state = State::Idle;
                 Ok(())
             }
-            State::CopyBoth | State::ServerCopyDone => Err(ClientError::Protocol(
-                "a replication stream is in progress; call finish_copy first".into(),
-            )),
+            State::CopyBoth | State::ServerCopyDone | State::ServerEnded => {
+                Err(ClientError::Protocol(
+                    "a replication stream is in progress; call finish_copy first".into(),
+                ))
+            }
             State::Broken => Err(ClientError::Protocol(
                 "the connection is unusable after an earlier error".into(),
             )),
@@ -1239,6 +1244,10 @@ impl ReplicationConn {
                     self.state = State::Draining;
                     return Err(ClientError::Server(e));
                 }
+                BackendMessage::CommandComplete { .. } => {
+                    self.state = State::ServerEnded;
+                    return Ok(Some(CopyMessage::Done));
+                }
                 other => {
                     self.state = State::Broken;
                     return Err(ClientError::Protocol(format!(
@@ -1267,6 +1276,11 @@ impl ReplicationConn {
     /// timeline ended, `None` when the stream just stopped.
     pub async fn finish_copy(&mut self) -> Result<Option<(TimeLineId, Lsn)>, ClientError> {
         let mut server_done = match self.state {
+            State::ServerEnded => {
+                // Nothing to finish: the server is gone once its CommandComplete is out.
+                self.state = State::Broken;
+                return Ok(None);
+            }
             State::ServerCopyDone => true,
             State::CopyBoth => false,
             _ => {

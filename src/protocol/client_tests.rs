@@ -1026,6 +1026,35 @@ async fn read_copy_message_is_cancel_safe() {
     server.await.unwrap();
 }
 
+/// A stopping PostgreSQL walsender ends the stream with CommandComplete ("COPY 0") and
+/// exits, without CopyDone (walsender.c WalSndDone): that is the end of the stream, not a
+/// protocol error, and finishing it reports no next timeline.
+#[tokio::test]
+async fn command_complete_in_the_stream_is_a_server_shutting_down() {
+    let (port, server) = serve_one(move |mut s| async move {
+        s.trust().await;
+        s.expect_query().await;
+        s.send(&[
+            copy_both(),
+            BackendMessage::CommandComplete {
+                tag: "COPY 0".into(),
+            },
+        ])
+        .await;
+    })
+    .await;
+    let mut conn = connect(&params(port)).await.unwrap();
+    conn.start_replication(None, Lsn(0), TimeLineId(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn.read_copy_message().await.unwrap(),
+        CopyMessage::Done
+    ));
+    assert_eq!(conn.finish_copy().await.unwrap(), None);
+    server.await.unwrap();
+}
+
 /// The zero-copy read path: XLogData headers from the connection's buffer, payloads into
 /// the caller's memory in pieces, other messages in between; the server trickles bytes so
 /// that every kind of boundary falls inside a read, and a timer cancels reads throughout.
