@@ -8,7 +8,7 @@ mod relay_support;
 
 use common::{tempdir, PgCluster, StandbyOptions};
 use receive_support::*;
-use relay_support::Relay;
+use relay_support::{standby_via, Relay};
 
 fn count(pg: &PgCluster) -> String {
     pg.psql("SELECT count(*) FROM t")
@@ -35,12 +35,7 @@ fn standbys_reconnect_and_catch_up_after_the_relay_is_killed() {
     let dir = tempdir();
     let mut relay = Relay::start(&pg, dir.path(), &["-S", "relay"]);
     let port = relay.port;
-    let standby = PgCluster::standby_of(
-        &pg,
-        StandbyOptions::new()
-            .primary_conninfo(relay.conninfo("standby1"))
-            .conf("wal_retrieve_retry_interval = '200ms'"),
-    );
+    let standby = standby_via(&pg, relay.conninfo("standby1"));
     pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
     pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
     standby.wait_for_replay(pg.current_wal_lsn());
@@ -120,12 +115,7 @@ fn standbys_follow_a_timeline_switch_upstream() {
     let dir = tempdir();
     let relay = Relay::start(&pg, dir.path(), &["-S", "relay"]);
     let port = relay.port;
-    let downstream = PgCluster::standby_of(
-        &pg,
-        StandbyOptions::new()
-            .primary_conninfo(relay.conninfo("downstream"))
-            .conf("wal_retrieve_retry_interval = '200ms'"),
-    );
+    let downstream = standby_via(&pg, relay.conninfo("downstream"));
     pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
     pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
     let lsn = pg.current_wal_lsn();
@@ -178,13 +168,9 @@ fn a_running_relay_follows_a_failover_to_whichever_node_is_writable() {
         assert!(proc.is_running(), "{}", proc.stderr());
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    let downstream = PgCluster::standby_of(
+    let downstream = standby_via(
         &pg,
-        StandbyOptions::new()
-            .primary_conninfo(format!(
-                "host=127.0.0.1 port={port} user=postgres application_name=downstream"
-            ))
-            .conf("wal_retrieve_retry_interval = '200ms'"),
+        format!("host=127.0.0.1 port={port} user=postgres application_name=downstream"),
     );
     pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
     pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");

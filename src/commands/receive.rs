@@ -380,22 +380,32 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let _ = stop_tx.send(true);
         });
         let result = receiver::receive(&opts, stop_rx).await;
-        if let Some(m) = &opts.metrics {
-            m.set_stopped(match &result {
-                Ok(Outcome::EndposReached(lsn)) => format!("end position reached at {lsn}"),
-                Ok(Outcome::Stopped(_)) => "stop requested".into(),
-                Err(e) => e.to_string(),
-            });
-        }
-        match result {
-            Ok(Outcome::EndposReached(lsn)) => {
-                tracing::info!("end position reached: WAL is flushed up to {lsn}");
-                Ok(())
-            }
-            Ok(Outcome::Stopped(_)) => Ok(()),
-            Err(e) => Err(receive_failure(&e)),
-        }
+        conclude(opts.metrics.as_deref(), result, |e| receive_failure(&e))
     })
+}
+
+/// How a run ended, for `/healthz` (its last word) and as the command's result: `--endpos`
+/// reached and a stop are success, an error becomes `failure(e)`.
+pub fn conclude<E: std::fmt::Display>(
+    metrics: Option<&walferry::service::Metrics>,
+    result: Result<Outcome, E>,
+    failure: impl FnOnce(E) -> Failure,
+) -> Result<(), Failure> {
+    if let Some(m) = metrics {
+        m.set_stopped(match &result {
+            Ok(Outcome::EndposReached(lsn)) => format!("end position reached at {lsn}"),
+            Ok(Outcome::Stopped(_)) => "stop requested".into(),
+            Err(e) => e.to_string(),
+        });
+    }
+    match result {
+        Ok(Outcome::EndposReached(lsn)) => {
+            tracing::info!("end position reached: WAL is flushed up to {lsn}");
+            Ok(())
+        }
+        Ok(Outcome::Stopped(_)) => Ok(()),
+        Err(e) => Err(failure(e)),
+    }
 }
 
 /// The resolved connection options. `-W` asks for the password here, once, before any

@@ -8,10 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use walferry::auth::AuthFile;
-use walferry::receiver::Outcome;
 use walferry::relay::{self, AuthMethod, RelayOptions};
 
-use super::receive::{self, receive_failure, wait_for_stop_signal, Plan};
+use super::receive::{self, conclude, receive_failure, wait_for_stop_signal, Plan};
 use super::Failure;
 
 pub const AFTER_HELP: &str = "\
@@ -189,28 +188,16 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
             let _ = stop_tx.send(true);
         });
         let result = relay::run(opts, stop_rx, None).await;
-        if let Some(m) = &metrics {
-            m.set_stopped(match &result {
-                Ok(Outcome::EndposReached(lsn)) => format!("end position reached at {lsn}"),
-                Ok(Outcome::Stopped(_)) => "stop requested".into(),
-                Err(e) => e.to_string(),
-            });
-        }
-        match result {
-            Ok(Outcome::EndposReached(lsn)) => {
-                tracing::info!("end position reached: WAL is flushed up to {lsn}");
-                Ok(())
-            }
-            Ok(Outcome::Stopped(_)) => Ok(()),
-            Err(relay::RelayError::Receive(e)) => Err(receive_failure(&e)),
-            Err(e) => {
+        conclude(metrics.as_deref(), result, |e| match e {
+            relay::RelayError::Receive(e) => receive_failure(&e),
+            e => {
                 let failure = Failure::new(e.to_string());
-                Err(match e.hint() {
+                match e.hint() {
                     Some(h) => failure.with_hint(h),
                     None => failure,
-                })
+                }
             }
-        }
+        })
     })
 }
 

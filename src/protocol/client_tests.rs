@@ -1597,33 +1597,24 @@ fn two_hosts(ports: [u16; 2], want: TargetSessionAttrs) -> ConnParams {
     p
 }
 
+/// Each kind of session is found behind a server of the other kind: read-write and primary
+/// skip a standby listed first, standby, read-only and prefer-standby skip a primary.
 #[tokio::test]
-async fn read_write_and_primary_skip_a_standby() {
-    for want in [TargetSessionAttrs::ReadWrite, TargetSessionAttrs::Primary] {
-        let (standby, s1) = reporting_server(true, false, 1).await;
-        let (primary, s2) = reporting_server(false, false, 1).await;
-        let conn = connect(&two_hosts([standby, primary], want)).await.unwrap();
-        assert_eq!(conn.parameter("in_hot_standby"), Some("off"), "{want}");
-        conn.close().await;
-        s1.await.unwrap();
-        s2.await.unwrap();
-    }
-}
-
-#[tokio::test]
-async fn standby_and_read_only_skip_a_primary() {
-    for want in [
-        TargetSessionAttrs::Standby,
-        TargetSessionAttrs::ReadOnly,
-        TargetSessionAttrs::PreferStandby,
+async fn a_server_of_the_wrong_kind_is_skipped() {
+    use TargetSessionAttrs::*;
+    for (first_is_standby, wants, found) in [
+        (true, &[ReadWrite, Primary][..], "off"),
+        (false, &[Standby, ReadOnly, PreferStandby][..], "on"),
     ] {
-        let (primary, s1) = reporting_server(false, false, 1).await;
-        let (standby, s2) = reporting_server(true, false, 1).await;
-        let conn = connect(&two_hosts([primary, standby], want)).await.unwrap();
-        assert_eq!(conn.parameter("in_hot_standby"), Some("on"), "{want}");
-        conn.close().await;
-        s1.await.unwrap();
-        s2.await.unwrap();
+        for &want in wants {
+            let (first, s1) = reporting_server(first_is_standby, false, 1).await;
+            let (second, s2) = reporting_server(!first_is_standby, false, 1).await;
+            let conn = connect(&two_hosts([first, second], want)).await.unwrap();
+            assert_eq!(conn.parameter("in_hot_standby"), Some(found), "{want}");
+            conn.close().await;
+            s1.await.unwrap();
+            s2.await.unwrap();
+        }
     }
 }
 

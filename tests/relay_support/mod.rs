@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{self, client_command, free_port, walferry_bin, PgCluster};
+use crate::common::{self, client_command, free_port, walferry_bin, PgCluster, StandbyOptions};
 use crate::receive_support::Proc;
 
 pub struct Relay {
@@ -65,4 +65,15 @@ impl Relay {
         assert_eq!(status.code(), Some(0), "relay: {err}");
         err
     }
+}
+
+/// A standby of `pg` (base backup from it) whose walreceiver connects to `conninfo` (the
+/// relay), retrying quickly after a lost connection.
+pub fn standby_via(pg: &PgCluster, conninfo: String) -> PgCluster {
+    PgCluster::standby_of(
+        pg,
+        StandbyOptions::new()
+            .primary_conninfo(conninfo)
+            .conf("wal_retrieve_retry_interval = '200ms'"),
+    )
 }
