@@ -12,31 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{format_lsn, password, roles, tempdir, PgCluster};
+use common::{password, roles, tempdir, PgCluster};
 use receive_support::*;
-
-/// `walferry receive -D <fresh dir> -d <conninfo> -E <flush lsn> -w` (never prompts).
-fn probe(pg: &PgCluster, conninfo: &str, setup: impl FnOnce(&mut Command)) -> Output {
-    let dir = tempdir();
-    small_commit(pg);
-    let endpos = flush_lsn(pg);
-    let mut cmd = walferry_bare();
-    cmd.arg("-D")
-        .arg(dir.path())
-        .args(["-d", conninfo, "-E", &format_lsn(endpos), "-w"]);
-    setup(&mut cmd);
-    let out = run_bounded(&mut cmd, RUN_TIMEOUT);
-    if out.status.success() {
-        // It streamed: the tail segment is there.
-        assert_eq!(
-            partial_segments(dir.path()).len(),
-            1,
-            "{:?}",
-            list_dir(dir.path())
-        );
-    }
-    out
-}
 
 #[track_caller]
 fn assert_ok(what: &str, out: &Output) {

@@ -588,3 +588,32 @@ impl Rng {
         lo + self.next() % (hi - lo)
     }
 }
+
+/// `walferry receive -D <fresh dir> -d <conninfo> -E <endpos> -w`, HOME an empty directory
+/// (no ~/.postgresql files) unless `setup` says otherwise.
+pub fn probe_to(endpos: u64, conninfo: &str, setup: impl FnOnce(&mut Command)) -> Output {
+    let dir = common::tempdir();
+    let home = common::tempdir();
+    let mut cmd = walferry_bare();
+    cmd.arg("-D")
+        .arg(dir.path())
+        .args(["-d", conninfo, "-E", &format_lsn(endpos), "-w"])
+        .env("HOME", home.path());
+    setup(&mut cmd);
+    let out = run_bounded(&mut cmd, RUN_TIMEOUT);
+    if out.status.success() {
+        assert_eq!(
+            partial_segments(dir.path()).len(),
+            1,
+            "{:?}",
+            list_dir(dir.path())
+        );
+    }
+    out
+}
+
+/// A probe against `pg` up to its current flush position.
+pub fn probe(pg: &PgCluster, conninfo: &str, setup: impl FnOnce(&mut Command)) -> Output {
+    small_commit(pg);
+    probe_to(flush_lsn(pg), conninfo, setup)
+}
