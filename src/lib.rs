@@ -12,5 +12,6 @@ pub mod inspect;
 pub mod protocol;
 pub mod receiver;
 pub mod relay;
+pub mod repo;
 pub mod service;
 pub mod wal;

@@ -19,6 +19,20 @@ pub fn iso8601(t: TimestampTz) -> String {
     )
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time, and its parts (for ids made of them).
+pub fn utc_parts(unix_secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let (y, m, d) = civil_from_days(unix_secs.div_euclid(86_400));
+    let sod = unix_secs.rem_euclid(86_400);
+    (
+        y,
+        m,
+        d,
+        (sod / 3600) as u32,
+        (sod / 60 % 60) as u32,
+        (sod % 60) as u32,
+    )
+}
+
 /// Year, month, day of the day `days` after 1970-01-01 (Howard Hinnant's civil_from_days).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
