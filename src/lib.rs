@@ -13,5 +13,6 @@ pub mod protocol;
 pub mod receiver;
 pub mod relay;
 pub mod repo;
+pub mod restore;
 pub mod service;
 pub mod wal;

@@ -140,7 +140,10 @@ pub fn inspect_dir(
             eprintln!("{line}");
         }
     };
-    let opts = Options { seg_size };
+    let opts = Options {
+        seg_size,
+        ..Options::default()
+    };
     let result = inspect::inspect(dir, &opts, &mut progress);
     if shown {
         eprint!("\r\x1b[K");

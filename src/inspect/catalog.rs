@@ -45,9 +45,19 @@ pub struct TimelineInfo {
 pub(crate) struct Catalog {
     restore_points: BTreeMap<(TimeLineId, Lsn), RestorePointInfo>,
     timelines: BTreeMap<TimeLineId, TimelineInfo>,
+    find_xid: Option<u32>,
+    xid_commit: Option<(TimeLineId, XactPoint)>,
 }
 
 impl Catalog {
+    /// A catalogue that also notes the commit of transaction `xid`.
+    pub(crate) fn finding(xid: Option<u32>) -> Self {
+        Catalog {
+            find_xid: xid,
+            ..Catalog::default()
+        }
+    }
+
     /// A record that passed every check, written on `tli`.
     #[inline]
     pub(crate) fn record(&mut self, tli: TimeLineId, r: &Record) {
@@ -63,6 +73,9 @@ impl Catalog {
                 }
                 if t.last_commit.is_none_or(|l| p.lsn > l.lsn) {
                     t.last_commit = Some(p);
+                }
+                if self.find_xid == Some(r.xid) && self.xid_commit.is_none() {
+                    self.xid_commit = Some((tli, p));
                 }
             }
             RecordKind::RestorePoint(rp) => {
@@ -106,7 +119,14 @@ impl Catalog {
         })
     }
 
-    pub(crate) fn finish(mut self) -> (Vec<TimelineInfo>, Vec<RestorePointInfo>) {
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn finish(
+        mut self,
+    ) -> (
+        Vec<TimelineInfo>,
+        Vec<RestorePointInfo>,
+        Option<(TimeLineId, XactPoint)>,
+    ) {
         let tlis: Vec<TimeLineId> = self.restore_points.keys().map(|&(t, _)| t).collect();
         for tli in tlis {
             self.timeline(tli).restore_points += 1;
@@ -114,6 +134,7 @@ impl Catalog {
         (
             self.timelines.into_values().collect(),
             self.restore_points.into_values().collect(),
+            self.xid_commit,
         )
     }
 }

@@ -25,7 +25,12 @@ const READ_AHEAD: usize = 4;
 
 /// Decodes the planned files. Reading and decompressing run on a second thread, a few
 /// chunks ahead of the decoder, in the order the decoder takes the files.
-pub(crate) fn run(dir: &Path, plan: Plan, progress: &mut dyn FnMut(&Progress<'_>)) -> Report {
+pub(crate) fn run(
+    dir: &Path,
+    plan: Plan,
+    find_xid: Option<u32>,
+    progress: &mut dyn FnMut(&Progress<'_>),
+) -> Report {
     let jobs: Vec<(PathBuf, Compression)> = plan
         .timelines
         .iter()
@@ -37,11 +42,16 @@ pub(crate) fn run(dir: &Path, plan: Plan, progress: &mut dyn FnMut(&Progress<'_>
     let (free_tx, free_rx) = mpsc::channel();
     std::thread::scope(|scope| {
         scope.spawn(move || read_ahead(jobs, tx, free_rx));
-        decode_all(plan, ReadAhead { rx, free: free_tx }, progress)
+        decode_all(plan, ReadAhead { rx, free: free_tx }, find_xid, progress)
     })
 }
 
-fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'_>)) -> Report {
+fn decode_all(
+    plan: Plan,
+    ahead: ReadAhead,
+    find_xid: Option<u32>,
+    progress: &mut dyn FnMut(&Progress<'_>),
+) -> Report {
     let files_total = plan.timelines.iter().map(|t| t.files.len()).sum();
     let stored_total = plan
         .timelines
@@ -55,7 +65,7 @@ fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'
         sysid: plan.sysid,
         problems: plan.problems,
         notes: Vec::new(),
-        catalog: Catalog::default(),
+        catalog: Catalog::finding(find_xid),
         segments: 0,
         records: 0,
         decoded: 0,
@@ -80,7 +90,7 @@ fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'
     } = eng;
     problems.sort_by(|a, b| (a.file.as_deref(), a.lsn).cmp(&(b.file.as_deref(), b.lsn)));
     notes.sort_by(|a, b| (a.file.as_deref(), a.lsn).cmp(&(b.file.as_deref(), b.lsn)));
-    let (timelines, restore_points) = catalog.finish();
+    let (timelines, restore_points, xid_commit) = catalog.finish();
     Report {
         seg_size: plan.seg_size,
         system_id: plan.sysid,
@@ -91,6 +101,7 @@ fn decode_all(plan: Plan, ahead: ReadAhead, progress: &mut dyn FnMut(&Progress<'
         restore_points,
         problems,
         notes,
+        xid_commit,
     }
 }
 

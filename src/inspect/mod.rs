@@ -115,6 +115,8 @@ pub struct Options {
     /// The WAL segment size; `None` reads it from the first segment's long page header
     /// (xlp_seg_size), falling back to 16 MiB.
     pub seg_size: Option<u64>,
+    /// Also find the commit of this transaction (`restore --target-xid`).
+    pub find_xid: Option<u32>,
 }
 
 /// Where a long run is, after each segment file.
@@ -152,6 +154,8 @@ pub struct Report {
     /// Facts worth knowing that are not damage: where the WAL of a timeline's newest
     /// `.partial` ends when a record there was cut short, a full `.partial` not renamed yet.
     pub notes: Vec<Problem>,
+    /// The commit of [`Options::find_xid`], and its timeline, when the archive holds it.
+    pub xid_commit: Option<(TimeLineId, XactPoint)>,
 }
 
 impl Report {
@@ -193,5 +197,5 @@ pub fn inspect(
 ) -> Result<Report, InspectError> {
     let listing = layout::list_dir(dir, opts.seg_size)?;
     let plan = layout::plan(listing);
-    Ok(check::run(dir, plan, progress))
+    Ok(check::run(dir, plan, opts.find_xid, progress))
 }

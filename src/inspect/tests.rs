@@ -218,13 +218,15 @@ fn a_segment_of_another_segment_size_is_reported() {
     // for odd numbers.
     let opts = Options {
         seg_size: Some(2 * SEG),
+        ..Options::default()
     };
     let r = inspect(t.dir.path(), &opts, &mut |_| {}).unwrap();
     assert!(!r.problems.is_empty());
     assert!(inspect(
         t.dir.path(),
         &Options {
-            seg_size: Some(3 * SEG)
+            seg_size: Some(3 * SEG),
+            ..Options::default()
         },
         &mut |_| {}
     )
