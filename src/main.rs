@@ -56,6 +56,12 @@ enum Command {
         infer_long_args = true
     )]
     Relay(Box<commands::relay::RelayArgs>),
+    /// List a repository's backups, the range each can be restored to, and its WAL
+    #[command(after_help = commands::list::LIST_AFTER_HELP, disable_help_flag = true)]
+    List(commands::list::ListArgs),
+    /// Remove old backups and the WAL only they need
+    #[command(after_help = commands::list::EXPIRE_AFTER_HELP, disable_help_flag = true)]
+    Expire(commands::list::ExpireArgs),
     /// Print a SCRAM-SHA-256 verifier line for `relay --auth-file` from a password
     #[command(after_help = commands::auth_verifier::AFTER_HELP, disable_help_flag = true)]
     AuthVerifier(commands::auth_verifier::Args),
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Command::Receive(args) => commands::receive::run(*args),
         Command::Relay(args) => commands::relay::run(*args),
         Command::AuthVerifier(args) => commands::auth_verifier::run(args),
+        Command::List(args) => commands::list::run_list(args, cli.verbose),
+        Command::Expire(args) => commands::list::run_expire(args),
         Command::Verify(args) => commands::verify::run(args, cli.verbose),
         Command::RestorePoints(args) => commands::restore_points::run(args, cli.verbose),
         Command::WalInfo(args) => commands::restore_points::run_wal_info(args, cli.verbose),

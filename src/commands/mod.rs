@@ -2,6 +2,7 @@
 
 pub mod auth_verifier;
 pub mod config;
+pub mod list;
 pub mod receive;
 pub mod relay;
 pub mod restore_points;

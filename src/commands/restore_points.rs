@@ -41,7 +41,7 @@ invalid command line.";
 pub use super::verify::Args;
 
 pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
-    let report = inspect_dir(&args.directory, args.wal_segsize, "restore-points", verbose)?;
+    let report = inspect_dir(&args.directory, &args.options(), "restore-points", verbose)?;
     let text = if args.json {
         format!(
             "{}\n",
@@ -57,7 +57,7 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
 }
 
 pub fn run_wal_info(args: Args, verbose: u8) -> Result<(), Failure> {
-    let report = inspect_dir(&args.directory, args.wal_segsize, "wal-info", verbose)?;
+    let report = inspect_dir(&args.directory, &args.options(), "wal-info", verbose)?;
     let text = if args.json {
         format!("{}\n", json::to_string(&json::wal_info(&report.timelines)))
     } else {
@@ -107,7 +107,7 @@ fn restore_point_table(report: &Report) -> String {
     table(["NAME", "LSN", "TIME", "TIMELINE"], &rows)
 }
 
-fn range_footer(timelines: &[TimelineInfo]) -> String {
+pub fn range_footer(timelines: &[TimelineInfo]) -> String {
     let mut s = String::from("Recoverable range:\n");
     if timelines.is_empty() {
         s.push_str("  no WAL could be read\n");
@@ -125,7 +125,7 @@ fn range_footer(timelines: &[TimelineInfo]) -> String {
     s
 }
 
-fn commit(c: XactPoint) -> String {
+pub fn commit(c: XactPoint) -> String {
     format!("{} ({})", iso8601(c.time), c.lsn)
 }
 
@@ -160,7 +160,7 @@ fn timeline_table(timelines: &[TimelineInfo]) -> String {
 }
 
 /// Columns padded to their widest cell, two spaces apart; the last one is not padded.
-fn table<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> String {
+pub fn table<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> String {
     let mut width = head.map(|h| h.chars().count());
     for r in rows {
         for (w, c) in width.iter_mut().zip(r) {

@@ -50,8 +50,18 @@ pub struct Args {
     help: Option<bool>,
 }
 
+impl Args {
+    /// How to read the archive, from --wal-segsize.
+    pub fn options(&self) -> Options {
+        Options {
+            seg_size: self.wal_segsize,
+            ..Options::default()
+        }
+    }
+}
+
 pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
-    let report = inspect_dir(&args.directory, args.wal_segsize, "verify", verbose)?;
+    let report = inspect_dir(&args.directory, &args.options(), "verify", verbose)?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         writeln!(out, "{}", json::to_string(&json::verify(&report)))
@@ -107,12 +117,7 @@ fn plural(n: usize) -> &'static str {
 
 /// Runs the one pass over the archive, with progress on stderr when it is a terminal or
 /// with -v, and the throughput at -v. Shared by verify, restore-points and wal-info.
-pub fn inspect_dir(
-    dir: &Path,
-    seg_size: Option<u64>,
-    what: &str,
-    verbose: u8,
-) -> Result<Report, Failure> {
+pub fn inspect_dir(dir: &Path, opts: &Options, what: &str, verbose: u8) -> Result<Report, Failure> {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last = Instant::now();
@@ -140,11 +145,7 @@ pub fn inspect_dir(
             eprintln!("{line}");
         }
     };
-    let opts = Options {
-        seg_size,
-        ..Options::default()
-    };
-    let result = inspect::inspect(dir, &opts, &mut progress);
+    let result = inspect::inspect(dir, opts, &mut progress);
     if shown {
         eprint!("\r\x1b[K");
     }

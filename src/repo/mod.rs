@@ -18,6 +18,8 @@
 //! `expire` removes). This module knows the layout and the catalog entry; `backup` writes
 //! backups and `restore` reads them.
 
+pub mod expire;
+
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,222 @@
+//! `walferry list` and `walferry expire`: what a repository holds, and pruning it.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use walferry::inspect::time::iso8601;
+use walferry::inspect::{json, Options, Report};
+use walferry::repo::expire::expire;
+use walferry::repo::{BackupInfo, Repo};
+use walferry::wal::Lsn;
+
+use super::restore_points::{range_footer, table};
+use super::verify::inspect_dir;
+use super::Failure;
+
+pub const LIST_AFTER_HELP: &str = "\
+Lists the backups of a repository (REPO/backups) with, for each, the range it can be
+restored to: from the end of the backup (where it becomes consistent) to the end of the WAL
+that follows it in the archive without a gap or damage. Then the archive (REPO/wal): the WAL
+range and commits per timeline, its named restore points, and its problems. Reading the
+archive decodes all of it (as walferry verify does).
+
+--json prints {\"backups\": [...], \"timelines\": [...], \"restore_points\": [...],
+\"problems\": [...]}; each backup has \"restorable_from\" and \"restorable_to\" (LSNs).";
+
+pub const EXPIRE_AFTER_HELP: &str = "\
+Keeps the newest --keep backups and removes older ones, then removes the WAL that only the
+removed backups needed: segments that end before the oldest kept backup's start. WAL is
+kept, whatever the backups, when a relay writing into REPO/wal has a replication slot that
+still needs it (REPO/wal/.walferry-slots.json; a slot with no position yet keeps all WAL);
+.partial files, each timeline's newest segment (a receiver resumes after it) and history
+files are never removed. Leftovers of interrupted backups are removed too. --dry-run lists
+what would go.";
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// The repository (REPO/wal, REPO/backups)
+    #[arg(long = "repo", value_name = "REPO")]
+    repo: PathBuf,
+    /// Print JSON
+    #[arg(long = "json")]
+    json: bool,
+    /// Print help
+    #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExpireArgs {
+    /// The repository (REPO/wal, REPO/backups)
+    #[arg(long = "repo", value_name = "REPO")]
+    repo: PathBuf,
+    /// How many of the newest backups to keep (at least 1)
+    #[arg(long = "keep", value_name = "N")]
+    keep: usize,
+    /// Only say what would be removed
+    #[arg(long = "dry-run")]
+    dry_run: bool,
+    /// Print help
+    #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn open(repo: &std::path::Path) -> Result<Repo, Failure> {
+    Repo::open(repo).map_err(|e| {
+        Failure::new(e.to_string()).with_hint(
+            "a repository is a directory; walferry backup and walferry receive -D REPO/wal fill it",
+        )
+    })
+}
+
+#[derive(Serialize)]
+struct BackupDoc<'a> {
+    #[serde(flatten)]
+    info: &'a BackupInfo,
+    restorable_from: String,
+    restorable_to: Option<String>,
+}
+
+/// Where WAL that `b` can replay ends: the end of its timeline's WAL, cut at the first
+/// problem after the backup's start.
+pub fn restorable_to(b: &BackupInfo, report: &Report) -> Option<Lsn> {
+    let end = report
+        .timelines
+        .iter()
+        .filter(|t| t.timeline.0 >= b.start_timeline)
+        .map(|t| t.end_lsn)
+        .max()?;
+    let first_problem = report
+        .problems
+        .iter()
+        .filter_map(|p| p.lsn)
+        .filter(|l| *l >= b.start_lsn)
+        .min();
+    let to = first_problem.map_or(end, |p| p.min(end));
+    (to >= b.stop_lsn).then_some(to)
+}
+
+pub fn run_list(args: ListArgs, verbose: u8) -> Result<(), Failure> {
+    let repo = open(&args.repo)?;
+    let backups = repo.list().map_err(|e| Failure::new(e.to_string()))?;
+    let report = inspect_dir(&repo.wal_dir(), &Options::default(), "list", verbose)?;
+    if args.json {
+        let docs: Vec<BackupDoc<'_>> = backups
+            .iter()
+            .map(|b| BackupDoc {
+                info: b,
+                restorable_from: b.stop_lsn.to_string(),
+                restorable_to: restorable_to(b, &report).map(|l| l.to_string()),
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "backups": docs,
+            "timelines": json::wal_info(&report.timelines),
+            "restore_points": json::restore_points(&report.restore_points),
+            "problems": report.problems.iter().map(json::problem).collect::<Vec<_>>(),
+        });
+        println!("{}", json::to_string(&doc));
+        return Ok(());
+    }
+    let mut out = String::new();
+    if backups.is_empty() {
+        out.push_str("no backups\n");
+    } else {
+        let rows: Vec<[String; 8]> = backups
+            .iter()
+            .map(|b| {
+                [
+                    b.id.clone(),
+                    b.label.clone(),
+                    b.stop_time.clone(),
+                    format!("{}", b.start_timeline),
+                    human(b.size),
+                    format!("{} {}", human(b.stored_size), b.compression),
+                    b.stop_lsn.to_string(),
+                    restorable_to(b, &report)
+                        .map_or("(WAL missing)".to_string(), |l| l.to_string()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            [
+                "BACKUP",
+                "LABEL",
+                "ENDED",
+                "TLI",
+                "SIZE",
+                "STORED",
+                "RESTORABLE FROM",
+                "TO",
+            ],
+            &rows,
+        ));
+    }
+    out.push('\n');
+    out.push_str(&range_footer(&report.timelines));
+    if !report.restore_points.is_empty() {
+        out.push_str("Restore points:\n");
+        for p in &report.restore_points {
+            out.push_str(&format!(
+                "  {} at {} ({}, timeline {})\n",
+                p.name,
+                p.lsn,
+                iso8601(p.time),
+                p.timeline
+            ));
+        }
+    }
+    for p in &report.problems {
+        out.push_str(&format!("PROBLEM {p}\n"));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+pub fn run_expire(args: ExpireArgs) -> Result<(), Failure> {
+    if args.keep == 0 {
+        return Err(Failure::usage(
+            "--keep must be at least 1: expire never removes the last backup",
+            "expire",
+        ));
+    }
+    let repo = open(&args.repo)?;
+    let done = expire(&repo, args.keep, args.dry_run).map_err(|e| Failure::new(e.to_string()))?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for b in &done.backups {
+        println!("{verb} backup {b}");
+    }
+    for f in &done.wal_files {
+        println!("{verb} wal/{f}");
+    }
+    if let Some(why) = &done.held_by {
+        println!("WAL kept back: {why}");
+    }
+    println!(
+        "{verb} {} backup(s) and {} WAL file(s), {}",
+        done.backups.len(),
+        done.wal_files.len(),
+        human(done.bytes)
+    );
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
