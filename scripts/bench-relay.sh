@@ -14,6 +14,7 @@
 #          the primary every BENCH_LAG_INTERVAL_MS and polls both standbys in turn until
 #          they show it: end-to-end commit-to-visible-on-standby delay, measured the same
 #          way for both. Also PostgreSQL's replay_lag for the direct standby.
+#          BENCH_LAG_CLIENTS=0: no pgbench, the probe's commits only (the idle floor).
 #  sync    pgbench TPS (BENCH_SYNC_CLIENTS clients, synchronous_commit = on) with
 #          walferry relay --synchronous as the synchronous standby vs a real standby, as
 #          bench-sync.sh does: warm-up, CHECKPOINT before each phase, order alternated per
@@ -38,13 +39,13 @@ export PGOPTIONS="-c client_min_messages=warning"
 
 PARTS=${BENCH_PARTS:-fanout lag sync}
 WAL_MB=${BENCH_WAL_MB:-1024}
-FANOUT_ROUNDS=${BENCH_FANOUT_ROUNDS:-1}
+FANOUT_ROUNDS=${BENCH_FANOUT_ROUNDS:-2}
 LAG_SECONDS=${BENCH_LAG_SECONDS:-20}
 LAG_CLIENTS=${BENCH_LAG_CLIENTS:-4}
 LAG_INTERVAL_MS=${BENCH_LAG_INTERVAL_MS:-50}
 SYNC_SECONDS=${BENCH_SYNC_SECONDS:-15}
 SYNC_CLIENTS=${BENCH_SYNC_CLIENTS:-8}
-SYNC_ROUNDS=${BENCH_SYNC_ROUNDS:-3}
+SYNC_ROUNDS=${BENCH_SYNC_ROUNDS:-5}
 FSYNC=${BENCH_FSYNC:-on}
 read -r -a RELAY_FLAGS <<<"${BENCH_RELAY_FLAGS:-}"
 BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
@@ -317,8 +318,13 @@ if want lag; then
     psql_pg -c "DROP TABLE IF EXISTS lag_probe" -c "CREATE TABLE lag_probe (id int PRIMARY KEY, v bigint)" \
         -c "INSERT INTO lag_probe VALUES (1, 0)" -c "CHECKPOINT" >/dev/null
     wait_replay "$(psql_pg -c "SELECT pg_current_wal_lsn()")" 1 2
-    as_pg "$PG_BIN/pgbench" -n -T "$LAG_SECONDS" -c "$LAG_CLIENTS" -j 2 -h "$WORK" -p "$PORT" -U postgres postgres \
-        >"$WORK/lag-pgbench.txt" 2>&1 &
+    : >"$WORK/lag-pgbench.txt"
+    if [ "$LAG_CLIENTS" -gt 0 ]; then
+        as_pg "$PG_BIN/pgbench" -n -T "$LAG_SECONDS" -c "$LAG_CLIENTS" -j 2 -h "$WORK" -p "$PORT" -U postgres postgres \
+            >"$WORK/lag-pgbench.txt" 2>&1 &
+    else
+        sleep "$LAG_SECONDS" &
+    fi
     BG_PIDS+=($!)
     # The probe runs inside the pgbench window: a second after it starts, a second before it ends.
     sleep 1
@@ -330,6 +336,7 @@ if want lag; then
     wait "${BG_PIDS[-1]}"
     unset 'BG_PIDS[-1]'
     LAG_TPS=$(awk '/^tps/ {printf "%d", $3}' "$WORK/lag-pgbench.txt")
+    LAG_TPS=${LAG_TPS:-0}
     field() { grep "^$1 $2 " "$WORK/lag-probe.txt" | tr ' ' '\n' | awk -F= -v k="$3" '$1 == k {print $2}'; }
     echo "  pgbench: $LAG_TPS tps; probe:"
     sed 's/^/    /' "$WORK/lag-probe.txt"
