@@ -224,7 +224,8 @@ sum_ticks() {
     echo "$total"
 }
 walsender_pids() { psql_pg -c "SELECT pid FROM pg_stat_replication ORDER BY pid" | tr '\n' ' '; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# The middle value; with an even count the mean of the two middle ones (two rounds are usual).
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {m=int((NR+1)/2); if (NR % 2) print a[m]; else printf "%d\n", (a[m]+a[m+1])/2}'; }
 ms() { awk -v t="$1" -v h="$CLK_TCK" 'BEGIN { printf "%d", t * 1000 / h }'; }
 
 # --- fanout ---------------------------------------------------------------------------
