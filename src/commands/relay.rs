@@ -26,9 +26,10 @@ restore_command. Slots that downstreams create (CREATE_REPLICATION_SLOT) are kep
 DIR/.walferry-slots.json across restarts, with each one's restart_lsn.
 
 Acknowledgement upstream (what the primary waits for when the relay's application_name is
-in synchronous_standby_names):
-  default             flush reported once WAL is durable in the archive, in batches
-  --synchronous       flush reported as each write is durable in the archive (lowest latency)
+in synchronous_standby_names; whether it waits is the primary's choice, async by default):
+  default             each write is made durable in the archive as it arrives (downstreams
+                      are served durable WAL only) and its flush reported at once, as
+                      walferry receive --synchronous does; --synchronous is implied
   --sync-downstream N flush reported only once WAL is durable in the archive AND N
                       downstreams have reported it flushed (RPO 0 on N+1 copies)
 
