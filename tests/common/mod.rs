@@ -1138,6 +1138,65 @@ impl PgCluster {
         &self.log_path
     }
 
+    /// A cluster of `primary`'s configuration (its extra settings plus `conf`) on a new port,
+    /// whose data directory `data_dir` (in `root`) was made from `primary` (a base backup, a
+    /// restore); its walferry.conf is written, the server not started.
+    fn adopt(
+        primary: &PgCluster,
+        root: TempDir,
+        root_path: PathBuf,
+        data_dir: PathBuf,
+        conf: &[String],
+    ) -> PgCluster {
+        // The base backup carries the primary's walferry.conf; ours is rewritten below. TLS
+        // files are copied so the standby does not depend on the primary's temp dir.
+        let ssl = primary.ssl.as_ref().map(|p| {
+            let dir = root_path.join("ssl");
+            fs::create_dir_all(&dir).expect("create ssl dir");
+            chown_to_postgres(&dir);
+            let copy = |src: &Path| {
+                let dst = dir.join(src.file_name().expect("file name"));
+                fs::copy(src, &dst).expect("copy ssl file");
+                chown_to_postgres(&dst);
+                dst
+            };
+            SslFiles {
+                ca_cert: copy(&p.ca_cert),
+                ca_key: copy(&p.ca_key),
+                server_cert: copy(&p.server_cert),
+                server_key: copy(&p.server_key),
+                dir,
+            }
+        });
+        let mut extra_conf = primary.extra_conf.clone();
+        extra_conf.extend(conf.iter().cloned());
+        let standby = PgCluster {
+            root: Some(root),
+            log_path: root_path.join("server.log"),
+            root_path,
+            data_dir,
+            port: free_port(),
+            fsync: primary.fsync,
+            extra_conf,
+            ssl,
+            pid: None,
+            started_once: false,
+            needs_roles: false,
+        };
+        standby.write_conf();
+        standby
+    }
+
+    /// A cluster whose data directory `fill` lays out at the path it is given (which must
+    /// end up owned by the postgres user, e.g. `walferry restore` run as postgres), set up as
+    /// `primary` is, on a new port; not started.
+    pub fn restored_from(primary: &PgCluster, fill: impl FnOnce(&Path)) -> PgCluster {
+        let (root, root_path) = Self::new_root();
+        let data_dir = root_path.join("data");
+        fill(&data_dir);
+        Self::adopt(primary, root, root_path, data_dir, &[])
+    }
+
     /// A streaming standby of `primary`: `pg_basebackup -R -X stream -c fast` (as postgres)
     /// into a new temp dir, its own port and socket, started unless `opts.no_start`.
     pub fn standby_of(primary: &PgCluster, opts: StandbyOptions) -> PgCluster {
@@ -1163,42 +1222,7 @@ impl PgCluster {
             basebackup.args(["-C", "-S", slot]);
         }
         run(&mut basebackup);
-        // The base backup carries the primary's walferry.conf; ours is rewritten below. TLS
-        // files are copied so the standby does not depend on the primary's temp dir.
-        let ssl = primary.ssl.as_ref().map(|p| {
-            let dir = root_path.join("ssl");
-            fs::create_dir_all(&dir).expect("create ssl dir");
-            chown_to_postgres(&dir);
-            let copy = |src: &Path| {
-                let dst = dir.join(src.file_name().expect("file name"));
-                fs::copy(src, &dst).expect("copy ssl file");
-                chown_to_postgres(&dst);
-                dst
-            };
-            SslFiles {
-                ca_cert: copy(&p.ca_cert),
-                ca_key: copy(&p.ca_key),
-                server_cert: copy(&p.server_cert),
-                server_key: copy(&p.server_key),
-                dir,
-            }
-        });
-        let mut extra_conf = primary.extra_conf.clone();
-        extra_conf.extend(opts.conf.iter().cloned());
-        let mut standby = PgCluster {
-            root: Some(root),
-            log_path: root_path.join("server.log"),
-            root_path,
-            data_dir,
-            port: free_port(),
-            fsync: primary.fsync,
-            extra_conf,
-            ssl,
-            pid: None,
-            started_once: false,
-            needs_roles: false,
-        };
-        standby.write_conf();
+        let mut standby = Self::adopt(primary, root, root_path, data_dir, &opts.conf);
         if let Some(conninfo) = &opts.primary_conninfo {
             // postgresql.auto.conf is read last and its last setting wins.
             append_file(
