@@ -26,11 +26,15 @@ use super::command::{self, Command};
 use super::slots::SlotError;
 use super::Hub;
 use crate::protocol::backend::{encode_result_set, ServerError, INT4_OID, INT8_OID, TEXT_OID};
-use crate::protocol::frame::MAX_MESSAGE_LEN;
 use crate::protocol::{BackendMessage, FrontendMessage, StartupPacket};
 use crate::wal::{history_file_name, Lsn, TimeLineId};
 
 const BYTEA_OID: u32 = 17;
+/// A downstream sends replication commands and 34-byte status messages: anything larger
+/// than this is not one of them, and is not buffered.
+const MAX_CLIENT_MESSAGE: usize = 1 << 20;
+/// Time allowed from connecting to being logged in (PostgreSQL's authentication_timeout).
+const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a session ended early; logged, and sent to the client when it can still read.
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +73,22 @@ pub(super) async fn serve(hub: Arc<Hub>, mut tcp: TcpStream, peer: SocketAddr) {
     let mut buf = BytesMut::new();
     // Before the startup packet: SSLRequest and GSSENCRequest, each answered once.
     let startup = loop {
-        let packet = match read_startup(&mut tcp, &mut buf).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!("relay: connection from {peer}: {e}");
-                return;
-            }
-        };
+        let packet =
+            match tokio::time::timeout(LOGIN_TIMEOUT, read_startup(&mut tcp, &mut buf)).await {
+                Ok(Ok(Some(p))) => p,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!("relay: connection from {peer}: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(
+                        "relay: {peer} sent no startup packet within {} s",
+                        LOGIN_TIMEOUT.as_secs()
+                    );
+                    return;
+                }
+            };
         match packet {
             StartupPacket::SslRequest => match &hub.tls {
                 Some(acceptor) => {
@@ -87,7 +99,14 @@ pub(super) async fn serve(hub: Arc<Hub>, mut tcp: TcpStream, peer: SocketAddr) {
                     if tcp.write_all(b"S").await.is_err() {
                         return;
                     }
-                    match acceptor.accept(tcp).await {
+                    match tokio::time::timeout(LOGIN_TIMEOUT, acceptor.accept(tcp))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the handshake took too long",
+                            ))
+                        }) {
                         Ok(tls) => {
                             let conn = Conn::new(tls, peer, true);
                             return Session::start(hub, conn).await;
@@ -184,7 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn try_parse(&mut self) -> Result<Option<FrontendMessage>, SessionError> {
-        FrontendMessage::parse(&mut self.rbuf, MAX_MESSAGE_LEN)
+        FrontendMessage::parse(&mut self.rbuf, MAX_CLIENT_MESSAGE)
             .map_err(|e| SessionError::Protocol(e.0))
     }
 
@@ -241,6 +260,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn run(&mut self) -> Result<(), SessionError> {
+        // As PostgreSQL's authentication_timeout: a client that does not finish logging in
+        // does not hold a connection for ever.
+        match tokio::time::timeout(LOGIN_TIMEOUT, self.log_in()).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(SessionError::Fatal(fatal(
+                    "08006",
+                    format!(
+                        "canceling authentication due to timeout ({} s)",
+                        LOGIN_TIMEOUT.as_secs()
+                    ),
+                )))
+            }
+        }
+        self.command_loop().await
+    }
+
+    /// Startup packet, authentication and the greeting.
+    async fn log_in(&mut self) -> Result<(), SessionError> {
         let startup = match self.conn.pending_startup.take() {
             Some(p) => p,
             None => self.read_startup_tls().await?,
@@ -262,7 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.user,
             if self.conn.tls { " (TLS)" } else { "" }
         );
-        self.command_loop().await
+        Ok(())
     }
 
     async fn read_startup_tls(&mut self) -> Result<StartupPacket, SessionError> {
