@@ -7,11 +7,13 @@
 
 pub mod archive;
 pub mod auth;
+pub mod backup;
 pub mod conninfo;
 pub mod inspect;
 pub mod protocol;
 pub mod receiver;
 pub mod relay;
 pub mod repo;
+pub mod restore;
 pub mod service;
 pub mod wal;
