@@ -56,6 +56,9 @@ enum Command {
         infer_long_args = true
     )]
     Relay(Box<commands::relay::RelayArgs>),
+    /// Take a base backup into a repository (REPO/backups/<id>), checked against its WAL in REPO/wal
+    #[command(after_help = commands::backup::AFTER_HELP, disable_help_flag = true)]
+    Backup(Box<commands::backup::Args>),
     /// Print a SCRAM-SHA-256 verifier line for `relay --auth-file` from a password
     #[command(after_help = commands::auth_verifier::AFTER_HELP, disable_help_flag = true)]
     AuthVerifier(commands::auth_verifier::Args),
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Receive(args) => commands::receive::run(*args),
         Command::Relay(args) => commands::relay::run(*args),
+        Command::Backup(args) => commands::backup::run(*args, cli.verbose),
         Command::AuthVerifier(args) => commands::auth_verifier::run(args),
         Command::Verify(args) => commands::verify::run(args, cli.verbose),
         Command::RestorePoints(args) => commands::restore_points::run(args, cli.verbose),

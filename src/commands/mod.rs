@@ -1,6 +1,7 @@
 //! One file per subcommand. Commands are thin: options -> library calls -> output.
 
 pub mod auth_verifier;
+pub mod backup;
 pub mod config;
 pub mod receive;
 pub mod relay;
