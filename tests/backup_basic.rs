@@ -270,10 +270,19 @@ fn delta_keeps_unchanged_files_and_rewrites_damaged_and_removes_extra_ones() {
     let ts_neighbour = ts.join("PG_99_neighbour");
     std::fs::write(&ts_neighbour, b"keep").unwrap();
 
+    // A symbolic link where a file belongs is replaced, never written through.
+    let outside = target.path().join("outside");
+    std::fs::write(&outside, b"do not touch").unwrap();
+    let version = pgdata.join("PG_VERSION");
+    std::fs::remove_file(&version).unwrap();
+    std::os::unix::fs::symlink(&outside, &version).unwrap();
+
     let repaired = lay_out(&s.repo, &info, &pgdata, &layout_opts(&info, &ts, true)).unwrap();
-    assert_eq!(repaired.files_written, 2, "{repaired:?}");
-    assert_eq!(repaired.bytes_written, bytes.len() as u64 + plain_len);
-    assert_eq!(repaired.files_kept, first.files_written - 2);
+    assert_eq!(repaired.files_written, 3, "{repaired:?}");
+    assert_eq!(repaired.bytes_written, bytes.len() as u64 + plain_len + 3);
+    assert_eq!(repaired.files_kept, first.files_written - 3);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"do not touch");
+    assert_eq!(std::fs::read(&version).unwrap(), b"15\n");
     assert!(!extra.exists() && !ts_extra.exists());
     assert!(ts_neighbour.exists());
     // pg_verifybackup would (rightly) report it as not in the backup.

@@ -137,14 +137,13 @@ pub fn lay_out(
     }
     for link in &backup.contents.symlinks {
         let path = targets.pgdata.join(&link.path);
-        let target = match split_tablespace_path(&format!("{}/x", link.path)) {
-            Some((oid, "x")) if link.path.starts_with("pg_tblspc/") => targets
-                .tablespaces
-                .get(&oid)
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from(&link.target)),
-            _ => PathBuf::from(&link.target),
-        };
+        // pg_tblspc/<oid> points at the tablespace's (possibly remapped) location.
+        let target = link
+            .path
+            .strip_prefix("pg_tblspc/")
+            .and_then(|oid| oid.parse::<u32>().ok())
+            .and_then(|oid| targets.tablespaces.get(&oid).cloned())
+            .unwrap_or_else(|| PathBuf::from(&link.target));
         make_symlink(&path, &target)?;
         if let Some(parent) = path.parent() {
             dirs.insert(parent.to_path_buf());
@@ -352,10 +351,12 @@ fn restore_file(
         detail,
     };
     let mut reader = SegmentReader::open(&src, compression).map_err(io_err("open", &src))?;
-    if let Ok(m) = fs::symlink_metadata(&dest) {
-        if m.is_dir() {
-            fs::remove_dir_all(&dest).map_err(io_err("remove", &dest))?;
-        }
+    // Whatever a delta restore finds in the file's place that is not a regular file goes
+    // first: opening a symbolic link for writing would write wherever it points.
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&dest).map_err(io_err("remove", &dest))?,
+        Ok(m) if !m.is_file() => fs::remove_file(&dest).map_err(io_err("remove", &dest))?,
+        _ => {}
     }
     let mut out = fs::OpenOptions::new()
         .write(true)
