@@ -56,6 +56,12 @@ enum Command {
         infer_long_args = true
     )]
     Relay(Box<commands::relay::RelayArgs>),
+    /// Take a base backup into a repository (REPO/backups/<id>), checked against its WAL in REPO/wal
+    #[command(after_help = commands::backup::AFTER_HELP, disable_help_flag = true)]
+    Backup(Box<commands::backup::Args>),
+    /// Lay out a data directory from a backup plus the archive, to any point in time
+    #[command(after_help = commands::restore::AFTER_HELP, disable_help_flag = true)]
+    Restore(Box<commands::restore::Args>),
     /// List a repository's backups, the range each can be restored to, and its WAL
     #[command(after_help = commands::list::LIST_AFTER_HELP, disable_help_flag = true)]
     List(commands::list::ListArgs),
@@ -92,7 +98,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Receive(args) => commands::receive::run(*args),
         Command::Relay(args) => commands::relay::run(*args),
+        Command::Backup(args) => commands::backup::run(*args, cli.verbose),
         Command::AuthVerifier(args) => commands::auth_verifier::run(args),
+        Command::Restore(args) => commands::restore::run(*args, cli.verbose),
         Command::List(args) => commands::list::run_list(args, cli.verbose),
         Command::Expire(args) => commands::list::run_expire(args),
         Command::Verify(args) => commands::verify::run(args, cli.verbose),

@@ -1,10 +1,12 @@
 //! One file per subcommand. Commands are thin: options -> library calls -> output.
 
 pub mod auth_verifier;
+pub mod backup;
 pub mod config;
 pub mod list;
 pub mod receive;
 pub mod relay;
+pub mod restore;
 pub mod restore_points;
 pub mod service;
 pub mod verify;

@@ -231,6 +231,10 @@ enum State {
     Draining,
     /// Inside START_REPLICATION's CopyBoth, both directions open.
     CopyBoth,
+    /// Inside BASE_BACKUP's CopyOut: the server sends, we only read.
+    CopyOut,
+    /// BASE_BACKUP's CopyOut ended: the end-position result set and ReadyForQuery follow.
+    AfterCopyOut,
     /// The server sent CopyDone; we may still send CopyData until `finish_copy`.
     ServerCopyDone,
     /// The server ended the stream with CommandComplete and is going away (a walsender
@@ -840,6 +844,9 @@ impl ReplicationConn {
                     "a replication stream is in progress; call finish_copy first".into(),
                 ))
             }
+            State::CopyOut | State::AfterCopyOut => Err(ClientError::Protocol(
+                "a base backup is in progress; call finish_base_backup first".into(),
+            )),
             State::Broken => Err(ClientError::Protocol(
                 "the connection is unusable after an earlier error".into(),
             )),
@@ -1327,6 +1334,163 @@ impl ReplicationConn {
         }
     }
 
+    // ---- Base backup ----
+
+    /// Send a BASE_BACKUP command and read up to its CopyOutResponse: the start position
+    /// and the tablespace list come first, each as a result set. What follows is read with
+    /// [`ReplicationConn::read_copy_out`], then [`ReplicationConn::finish_base_backup`].
+    pub async fn base_backup(&mut self, sql: &str) -> Result<BaseBackupStart, ClientError> {
+        self.send_query(sql).await?;
+        let mut sets: Vec<Vec<Vec<Option<Bytes>>>> = Vec::new();
+        let mut error: Option<ServerError> = None;
+        loop {
+            let msg = match self.next_message().await {
+                Ok(m) => m,
+                Err(e) => return Err(error.map(ClientError::Server).unwrap_or(e)),
+            };
+            match msg {
+                BackendMessage::RowDescription(_) => sets.push(Vec::new()),
+                BackendMessage::DataRow(values) => match sets.last_mut() {
+                    Some(set) => set.push(values),
+                    None => {
+                        self.state = State::Broken;
+                        return Err(ClientError::Protocol(
+                            "BASE_BACKUP sent a row before its description".into(),
+                        ));
+                    }
+                },
+                BackendMessage::CommandComplete { .. } => {}
+                BackendMessage::CopyOutResponse(_) => {
+                    self.state = State::CopyOut;
+                    return parse_base_backup_start(&sets).inspect_err(|_| {
+                        self.state = State::Broken;
+                    });
+                }
+                BackendMessage::ErrorResponse(e) => error = Some(e),
+                BackendMessage::NoticeResponse(n) => log_notice(&n),
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.parameters.insert(name, value);
+                }
+                BackendMessage::ReadyForQuery { .. } => {
+                    self.state = State::Idle;
+                    return Err(match error {
+                        Some(e) => ClientError::Server(e),
+                        None => ClientError::Protocol(
+                            "BASE_BACKUP finished without sending the backup".into(),
+                        ),
+                    });
+                }
+                other => {
+                    self.state = State::Broken;
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected {} in reply to BASE_BACKUP",
+                        message_kind(&other)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The next CopyData payload of a base backup (its first byte says what it is), or
+    /// `None` once the server sent CopyDone. At most one message is buffered beyond what
+    /// the caller holds: a slow caller slows the server down through TCP.
+    ///
+    /// Cancel-safe, as [`ReplicationConn::read_copy_message`].
+    pub async fn read_copy_out(&mut self) -> Result<Option<Bytes>, ClientError> {
+        if self.state != State::CopyOut {
+            return Err(ClientError::Protocol(
+                "read_copy_out called outside a base backup".into(),
+            ));
+        }
+        loop {
+            let frame = match parse_frame(&mut self.read_buf, MAX_SERVER_MESSAGE) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    self.fill().await?;
+                    continue;
+                }
+                Err(e) => {
+                    self.state = State::Broken;
+                    return Err(e.into());
+                }
+            };
+            if frame.tag == b'd' {
+                return Ok(Some(frame.body));
+            }
+            let msg = BackendMessage::decode(frame).map_err(|e| {
+                self.state = State::Broken;
+                ClientError::from(e)
+            })?;
+            match msg {
+                BackendMessage::CopyDone => {
+                    self.state = State::AfterCopyOut;
+                    return Ok(None);
+                }
+                BackendMessage::NoticeResponse(n) => log_notice(&n),
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.parameters.insert(name, value);
+                }
+                BackendMessage::ErrorResponse(e) => {
+                    // The server left COPY mode; ReadyForQuery follows unless it hangs up.
+                    self.state = State::Draining;
+                    return Err(ClientError::Server(e));
+                }
+                other => {
+                    self.state = State::Broken;
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected {} during a base backup",
+                        message_kind(&other)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// After the CopyOut ended: the backup's end position and timeline (the server has
+    /// made the backup consistent there), up to ReadyForQuery.
+    pub async fn finish_base_backup(&mut self) -> Result<(Lsn, TimeLineId), ClientError> {
+        if self.state != State::AfterCopyOut {
+            return Err(ClientError::Protocol(
+                "finish_base_backup called before the backup stream ended".into(),
+            ));
+        }
+        self.state = State::Draining;
+        let mut end = None;
+        let mut error: Option<ServerError> = None;
+        loop {
+            let msg = match self.next_message().await {
+                Ok(m) => m,
+                Err(e) => return Err(error.map(ClientError::Server).unwrap_or(e)),
+            };
+            match msg {
+                BackendMessage::RowDescription(_) | BackendMessage::CommandComplete { .. } => {}
+                BackendMessage::DataRow(values) => end = Some(parse_position_row(&values)?),
+                BackendMessage::ErrorResponse(e) => error = Some(e),
+                BackendMessage::NoticeResponse(n) => log_notice(&n),
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.parameters.insert(name, value);
+                }
+                BackendMessage::ReadyForQuery { .. } => {
+                    self.state = State::Idle;
+                    return match (error, end) {
+                        (Some(e), _) => Err(ClientError::Server(e)),
+                        (None, Some(end)) => Ok(end),
+                        (None, None) => Err(ClientError::Protocol(
+                            "BASE_BACKUP ended without its end position".into(),
+                        )),
+                    };
+                }
+                other => {
+                    self.state = State::Broken;
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected {} after a base backup",
+                        message_kind(&other)
+                    )));
+                }
+            }
+        }
+    }
+
     /// Say goodbye (Terminate) and close the socket. Best effort: the connection is going
     /// away either way, so errors are not reported.
     pub async fn close(mut self) {
@@ -1571,6 +1735,73 @@ fn parse_next_timeline(values: &[Option<Bytes>]) -> Result<(TimeLineId, Lsn), Cl
     let tli = parse_tli(&text(tli)?).ok_or_else(bad)?;
     let pos = text(pos)?.parse::<Lsn>().map_err(|_| bad())?;
     Ok((tli, pos))
+}
+
+/// What BASE_BACKUP says before its data: where the backup starts, and the tablespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseBackupStart {
+    pub start_lsn: Lsn,
+    pub timeline: TimeLineId,
+    pub tablespaces: Vec<BackupTablespace>,
+}
+
+/// One row of BASE_BACKUP's tablespace result set. The main data directory is the row
+/// without oid and location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupTablespace {
+    pub oid: Option<u32>,
+    pub location: Option<String>,
+    /// The server's size estimate in kB (with PROGRESS), else `None`.
+    pub size_kb: Option<u64>,
+}
+
+fn parse_base_backup_start(
+    sets: &[Vec<Vec<Option<Bytes>>>],
+) -> Result<BaseBackupStart, ClientError> {
+    let (Some([start_row]), Some(ts_rows)) = (sets.first().map(Vec::as_slice), sets.get(1)) else {
+        return Err(ClientError::Protocol(
+            "BASE_BACKUP did not send its start position and tablespace list".into(),
+        ));
+    };
+    let (start_lsn, timeline) = parse_position_row(start_row)?;
+    let bad = || ClientError::Protocol("BASE_BACKUP sent an invalid tablespace row".into());
+    let mut tablespaces = Vec::with_capacity(ts_rows.len());
+    for row in ts_rows {
+        let field = |i: usize| -> Result<Option<String>, ClientError> {
+            match row.get(i) {
+                Some(Some(b)) => text(b).map(Some),
+                Some(None) => Ok(None),
+                None => Err(bad()),
+            }
+        };
+        tablespaces.push(BackupTablespace {
+            oid: field(0)?
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|_| bad())?,
+            location: field(1)?,
+            size_kb: field(2)?
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|_| bad())?,
+        });
+    }
+    Ok(BaseBackupStart {
+        start_lsn,
+        timeline,
+        tablespaces,
+    })
+}
+
+/// A (recptr text, tli int8) row, as BASE_BACKUP sends its start and end positions.
+fn parse_position_row(values: &[Option<Bytes>]) -> Result<(Lsn, TimeLineId), ClientError> {
+    let bad = || ClientError::Protocol("BASE_BACKUP sent an invalid WAL position".into());
+    let [Some(pos), Some(tli), ..] = values else {
+        return Err(bad());
+    };
+    let pos = text(pos)?.parse::<Lsn>().map_err(|_| bad())?;
+    let tli = parse_tli(&text(tli)?).ok_or_else(bad)?;
+    Ok((pos, tli))
 }
 
 /// The START_REPLICATION command, as pg_receivewal spells it.

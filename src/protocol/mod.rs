@@ -20,8 +20,8 @@ mod client_tests;
 
 pub use backend::BackendMessage;
 pub use client::{
-    parse_size_setting, ClientError, CopyMessage, ReplicationConn, ServerError, StreamItem,
-    SystemInfo, WalStart,
+    parse_size_setting, BackupTablespace, BaseBackupStart, ClientError, CopyMessage,
+    ReplicationConn, ServerError, StreamItem, SystemInfo, WalStart,
 };
 pub use frame::ProtocolError;
 pub use frontend::{FrontendMessage, StartupPacket};

@@ -160,30 +160,11 @@ mod tests {
     use super::*;
     use crate::repo::{make_private_dir, BackupInfo};
 
-    const SEG: u64 = 16 << 20;
-
     fn publish(repo: &Repo, id: &str, start: u64) {
         let partial = repo.partial_backup_dir(id);
         make_private_dir(&partial).unwrap();
         fs::write(partial.join("data"), vec![0u8; 1000]).unwrap();
-        let info = BackupInfo {
-            id: id.into(),
-            label: id.into(),
-            system_id: "1".into(),
-            server_version: "15".into(),
-            wal_segment_size: SEG,
-            start_lsn: Lsn(start),
-            start_timeline: 1,
-            stop_lsn: Lsn(start + 0x100),
-            stop_timeline: 1,
-            start_time: "2026-11-27T10:00:00Z".into(),
-            stop_time: "2026-11-27T10:00:00Z".into(),
-            size: 1000,
-            stored_size: 1000,
-            files: 1,
-            compression: "none".into(),
-            tablespaces: vec![],
-        };
+        let info = BackupInfo::example(id, start, start + 0x100);
         repo.publish(&partial, &info).unwrap();
     }
 

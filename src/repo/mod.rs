@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::wal::{Lsn, TimeLineId};
+use crate::wal::{Compression, Lsn, TimeLineId};
 
 pub const WAL_DIR: &str = "wal";
 pub const BACKUPS_DIR: &str = "backups";
@@ -99,9 +99,105 @@ pub struct BackupInfo {
     /// `none`, `lz4[:N]`, `zstd[:N]` or `gzip[:N]`.
     pub compression: String,
     pub tablespaces: Vec<Tablespace>,
+    /// Whether the backup checked that `wal/` held the WAL up to `stop_lsn` before it was
+    /// published (`false` with `backup --no-wait-wal`).
+    #[serde(default)]
+    pub wal_checked: bool,
+    /// What a data directory restored from this backup holds besides the files' bytes.
+    #[serde(default)]
+    pub contents: Contents,
+}
+
+/// The entries of a backup, by path relative to the data directory, as the server sent
+/// them; files of tablespace `oid` are under `pg_tblspc/<oid>/`. Where each file's bytes
+/// are stored follows from its path ([`stored_file_path`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contents {
+    /// Parents before children.
+    pub directories: Vec<DirEntry>,
+    pub files: Vec<FileEntry>,
+    pub symlinks: Vec<SymlinkEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub path: String,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub mode: u32,
+    pub size: u64,
+}
+
+/// A symbolic link; `pg_tblspc/<oid>` ones point at the tablespace's location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymlinkEntry {
+    pub path: String,
+    pub target: String,
+}
+
+/// Directory of the backup (under `backups/<id>/`) holding the main data directory's files.
+pub const DATA_DIR: &str = "data";
+/// Directory of the backup holding `tablespaces/<oid>/...`, each tablespace's files.
+pub const TABLESPACES_DIR: &str = "tablespaces";
+
+/// The tablespace a data-directory-relative path belongs to, and the path inside the
+/// tablespace's location: `pg_tblspc/<oid>/<rest>`.
+pub fn split_tablespace_path(path: &str) -> Option<(u32, &str)> {
+    let rest = path.strip_prefix("pg_tblspc/")?;
+    let (oid, inner) = rest.split_once('/')?;
+    if inner.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((oid.parse().ok()?, inner))
+}
+
+/// Where, relative to the backup's directory, the bytes of data-directory file `path` are
+/// stored with `compression`: `data/<path>` or `tablespaces/<oid>/<rest>`, plus the
+/// compression's extension (`.lz4`, `.zst`, `.gz`).
+pub fn stored_file_path(path: &str, compression: Compression) -> PathBuf {
+    let mut stored = stored_dir_path(path).into_os_string();
+    stored.push(compression.suffix());
+    PathBuf::from(stored)
+}
+
+/// Where, relative to the backup's directory, data-directory directory `path` is stored.
+pub fn stored_dir_path(path: &str) -> PathBuf {
+    match split_tablespace_path(path) {
+        Some((oid, inner)) => Path::new(TABLESPACES_DIR).join(oid.to_string()).join(inner),
+        None => Path::new(DATA_DIR).join(path),
+    }
 }
 
 impl BackupInfo {
+    /// A catalog entry for tests: backup `id` from `start` to `stop` on timeline 1.
+    #[cfg(test)]
+    pub(crate) fn example(id: &str, start: u64, stop: u64) -> BackupInfo {
+        BackupInfo {
+            id: id.into(),
+            label: id.into(),
+            system_id: "7300000000000000007".into(),
+            server_version: "15.8".into(),
+            wal_segment_size: 16 << 20,
+            start_lsn: Lsn(start),
+            start_timeline: 1,
+            stop_lsn: Lsn(stop),
+            stop_timeline: 1,
+            start_time: "2026-11-27T19:53:00Z".into(),
+            stop_time: "2026-11-27T19:53:00Z".into(),
+            size: 1000,
+            stored_size: 500,
+            files: 3,
+            compression: "lz4".into(),
+            tablespaces: vec![],
+            wal_checked: true,
+            contents: Contents::default(),
+        }
+    }
+
     pub fn start_timeline(&self) -> TimeLineId {
         TimeLineId(self.start_timeline)
     }
@@ -277,25 +373,12 @@ mod tests {
 
     fn info(id: &str, start: u64) -> BackupInfo {
         BackupInfo {
-            id: id.into(),
-            label: "l".into(),
-            system_id: "7300000000000000007".into(),
-            server_version: "15.8".into(),
-            wal_segment_size: 16 << 20,
-            start_lsn: Lsn(start),
-            start_timeline: 1,
-            stop_lsn: Lsn(start + 100),
-            stop_timeline: 1,
-            start_time: "2026-11-27T19:53:00Z".into(),
             stop_time: "2026-11-27T19:54:00Z".into(),
-            size: 1000,
-            stored_size: 500,
-            files: 3,
-            compression: "lz4".into(),
             tablespaces: vec![Tablespace {
                 oid: 16384,
                 location: "/srv/ts".into(),
             }],
+            ..BackupInfo::example(id, start, start + 100)
         }
     }
 
@@ -332,6 +415,25 @@ mod tests {
         let text =
             fs::read_to_string(repo.backup_dir("20261127T090000Z").join(CATALOG_FILE)).unwrap();
         assert!(text.contains("\"start_lsn\": \"0/1000000\""), "{text}");
+    }
+
+    #[test]
+    fn stored_paths_put_tablespace_files_apart() {
+        assert_eq!(
+            stored_file_path("base/1/1259", Compression::Lz4),
+            Path::new("data/base/1/1259.lz4")
+        );
+        assert_eq!(
+            stored_file_path("pg_tblspc/16389/PG_15_202209061/5/16390", Compression::None),
+            Path::new("tablespaces/16389/PG_15_202209061/5/16390")
+        );
+        // The link itself, and odd names, belong to the main directory.
+        assert_eq!(
+            stored_dir_path("pg_tblspc/16389"),
+            Path::new("data/pg_tblspc/16389")
+        );
+        assert_eq!(split_tablespace_path("pg_tblspc/x1/a"), None);
+        assert_eq!(split_tablespace_path("pg_tblspc/7/a/b"), Some((7, "a/b")));
     }
 
     #[test]

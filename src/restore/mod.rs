@@ -8,6 +8,7 @@
 //! damaged record, or the restore is refused with what is missing. `layout` then lays out
 //! the files and `recovery` writes the settings and the signal file.
 
+pub mod layout;
 pub mod recovery;
 
 use std::fmt;

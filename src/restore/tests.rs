@@ -9,22 +9,8 @@ fn ts(text: &str) -> TimestampTz {
 
 fn backup(id: &str, start: u64, stop: u64, stop_time: &str) -> BackupInfo {
     BackupInfo {
-        id: id.into(),
-        label: id.into(),
-        system_id: "1".into(),
-        server_version: "15".into(),
-        wal_segment_size: 16 << 20,
-        start_lsn: Lsn(start),
-        start_timeline: 1,
-        stop_lsn: Lsn(stop),
-        stop_timeline: 1,
-        start_time: stop_time.into(),
         stop_time: stop_time.into(),
-        size: 0,
-        stored_size: 0,
-        files: 0,
-        compression: "none".into(),
-        tablespaces: vec![],
+        ..BackupInfo::example(id, start, stop)
     }
 }
 

@@ -94,7 +94,13 @@ pub fn walferry_bin() -> PathBuf {
 /// A `Command` for a PostgreSQL program that must not run as root: as `postgres` when the test
 /// runs as root, otherwise as the current user. Environment is cleaned as in [`client_command`].
 pub fn pg_command(name: &str) -> Command {
-    let mut cmd = client_command(pg_bin(name));
+    postgres_command(pg_bin(name))
+}
+
+/// `program` run as PostgreSQL's programs are (see [`pg_command`]): e.g. walferry where it
+/// must own what it writes as the server's user does (`restore`, a repository).
+pub fn postgres_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = client_command(program);
     if let Some((uid, gid)) = postgres_ids() {
         // std drops root's supplementary groups itself when uid is set by root.
         cmd.uid(uid).gid(gid);

@@ -1,0 +1,296 @@
+//! `walferry restore`: a data directory from a backup plus the archive, to any point.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use walferry::inspect::Options;
+use walferry::repo::Repo;
+use walferry::restore::layout::{lay_out, LayoutOptions};
+use walferry::restore::recovery::{self, shell_word, Settings};
+use walferry::restore::{self as plan_mod, parse_time, Target, TargetAction, TargetTimeline};
+use walferry::wal::{Lsn, TimeLineId};
+
+use super::verify::inspect_dir;
+use super::Failure;
+
+pub const AFTER_HELP: &str = "\
+Chooses the newest backup that is consistent before the target (for --target-name, the
+restore point's position in the archive; for --target-time, the backups' end times), checks
+that the archive holds the WAL from that backup's start to the target without a gap or a
+damaged record, then lays out PGDATA (mode 0700, tablespaces where they were or where
+--tablespace-mapping says), and appends to postgresql.auto.conf:
+  restore_command = 'walferry archive-get --repo REPO %f %p'
+  recovery_target_* (from the flags), recovery_target_timeline, recovery_target_action
+and writes recovery.signal (standby.signal with --standby). Start PostgreSQL on it and it
+replays the archive to the target. Without a target it recovers to the end of the archive and
+promotes. Nothing slow starts before the checks pass: an unknown restore point lists the
+names that exist, a time outside the archive gives its range.
+
+A non-empty PGDATA is refused unless --delta: then files whose size and CRC-32C match the
+backup's manifest are kept and only the others are written (a failed primary whose disk
+survived is rebuilt fast), and files the backup does not have are removed.
+
+Run it as the user PostgreSQL runs as (the files are created owned by the invoking user).
+
+Examples:
+  walferry restore --repo /srv/repo --pgdata /var/lib/postgresql/15/main
+  walferry restore --repo /srv/repo --pgdata /srv/pitr --target-name before_migration \\
+      --target-action pause
+  walferry restore --repo /srv/repo --pgdata /srv/db1 --standby --delta \\
+      --primary-conninfo 'host=db2 user=replicator'";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The repository (REPO/wal, REPO/backups)
+    #[arg(long = "repo", value_name = "REPO")]
+    repo: PathBuf,
+    /// The data directory to lay out (created mode 0700)
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
+    pgdata: PathBuf,
+    /// Backup to restore: an id from walferry list, or latest (the newest that fits the target)
+    #[arg(long = "backup", value_name = "ID", default_value = "latest")]
+    backup: String,
+    /// Stop at this named restore point (pg_create_restore_point)
+    #[arg(long = "target-name", value_name = "NAME", group = "target")]
+    target_name: Option<String>,
+    /// Stop at this time, with its zone: '2026-11-27 19:53:00+00'
+    #[arg(long = "target-time", value_name = "TIME", group = "target")]
+    target_time: Option<String>,
+    /// Stop at this WAL position (X/X)
+    #[arg(long = "target-lsn", value_name = "LSN", group = "target")]
+    target_lsn: Option<String>,
+    /// Stop at the commit of this transaction id
+    #[arg(long = "target-xid", value_name = "XID", group = "target")]
+    target_xid: Option<u32>,
+    /// Stop as soon as the backup is consistent
+    #[arg(long = "target-immediate", group = "target")]
+    target_immediate: bool,
+    /// Timeline to recover along: latest, current, or a number
+    #[arg(long = "target-timeline", value_name = "TLI", default_value = "latest")]
+    target_timeline: String,
+    /// What to do at the target: promote, pause or shutdown
+    #[arg(
+        long = "target-action",
+        value_name = "ACTION",
+        default_value = "promote"
+    )]
+    target_action: String,
+    /// Restore as a standby (standby.signal)
+    #[arg(long = "standby")]
+    standby: bool,
+    /// With --standby: the primary to stream from once the archive is replayed
+    #[arg(
+        long = "primary-conninfo",
+        value_name = "CONNINFO",
+        requires = "standby"
+    )]
+    primary_conninfo: Option<String>,
+    /// Keep files of a non-empty PGDATA that match the backup; write only the others
+    #[arg(long = "delta")]
+    delta: bool,
+    /// Put tablespace OLDDIR (its location when backed up, or its oid) at NEWDIR
+    #[arg(long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
+    tablespace_mapping: Vec<String>,
+    /// Threads that decompress and write files
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value = "4")]
+    jobs: usize,
+    /// Print help
+    #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+impl Args {
+    fn target(&self) -> Result<Target, String> {
+        Ok(if let Some(n) = &self.target_name {
+            Target::Name(n.clone())
+        } else if let Some(t) = &self.target_time {
+            Target::Time(t.clone(), parse_time(t)?)
+        } else if let Some(l) = &self.target_lsn {
+            Target::Lsn(l.parse::<Lsn>().map_err(|e| e.to_string())?)
+        } else if let Some(x) = self.target_xid {
+            Target::Xid(x)
+        } else if self.target_immediate {
+            Target::Immediate
+        } else {
+            Target::Latest
+        })
+    }
+
+    fn timeline(&self) -> Result<TargetTimeline, String> {
+        match self.target_timeline.as_str() {
+            "latest" => Ok(TargetTimeline::Latest),
+            "current" => Ok(TargetTimeline::Current),
+            n => match n.parse::<u32>() {
+                Ok(n) if n > 0 => Ok(TargetTimeline::Id(TimeLineId(n))),
+                _ => Err(format!(
+                    "invalid --target-timeline \"{n}\": latest, current or a timeline number"
+                )),
+            },
+        }
+    }
+
+    fn action(&self) -> Result<TargetAction, String> {
+        match self.target_action.as_str() {
+            "promote" => Ok(TargetAction::Promote),
+            "pause" => Ok(TargetAction::Pause),
+            "shutdown" => Ok(TargetAction::Shutdown),
+            a => Err(format!(
+                "invalid --target-action \"{a}\": promote, pause or shutdown"
+            )),
+        }
+    }
+}
+
+pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
+    let usage = |m: String| Failure::usage(m, "restore");
+    let target = args.target().map_err(usage)?;
+    let timeline = args.timeline().map_err(usage)?;
+    let action = args.action().map_err(usage)?;
+    if args.jobs == 0 {
+        return Err(usage("--jobs must be at least 1".into()));
+    }
+    let started = Instant::now();
+    let repo_path = absolute(&args.repo)?;
+    let repo = Repo::open(&repo_path).map_err(|e| Failure::new(e.to_string()))?;
+    check_pgdata(&args.pgdata, args.delta)?;
+
+    let backups = repo.list().map_err(|e| Failure::new(e.to_string()))?;
+    let find_xid = match target {
+        Target::Xid(x) => Some(x),
+        _ => None,
+    };
+    let report = inspect_dir(
+        &repo.wal_dir(),
+        &Options {
+            find_xid,
+            ..Options::default()
+        },
+        "restore: checking the archive",
+        verbose,
+    )?;
+    let plan = plan_mod::plan(&backups, &args.backup, &target, &report)
+        .map_err(|e| Failure::new(e.to_string()))?;
+    let backup = &plan.backup;
+    eprintln!(
+        "walferry: restoring backup {} (ended at {}, {}) into \"{}\"",
+        backup.id,
+        backup.stop_lsn,
+        backup.stop_time,
+        args.pgdata.display()
+    );
+
+    let tablespace_map = tablespace_map(&args.tablespace_mapping, backup)?;
+    let stats = lay_out(
+        &repo,
+        backup,
+        &args.pgdata,
+        &LayoutOptions {
+            delta: args.delta,
+            tablespace_map,
+            threads: args.jobs,
+        },
+    )
+    .map_err(|e| Failure::new(e.to_string()))?;
+
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::new(format!("could not find the walferry program: {e}")))?;
+    let settings = Settings {
+        restore_command: format!(
+            "{} archive-get --repo {} %f %p",
+            shell_word(&exe.to_string_lossy()),
+            shell_word(&repo_path.to_string_lossy())
+        ),
+        target: plan.target.clone(),
+        timeline,
+        action,
+        standby: args.standby,
+        primary_conninfo: args.primary_conninfo.clone(),
+    };
+    let signal = recovery::write(&args.pgdata, &settings).map_err(|e| {
+        Failure::new(format!(
+            "could not write the recovery settings into \"{}\": {e}",
+            args.pgdata.display()
+        ))
+    })?;
+    eprintln!(
+        "walferry: {} files written ({} MB), {} kept ({} MB) in {:.1} s; {} written",
+        stats.files_written,
+        stats.bytes_written / 1_000_000,
+        stats.files_kept,
+        stats.bytes_kept / 1_000_000,
+        started.elapsed().as_secs_f64(),
+        signal.file_name().unwrap_or_default().to_string_lossy()
+    );
+    eprintln!(
+        "walferry: start PostgreSQL on it (pg_ctl -D {} start): it replays the archive {}",
+        args.pgdata.display(),
+        match (&plan.target, plan.target_lsn) {
+            (Target::Latest, _) if args.standby => "and then streams as a standby".to_string(),
+            (Target::Latest, _) => "to its end and promotes".to_string(),
+            (_, Some(lsn)) => format!("to the target (at {lsn}), then {action}s"),
+            (_, None) => format!("to the target, then {action}s"),
+        }
+    );
+    Ok(())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(p)
+        .map_err(|e| Failure::new(format!("invalid path \"{}\": {e}", p.display())))
+}
+
+/// A non-empty data directory is refused before anything slow, unless `delta`.
+fn check_pgdata(pgdata: &Path, delta: bool) -> Result<(), Failure> {
+    let Ok(mut entries) = std::fs::read_dir(pgdata) else {
+        return Ok(());
+    };
+    if delta || entries.next().is_none() {
+        return Ok(());
+    }
+    Err(Failure::new(format!(
+        "data directory \"{}\" is not empty",
+        pgdata.display()
+    ))
+    .with_hint(
+        "restore into an empty or missing directory, or add --delta to keep the files that \
+         match the backup and rewrite the rest (the server must be stopped)",
+    ))
+}
+
+/// `--tablespace-mapping OLDDIR=NEWDIR`, OLDDIR a location the backup recorded or an oid.
+fn tablespace_map(
+    mappings: &[String],
+    backup: &walferry::repo::BackupInfo,
+) -> Result<Vec<(u32, PathBuf)>, Failure> {
+    let mut out = Vec::new();
+    for m in mappings {
+        let (old, new) = m.split_once('=').ok_or_else(|| {
+            Failure::usage(
+                format!("invalid --tablespace-mapping \"{m}\": expected OLDDIR=NEWDIR"),
+                "restore",
+            )
+        })?;
+        let ts = backup
+            .tablespaces
+            .iter()
+            .find(|t| t.location == old || t.oid.to_string() == old)
+            .ok_or_else(|| {
+                let known: Vec<String> = backup
+                    .tablespaces
+                    .iter()
+                    .map(|t| format!("{} (oid {})", t.location, t.oid))
+                    .collect();
+                Failure::new(format!(
+                    "backup {} has no tablespace \"{old}\"; it has: {}",
+                    backup.id,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })?;
+        out.push((ts.oid, absolute(Path::new(new))?));
+    }
+    Ok(out)
+}

@@ -1,0 +1,487 @@
+//! Laying out a backup's data directory: every directory with its mode, every file
+//! decompressed (on several threads), the tablespace links pointing at their (possibly
+//! remapped) locations, everything fsynced. Recovery settings are not this module's
+//! business: the restore command adds them afterwards.
+//!
+//! With `delta`, an existing copy is brought up to the backup instead of being refused:
+//! a file whose size and CRC-32C match the backup's manifest is kept, any other is
+//! rewritten, and what the backup does not hold is removed — but only inside the data
+//! directory and, in each tablespace location, inside the version directories
+//! (`PG_15_...`) the backup holds, so nothing that merely shares a location is touched.
+//! Every file written is checked against the manifest as it is decompressed: a damaged
+//! backup fails the restore rather than producing a damaged data directory.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::archive::{CompressionSpec, SegmentReader};
+use crate::backup::manifest::{format_crc32c, Manifest, ManifestError, ManifestFile};
+use crate::repo::{
+    split_tablespace_path, stored_file_path, BackupInfo, FileEntry, Repo, MANIFEST_FILE,
+};
+use crate::wal::Compression;
+
+#[derive(Debug, Clone, Default)]
+pub struct LayoutOptions {
+    /// Bring an existing copy up to the backup instead of refusing a non-empty directory.
+    pub delta: bool,
+    /// Tablespace oid -> where to put it instead of its original location.
+    pub tablespace_map: Vec<(u32, PathBuf)>,
+    /// Decompression threads (at least one).
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayoutStats {
+    pub files_written: u64,
+    pub bytes_written: u64,
+    /// Files a delta restore found in place and kept.
+    pub files_kept: u64,
+    pub bytes_kept: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "directory \"{}\" exists and is not empty; restore into an empty or new directory, \
+         or use --delta to bring an existing copy up to the backup",
+        path.display()
+    )]
+    NotEmpty { path: PathBuf },
+    #[error("could not {op} \"{}\": {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("backup {id}: {source}")]
+    Manifest { id: String, source: ManifestError },
+    #[error("backup {id} is damaged: {detail}")]
+    Damaged { id: String, detail: String },
+    #[error("backup {id} has compression {compression:?}, which walferry does not know")]
+    Compression { id: String, compression: String },
+    #[error("tablespace location \"{}\" must be an absolute path", path.display())]
+    RelativeLocation { path: PathBuf },
+    #[error("--tablespace-mapping names oid {oid}, but backup {id} has no such tablespace")]
+    UnknownTablespace { id: String, oid: u32 },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayoutError + 'a {
+    move |source| LayoutError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where each part of the backup goes.
+struct Targets {
+    pgdata: PathBuf,
+    /// Tablespace oid -> its location on this machine.
+    tablespaces: HashMap<u32, PathBuf>,
+}
+
+impl Targets {
+    /// The place of data-directory path `rel`: inside its tablespace's location for
+    /// `pg_tblspc/<oid>/...`, else inside the data directory.
+    fn place(&self, rel: &str) -> PathBuf {
+        if let Some((oid, inner)) = split_tablespace_path(rel) {
+            if let Some(loc) = self.tablespaces.get(&oid) {
+                return loc.join(inner);
+            }
+        }
+        self.pgdata.join(rel)
+    }
+}
+
+/// Lay out `backup` from `repo` into `pgdata`; see the module documentation.
+pub fn lay_out(
+    repo: &Repo,
+    backup: &BackupInfo,
+    pgdata: &Path,
+    opts: &LayoutOptions,
+) -> Result<LayoutStats, LayoutError> {
+    let id = backup.id.clone();
+    let compression = backup
+        .compression
+        .parse::<CompressionSpec>()
+        .map_err(|_| LayoutError::Compression {
+            id: id.clone(),
+            compression: backup.compression.clone(),
+        })?
+        .kind();
+    let backup_dir = repo.backup_dir(&backup.id);
+    let manifest_path = backup_dir.join(MANIFEST_FILE);
+    let manifest_bytes = fs::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
+    let manifest = Manifest::parse(&manifest_bytes).map_err(|source| LayoutError::Manifest {
+        id: id.clone(),
+        source,
+    })?;
+    let targets = targets(backup, pgdata, opts)?;
+
+    let mut roots = vec![targets.pgdata.clone()];
+    roots.extend(targets.tablespaces.values().cloned());
+    for root in &roots {
+        prepare_root(root, opts.delta)?;
+    }
+    let mut dirs: BTreeSet<PathBuf> = roots.iter().cloned().collect();
+    for d in &backup.contents.directories {
+        let path = targets.place(&d.path);
+        make_dir(&path, d.mode)?;
+        dirs.insert(path);
+    }
+    for link in &backup.contents.symlinks {
+        let path = targets.pgdata.join(&link.path);
+        // pg_tblspc/<oid> points at the tablespace's (possibly remapped) location.
+        let target = link
+            .path
+            .strip_prefix("pg_tblspc/")
+            .and_then(|oid| oid.parse::<u32>().ok())
+            .and_then(|oid| targets.tablespaces.get(&oid).cloned())
+            .unwrap_or_else(|| PathBuf::from(&link.target));
+        make_symlink(&path, &target)?;
+        if let Some(parent) = path.parent() {
+            dirs.insert(parent.to_path_buf());
+        }
+    }
+
+    let stats = write_files(&backup_dir, backup, &manifest, &targets, compression, opts)?;
+    for f in &backup.contents.files {
+        if let Some(parent) = targets.place(&f.path).parent() {
+            dirs.insert(parent.to_path_buf());
+        }
+    }
+
+    if opts.delta {
+        remove_extras(backup, &targets)?;
+    }
+    for dir in dirs.iter().rev() {
+        sync_dir(dir)?;
+    }
+    for root in &roots {
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(stats)
+}
+
+fn targets(
+    backup: &BackupInfo,
+    pgdata: &Path,
+    opts: &LayoutOptions,
+) -> Result<Targets, LayoutError> {
+    let mut tablespaces = HashMap::new();
+    for t in &backup.tablespaces {
+        tablespaces.insert(t.oid, PathBuf::from(&t.location));
+    }
+    for (oid, path) in &opts.tablespace_map {
+        if !tablespaces.contains_key(oid) {
+            return Err(LayoutError::UnknownTablespace {
+                id: backup.id.clone(),
+                oid: *oid,
+            });
+        }
+        tablespaces.insert(*oid, path.clone());
+    }
+    for path in tablespaces.values() {
+        if !path.is_absolute() {
+            return Err(LayoutError::RelativeLocation { path: path.clone() });
+        }
+    }
+    Ok(Targets {
+        pgdata: pgdata.to_path_buf(),
+        tablespaces,
+    })
+}
+
+/// The data directory or a tablespace location: made (0700) when missing, refused when it
+/// holds anything and this is not a delta restore.
+fn prepare_root(root: &Path, delta: bool) -> Result<(), LayoutError> {
+    match fs::read_dir(root) {
+        Ok(mut entries) => {
+            if !delta && entries.next().is_some() {
+                return Err(LayoutError::NotEmpty {
+                    path: root.to_path_buf(),
+                });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(io_err("create directory", root))?;
+        }
+        Err(e) => return Err(io_err("read directory", root)(e)),
+    }
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", root))
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), LayoutError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            // A delta restore found a file or link where the backup has a directory.
+            fs::remove_file(path).map_err(io_err("remove", path))?;
+            fs::create_dir(path).map_err(io_err("create directory", path))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(path).map_err(io_err("create directory", path))?;
+        }
+        Err(e) => return Err(io_err("stat", path)(e)),
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(io_err("chmod", path))
+}
+
+fn make_symlink(path: &Path, target: &Path) -> Result<(), LayoutError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            if fs::read_link(path).ok().as_deref() == Some(target) {
+                return Ok(());
+            }
+            fs::remove_file(path).map_err(io_err("remove", path))?;
+        }
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err("remove", path))?,
+        Ok(_) => fs::remove_file(path).map_err(io_err("remove", path))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("stat", path)(e)),
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+    }
+    std::os::unix::fs::symlink(target, path).map_err(io_err("create symbolic link", path))
+}
+
+/// Decompress every file on `opts.threads` threads, largest first (so one large file does
+/// not start last and run alone).
+fn write_files(
+    backup_dir: &Path,
+    backup: &BackupInfo,
+    manifest: &Manifest,
+    targets: &Targets,
+    compression: Compression,
+    opts: &LayoutOptions,
+) -> Result<LayoutStats, LayoutError> {
+    let mut order: Vec<&FileEntry> = backup.contents.files.iter().collect();
+    order.sort_by_key(|f| std::cmp::Reverse(f.size));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let total = Mutex::new(LayoutStats::default());
+    let first_error: Mutex<Option<LayoutError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..opts.threads.max(1) {
+            s.spawn(|| {
+                let mut buf = vec![0u8; 256 << 10];
+                let mut mine = LayoutStats::default();
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(f) = order.get(i) else { break };
+                    let result = restore_file(
+                        backup_dir,
+                        backup,
+                        manifest,
+                        targets,
+                        compression,
+                        opts.delta,
+                        f,
+                        &mut buf,
+                    );
+                    match result {
+                        Ok(true) => {
+                            mine.files_kept += 1;
+                            mine.bytes_kept += f.size;
+                        }
+                        Ok(false) => {
+                            mine.files_written += 1;
+                            mine.bytes_written += f.size;
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            first_error.lock().expect("not poisoned").get_or_insert(e);
+                        }
+                    }
+                }
+                let mut t = total.lock().expect("not poisoned");
+                t.files_written += mine.files_written;
+                t.bytes_written += mine.bytes_written;
+                t.files_kept += mine.files_kept;
+                t.bytes_kept += mine.bytes_kept;
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    Ok(total.into_inner().expect("not poisoned"))
+}
+
+/// Put one file in place; `true` when a delta restore kept the file already there.
+#[allow(clippy::too_many_arguments)]
+fn restore_file(
+    backup_dir: &Path,
+    backup: &BackupInfo,
+    manifest: &Manifest,
+    targets: &Targets,
+    compression: Compression,
+    delta: bool,
+    f: &FileEntry,
+    buf: &mut [u8],
+) -> Result<bool, LayoutError> {
+    let dest = targets.place(&f.path);
+    let expected = manifest.files.get(&f.path);
+    if delta {
+        if let Some(want) = expected {
+            if matches_manifest(&dest, want, buf)? {
+                fs::set_permissions(&dest, fs::Permissions::from_mode(f.mode & 0o7777))
+                    .map_err(io_err("chmod", &dest))?;
+                return Ok(true);
+            }
+        }
+    }
+    let src = backup_dir.join(stored_file_path(&f.path, compression));
+    let damaged = |detail: String| LayoutError::Damaged {
+        id: backup.id.clone(),
+        detail,
+    };
+    let mut reader = SegmentReader::open(&src, compression).map_err(io_err("open", &src))?;
+    // Whatever a delta restore finds in the file's place that is not a regular file goes
+    // first: opening a symbolic link for writing would write wherever it points.
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&dest).map_err(io_err("remove", &dest))?,
+        Ok(m) if !m.is_file() => fs::remove_file(&dest).map_err(io_err("remove", &dest))?,
+        _ => {}
+    }
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(f.mode & 0o7777)
+        .open(&dest)
+        .map_err(io_err("create", &dest))?;
+    let mut size = 0u64;
+    let mut crc = 0u32;
+    loop {
+        let n = reader
+            .read(buf)
+            .map_err(|e| damaged(format!("\"{}\" does not decompress: {e}", src.display())))?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        size += n as u64;
+        out.write_all(&buf[..n]).map_err(io_err("write", &dest))?;
+    }
+    // Permissions as in the backup even when a delta restore reused the inode.
+    out.set_permissions(fs::Permissions::from_mode(f.mode & 0o7777))
+        .map_err(io_err("chmod", &dest))?;
+    out.sync_all().map_err(io_err("fsync", &dest))?;
+    if size != f.size {
+        return Err(damaged(format!(
+            "\"{}\" holds {size} bytes, the backup recorded {}",
+            src.display(),
+            f.size
+        )));
+    }
+    if let Some(want) = expected.and_then(|m| m.crc32c).filter(|&c| c != crc) {
+        return Err(damaged(format!(
+            "\"{}\" has CRC-32C {}, the manifest says {}",
+            src.display(),
+            format_crc32c(crc),
+            format_crc32c(want)
+        )));
+    }
+    Ok(false)
+}
+
+/// A regular file at `path` with the manifest's size and CRC-32C.
+fn matches_manifest(path: &Path, want: &ManifestFile, buf: &mut [u8]) -> Result<bool, LayoutError> {
+    let Some(want_crc) = want.crc32c else {
+        return Ok(false);
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err("stat", path)(e)),
+    };
+    if !meta.is_file() || meta.len() != want.size {
+        return Ok(false);
+    }
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    let mut crc = 0u32;
+    loop {
+        let n = file.read(buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+    }
+    Ok(crc == want_crc)
+}
+
+/// Delta: remove what the backup does not hold, inside the data directory (not following
+/// links) and inside the tablespace version directories the backup holds.
+fn remove_extras(backup: &BackupInfo, targets: &Targets) -> Result<(), LayoutError> {
+    let mut keep: HashSet<PathBuf> = HashSet::new();
+    let mut ts_roots: BTreeSet<PathBuf> = BTreeSet::new();
+    let entries = backup
+        .contents
+        .directories
+        .iter()
+        .map(|d| &d.path)
+        .chain(backup.contents.files.iter().map(|f| &f.path))
+        .chain(backup.contents.symlinks.iter().map(|l| &l.path));
+    for rel in entries {
+        let place = targets.place(rel);
+        if let Some((oid, inner)) = split_tablespace_path(rel) {
+            if let (Some(loc), Some(top)) = (targets.tablespaces.get(&oid), inner.split('/').next())
+            {
+                ts_roots.insert(loc.join(top));
+            }
+        }
+        keep.insert(place);
+    }
+    prune(&targets.pgdata, &keep)?;
+    for root in &ts_roots {
+        if root.is_dir() {
+            prune(root, &keep)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove every entry below `dir` that is not in `keep`; never follows a symbolic link.
+fn prune(dir: &Path, keep: &HashSet<PathBuf>) -> Result<(), LayoutError> {
+    let entries = fs::read_dir(dir).map_err(io_err("read directory", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(io_err("stat", &path))?;
+        if !keep.contains(&path) {
+            tracing::info!(
+                "delta: removing \"{}\", which the backup does not hold",
+                path.display()
+            );
+            if ft.is_dir() {
+                fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
+            } else {
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            }
+        } else if ft.is_dir() {
+            prune(&path, keep)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LayoutError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
