@@ -12,7 +12,9 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  success (for receive: --endpos reached, or stopped by SIGINT/SIGTERM)
   1  failure; the message says what happened and a hint line what to do
-  2  invalid command line (or config file)";
+  2  invalid command line (or config file)
+  archive-get has its own (see walferry archive-get --help): 1 means \"not in the archive\",
+  255 aborts recovery";
 
 #[derive(Parser)]
 #[command(
@@ -80,6 +82,12 @@ enum Command {
     /// Show per timeline the WAL range, first and last commit, and restore point count
     #[command(after_help = commands::restore_points::WAL_INFO_AFTER_HELP, disable_help_flag = true)]
     WalInfo(commands::restore_points::Args),
+    /// Serve a file of a repository's WAL archive to PostgreSQL (its restore_command)
+    #[command(after_help = commands::archive_get::AFTER_HELP, disable_help_flag = true)]
+    ArchiveGet(commands::archive_get::Args),
+    /// Store a WAL file in a repository's archive for PostgreSQL (its archive_command)
+    #[command(after_help = commands::archive_push::AFTER_HELP, disable_help_flag = true)]
+    ArchivePush(commands::archive_push::Args),
 }
 
 fn main() -> ExitCode {
@@ -93,7 +101,10 @@ fn main() -> ExitCode {
             })
         }
     };
-    let cli = Cli::parse_from(argv);
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => exit_on_parse_error(e, &argv),
+    };
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Receive(args) => commands::receive::run(*args),
@@ -106,6 +117,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(args, cli.verbose),
         Command::RestorePoints(args) => commands::restore_points::run(args, cli.verbose),
         Command::WalInfo(args) => commands::restore_points::run_wal_info(args, cli.verbose),
+        Command::ArchiveGet(args) => commands::archive_get::run(args),
+        Command::ArchivePush(args) => commands::archive_push::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +126,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// As clap's own exit, except for archive-get: there an invalid command line must abort
+/// recovery (status 255), not read as "not in the archive" (clap's status 2).
+fn exit_on_parse_error(e: clap::Error, argv: &[std::ffi::OsString]) -> ! {
+    let archive_get = argv.iter().skip(1).any(|a| a == "archive-get");
+    if archive_get && e.use_stderr() {
+        let _ = e.print();
+        std::process::exit(i32::from(commands::archive_get::EXIT_FATAL));
+    }
+    e.exit()
+}
+
 fn report(failure: commands::Failure) -> ExitCode {
+    if failure.message.is_empty() {
+        return ExitCode::from(failure.exit_code);
+    }
     eprintln!("walferry: error: {}", failure.message);
     if let Some(hint) = failure.hint {
         eprintln!("walferry: hint: {hint}");

@@ -16,13 +16,16 @@
 
 mod aligned;
 mod compress;
+pub mod get;
 mod lock;
+pub mod push;
 mod reader;
 mod scan;
 mod segment_file;
+pub mod spool;
 
 pub use aligned::{AlignedBuf, DIRECT_ALIGN};
-pub use compress::{CompressionSpec, SegmentReader};
+pub use compress::{CompressSpecError, CompressionSpec, SegmentReader};
 pub use lock::{ArchiveLock, LOCK_FILE};
 pub use reader::{ArchiveReader, ReaderError, ReaderStats, SegmentSource};
 pub use scan::{list_dir, ArchiveScan, DirFile, ScannedFile};

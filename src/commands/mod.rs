@@ -1,5 +1,7 @@
 //! One file per subcommand. Commands are thin: options -> library calls -> output.
 
+pub mod archive_get;
+pub mod archive_push;
 pub mod auth_verifier;
 pub mod backup;
 pub mod config;
@@ -43,6 +45,16 @@ impl Failure {
         .with_hint(format!(
             "try \"walferry {command} --help\" for more information"
         ))
+    }
+
+    /// A failure that only sets the exit status (nothing printed): an answer such as
+    /// archive-get's "not in the archive", which is no error.
+    pub fn silent(exit_code: u8) -> Self {
+        Failure {
+            message: String::new(),
+            hint: None,
+            exit_code,
+        }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {

@@ -543,7 +543,7 @@ const SECTOR: usize = 512;
 /// zero-padded file (sectors not written read as zeros), while a changed byte is damage.
 /// A record begun in an earlier file is judged by its continuation here (xlp_rem_len of the
 /// first page).
-fn cut_short_by_zeros(whole: &[u8], base: u64, lsn: Lsn, seg_size: u64) -> bool {
+pub(crate) fn cut_short_by_zeros(whole: &[u8], base: u64, lsn: Lsn, seg_size: u64) -> bool {
     let (from, to) = if lsn.0 >= base {
         let off = (lsn.0 - base) as usize;
         if off + 4 > whole.len() {

@@ -64,6 +64,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 pub use catalog::{RestorePointInfo, TimelineInfo, XactPoint};
+pub(crate) use check::cut_short_by_zeros;
 
 use crate::wal::{Lsn, TimeLineId};
 

@@ -599,6 +599,10 @@ pub struct StandbyOptions {
     pub conf: Vec<String>,
     /// Leave the standby stopped.
     pub no_start: bool,
+    /// Not a streaming standby but a restore from the archive: `pg_basebackup -X none`
+    /// (the WAL comes from the archive) without `-R`, this `restore_command` and
+    /// `recovery.signal` (archive recovery to the end of the archive, then promotion).
+    pub restore_command: Option<String>,
 }
 
 impl StandbyOptions {
@@ -619,6 +623,10 @@ impl StandbyOptions {
     }
     pub fn no_start(mut self) -> Self {
         self.no_start = true;
+        self
+    }
+    pub fn restore_command(mut self, command: impl Into<String>) -> Self {
+        self.restore_command = Some(command.into());
         self
     }
 }
@@ -758,6 +766,14 @@ impl PgCluster {
     /// Starts the server (`pg_ctl -w start`). A first start that cannot bind its port moves to
     /// another free port; a later one retries the same port for a short while.
     pub fn start(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`PgCluster::start`], returning pg_ctl's complaint and the new server log lines when
+    /// the server does not come up (a recovery that aborts, for instance).
+    pub fn try_start(&mut self) -> Result<(), String> {
         assert!(
             self.pid.is_none(),
             "cluster on port {} is already running",
@@ -797,14 +813,14 @@ impl PgCluster {
                 }
                 continue;
             }
-            panic!(
+            return Err(format!(
                 "pg_ctl start failed ({}) for {}:\n{}{}\n--- server log ---\n{}",
                 out.status,
                 self.data_dir.display(),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
                 new_log
-            );
+            ));
         }
         self.pid = read_postmaster_pid(&self.data_dir);
         assert!(
@@ -816,6 +832,7 @@ impl PgCluster {
             self.create_roles();
             self.needs_roles = false;
         }
+        Ok(())
     }
 
     fn create_roles(&self) {
@@ -1220,7 +1237,12 @@ impl PgCluster {
                 "-U",
                 "postgres",
             ])
-            .args(["-R", "-X", "stream", "-c", "fast"]);
+            .args(["-c", "fast"]);
+        if opts.restore_command.is_some() {
+            basebackup.args(["-X", "none"]);
+        } else {
+            basebackup.args(["-R", "-X", "stream"]);
+        }
         if !primary.fsync {
             basebackup.arg("--no-sync");
         }
@@ -1235,6 +1257,13 @@ impl PgCluster {
                 &standby.data_dir.join("postgresql.auto.conf"),
                 &format!("primary_conninfo = {}\n", conf_quote(conninfo)),
             );
+        }
+        if let Some(command) = &opts.restore_command {
+            append_file(
+                &standby.data_dir.join("postgresql.auto.conf"),
+                &format!("restore_command = {}\n", conf_quote(command)),
+            );
+            write_file(&standby.data_dir.join("recovery.signal"), "");
         }
         if !opts.no_start {
             standby.start();

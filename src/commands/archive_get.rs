@@ -1,0 +1,291 @@
+//! `walferry archive-get`: PostgreSQL's `restore_command` (see `walferry::archive::get` for
+//! what is served when, and `walferry::archive::spool` for prefetching).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use walferry::archive::get::{self, Fetched, GetError, Getter, Served, Wanted};
+use walferry::archive::spool::Spool;
+use walferry::repo::WAL_DIR;
+use walferry::wal::page::{is_valid_seg_size, SegmentHeader, LONG_PAGE_HEADER};
+
+use super::Failure;
+
+/// Exit status for everything that must stop recovery rather than end it: PostgreSQL treats
+/// a restore_command exit status above 125 as fatal (xlogarchive.c RestoreArchivedFile).
+pub const EXIT_FATAL: u8 = 255;
+
+/// Spool directory name, beside `%p` (in pg_wal) unless `--spool` says otherwise.
+pub const SPOOL_NAME: &str = "walferry-spool";
+
+pub const AFTER_HELP: &str = "\
+Use as PostgreSQL's restore_command:
+  restore_command = 'walferry archive-get --repo /srv/repo %f %p'
+
+Writes the file %f of the archive REPO/wal to %p (relative to the data directory, where the
+server runs the command), decompressed, through a temporary file renamed into place, so the
+server never reads half a file. A segment is checked first (page headers, record headers,
+CRC-32C, and the record crossing into the next segment when that file is there); with
+global/pg_control in the current directory, WAL of another database system is refused.
+
+A segment the archive holds only as NAME.partial is served, padded with zeros after its
+valid WAL, when it is the end of a timeline: its WAL reaches the segment end; or a later
+timeline's history says the timeline ended inside it (served up to that switch point); or no
+later timeline names it and no complete segment of its timeline follows (the newest WAL).
+Any other .partial means WAL is missing from the archive: fatal.
+
+Prefetch: after serving segment S, a background worker (one per spool, detached) fetches and
+checks S+1..S+N into the spool, so that the next calls are a rename. Only complete segments
+are spooled. The spool defaults to walferry-spool in the directory of %p (pg_wal/, which base
+backups and pg_rewind leave alone, and on the same file system as %p).
+
+Exit status:
+    0  %p holds the complete file
+    1  not in the archive (recovery ends there, or a standby turns to streaming)
+  255  fatal: PostgreSQL aborts recovery on any status above 125. A damaged file (named,
+       with the LSN), WAL missing from the archive (a .partial where its timeline went on),
+       WAL of another database system, an unreadable repository, a full disk writing %p,
+       and an invalid command line (whose usual status 2 would read as \"not there\")";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Repository (the archive is its wal/ directory)
+    #[arg(long = "repo", value_name = "REPO")]
+    pub repo: PathBuf,
+
+    /// File name the server asks for (%f): a segment, %08X.history or .backup file
+    #[arg(value_name = "FILE")]
+    pub file: String,
+
+    /// Where to write it (%p)
+    #[arg(value_name = "PATH", required_unless_present = "prefetch_worker")]
+    pub dest: Option<PathBuf>,
+
+    /// Segments to prefetch after each one served (0: no prefetching)
+    #[arg(long = "prefetch", value_name = "N", default_value_t = 8)]
+    pub prefetch: u64,
+
+    /// Spool directory for prefetched segments [default: walferry-spool beside PATH]
+    #[arg(long = "spool", value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+
+    /// Run as the background prefetch worker of the spool (started by archive-get itself)
+    #[arg(long = "prefetch-worker", hide = true)]
+    pub prefetch_worker: bool,
+
+    /// Print help
+    #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn fatal(message: impl Into<String>) -> Failure {
+    Failure {
+        exit_code: EXIT_FATAL,
+        ..Failure::new(message)
+    }
+    .with_hint(
+        "recovery stops here so that no damaged or missing WAL is replayed and the archive is \
+         not taken for exhausted; repair the archive (walferry verify -D REPO/wal shows what is \
+         wrong) or the restore_command, then start the server again",
+    )
+}
+
+fn failure(e: GetError) -> Failure {
+    if e.is_not_found() {
+        // "Not there" is an answer, not an error: recovery asks for files that may not exist
+        // (the next timeline's history) as a matter of course.
+        tracing::info!("{e}");
+        return Failure::silent(1);
+    }
+    let disk_full = e.is_disk_full();
+    let f = fatal(e.to_string());
+    if disk_full {
+        return f.with_hint(
+            "the disk of the data directory is full: free space, then start the server again",
+        );
+    }
+    f
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let wal_dir = args.repo.join(WAL_DIR);
+    if args.prefetch_worker {
+        run_worker(&args, &wal_dir);
+        return Ok(());
+    }
+    let Some(dest) = args.dest.as_deref() else {
+        return Err(fatal("no destination path (%p) given"));
+    };
+    let wanted = Wanted::parse(&args.file).ok_or_else(|| {
+        fatal(format!(
+            "\"{}\" is not the name of a WAL segment, timeline history or backup history file",
+            args.file
+        ))
+        .with_hint("the restore_command takes the file name before the path: archive-get --repo REPO %f %p")
+    })?;
+    let started = Instant::now();
+    let getter = Getter::new(&wal_dir, get::pg_control_system_id(Path::new("."))).map_err(|e| {
+        fatal(format!(
+            "cannot read the archive of repository \"{}\": {e}",
+            args.repo.display()
+        ))
+    })?;
+    let spool = match (&wanted, args.prefetch) {
+        (Wanted::Segment(_), n) if n > 0 => open_spool(&args, dest, &wal_dir),
+        _ => None,
+    };
+
+    if let Some(spool) = &spool {
+        match spool.take(&args.file, dest) {
+            Ok(true) => {
+                tracing::info!(
+                    "{}: served from the spool in {:.1} ms",
+                    args.file,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                if let Some(seg_size) = seg_size_of_file(dest) {
+                    prefetch(&args, spool, seg_size);
+                }
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not take {} from the spool: {e}", args.file),
+        }
+    }
+    let fetched = getter.fetch(&args.file).map_err(failure)?;
+    get::deliver(&fetched.bytes, dest).map_err(failure)?;
+    report(&args.file, &fetched, started);
+    if let (Some(spool), Some(seg_size)) = (&spool, fetched.seg_size) {
+        prefetch(&args, spool, seg_size);
+    }
+    Ok(())
+}
+
+fn report(name: &str, fetched: &Fetched, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let from = fetched.source.display();
+    match fetched.served {
+        Served::EndOfTimeline { end } => tracing::warn!(
+            "{name}: served the end of its timeline from \"{from}\": its WAL up to {end}, \
+             zeros after"
+        ),
+        Served::WholePartial => {
+            tracing::info!("{name}: served from \"{from}\" (holds the whole segment) in {ms:.1} ms")
+        }
+        Served::Complete | Served::Text => {
+            tracing::info!("{name}: served from \"{from}\" in {ms:.1} ms")
+        }
+    }
+}
+
+fn open_spool(args: &Args, dest: &Path, wal_dir: &Path) -> Option<Spool> {
+    let dir = match &args.spool {
+        Some(dir) => dir.clone(),
+        None => dest
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .join(SPOOL_NAME),
+    };
+    // The spool only saves time: any trouble with it falls back to reading the archive.
+    match Spool::open(&dir).and_then(|s| s.adopt(wal_dir).map(|()| s)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                "prefetching is off: cannot use spool \"{}\": {e}",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// Records what was served and starts a worker when the window ahead has gaps.
+fn prefetch(args: &Args, spool: &Spool, seg_size: u64) {
+    if let Err(e) = spool.want(&args.file, seg_size) {
+        tracing::warn!(
+            "prefetching is off: cannot write to spool \"{}\": {e}",
+            spool.dir().display()
+        );
+        return;
+    }
+    if spool
+        .missing(&args.file, seg_size, args.prefetch)
+        .is_empty()
+    {
+        return;
+    }
+    if let Err(e) = spawn_worker(args, spool.dir()) {
+        tracing::warn!("could not start the prefetch worker: {e}");
+    }
+}
+
+/// Starts `walferry archive-get --prefetch-worker` in its own session, not waited for: it
+/// outlives this call (and is out of reach of the signals the server sends its children).
+fn spawn_worker(args: &Args, spool_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("archive-get")
+        .arg("--repo")
+        .arg(&args.repo)
+        .arg("--spool")
+        .arg(spool_dir)
+        .arg("--prefetch")
+        .arg(args.prefetch.to_string())
+        .arg("--prefetch-worker")
+        .arg(&args.file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map(drop)
+}
+
+fn run_worker(args: &Args, wal_dir: &Path) {
+    let Some(dir) = &args.spool else { return };
+    let Ok(spool) = Spool::open(dir) else { return };
+    // A worker that is finishing may miss the newest wish: wait for it briefly.
+    let Ok(Some(lock)) = spool.lock(Duration::from_secs(2)) else {
+        return;
+    };
+    let Ok(getter) = Getter::new(wal_dir, get::pg_control_system_id(Path::new("."))) else {
+        return;
+    };
+    let filled = spool.fill(&getter, args.prefetch, &lock);
+    tracing::info!(
+        "prefetched {} segment(s){}",
+        filled.spooled.len(),
+        filled
+            .stopped
+            .map(|s| format!("; stopped: {s}"))
+            .unwrap_or_default()
+    );
+}
+
+/// The segment size in the long page header of the segment file at `path`.
+fn seg_size_of_file(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; LONG_PAGE_HEADER];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    match SegmentHeader::parse(&head) {
+        SegmentHeader::Valid { seg_size, .. } if is_valid_seg_size(u64::from(seg_size)) => {
+            Some(u64::from(seg_size))
+        }
+        _ => None,
+    }
+}
