@@ -261,3 +261,127 @@ fn impossible_restores_are_refused_before_anything_is_written() {
     );
     assert!(!Path::new(dest).exists());
 }
+
+/// The backup on timeline 1, the target on timeline 2 after a promote: the restore follows
+/// the timeline switch. Then the old primary's data directory is turned into a standby of
+/// the new primary with `--delta --standby`, and streams from it.
+#[test]
+fn restore_across_a_promotion_and_the_old_primary_rejoins_as_a_standby() {
+    let mut pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let s1 = PgCluster::standby_of(&pg, common::StandbyOptions::new().slot("s1"));
+    s1.create_physical_slot("wf");
+    let repo = tempdir();
+    // The receiver follows whichever node is writable.
+    let wal = repo.path().join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    common::chown_to_postgres(&wal);
+    let both = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres target_session_attrs=read-write",
+        pg.port(),
+        s1.port()
+    );
+    let mut rx = Proc::spawn(&mut walferry(&[
+        "receive",
+        "-D",
+        wal.to_str().unwrap(),
+        "-d",
+        &both,
+        "-S",
+        "wf",
+    ]));
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    pg.psql("INSERT INTO t SELECT generate_series(1, 100)");
+    backup(&pg, repo.path(), &["-Z", "zstd"]);
+    pg.psql("INSERT INTO t SELECT generate_series(101, 200)");
+    s1.wait_for_replay(pg.current_wal_lsn());
+
+    pg.stop();
+    s1.promote();
+    s1.psql("INSERT INTO t SELECT generate_series(201, 300)");
+    s1.psql("SELECT pg_switch_wal()");
+    common::wait_until("the receiver to follow to timeline 2", Duration::from_secs(60), || {
+        s1.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'walferry'")
+            == "t"
+    });
+
+    let restored = restore_and_start(&pg, repo.path(), &[]);
+    assert_eq!(count(&restored), 300);
+    assert_eq!(restored.timeline(), 3, "promoted at the end of timeline 2's WAL");
+    drop(restored);
+
+    // The old primary (stopped, its files as they were) becomes a standby of S1.
+    let old_data = pg.data_dir().to_str().unwrap().to_string();
+    let out = ok(&mut walferry(&[
+        "restore",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--pgdata",
+        &old_data,
+        "--delta",
+        "--standby",
+        "--primary-conninfo",
+        &format!("host=127.0.0.1 port={} user=postgres application_name=old", s1.port()),
+    ]));
+    assert!(stderr(&out).contains("kept"), "{}", stderr(&out));
+    pg.start();
+    s1.psql("INSERT INTO t SELECT generate_series(301, 400)");
+    pg.wait_for_replay(s1.current_wal_lsn());
+    assert_eq!(count(&pg), 400);
+    assert_eq!(pg.psql("SELECT status FROM pg_stat_wal_receiver"), "streaming");
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success(), "{}", rx.stderr());
+}
+
+/// `--target-action pause` leaves the server in recovery, paused at the target;
+/// `shutdown` stops it there.
+#[test]
+fn target_actions_pause_and_shutdown() {
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let repo = tempdir();
+    let mut rx = receiver(&pg, repo.path());
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    backup(&pg, repo.path(), &[]);
+    pg.psql("INSERT INTO t SELECT generate_series(1, 50)");
+    pg.psql("SELECT pg_create_restore_point('p')");
+    pg.psql("INSERT INTO t SELECT generate_series(51, 100)");
+    common::wait_until("the receiver to have everything", Duration::from_secs(30), || {
+        pg.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication") == "t"
+    });
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success());
+
+    let repo_s = repo.path().to_str().unwrap();
+    let restore = |action: &str| {
+        PgCluster::restored_from(&pg, |data| {
+            ok(&mut walferry(&[
+                "restore",
+                "--repo",
+                repo_s,
+                "--pgdata",
+                data.to_str().unwrap(),
+                "--target-name",
+                "p",
+                "--target-action",
+                action,
+            ]));
+        })
+    };
+    let mut paused = restore("pause");
+    paused.start();
+    common::wait_until("replay to pause at the target", Duration::from_secs(60), || {
+        paused.try_psql("SELECT pg_get_wal_replay_pause_state()").as_deref() == Ok("paused")
+    });
+    assert_eq!(paused.psql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(count(&paused), 50);
+    drop(paused);
+
+    let mut stopped = restore("shutdown");
+    // The server reaches the target and shuts down: pg_ctl's wait fails or returns, and
+    // the postmaster is gone soon after, having said why.
+    let _ = stopped.try_start();
+    common::wait_until("the server to shut down at the target", Duration::from_secs(60), || {
+        stopped.server_log().contains("shutdown at recovery target")
+    });
+}
