@@ -5,72 +5,11 @@
 mod common;
 mod receive_support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{format_lsn, prerequisite, segment_name, tempdir, PgCluster, WAL_SEGMENT_SIZE};
+use common::{format_lsn, segment_name, tempdir, PgCluster, Tmpfs, WAL_SEGMENT_SIZE};
 use receive_support::*;
-
-/// A tmpfs mounted on a fresh temp dir; unmounted on drop (also while panicking).
-struct Tmpfs {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None` when this environment does not let us mount and the `tmpfs` prerequisite is
-    /// allowed to be missing (otherwise that panics).
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempdir();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .output();
-        let failure = match out {
-            Ok(out) if out.status.success() => None,
-            Ok(out) => Some(format!(
-                "mount failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => Some(format!("cannot run mount: {e}")),
-        };
-        if let Some(failure) = failure {
-            prerequisite::missing(
-                "tmpfs",
-                &format!(
-                    "cannot mount a tmpfs for the full archive disk (needs root or \
-                     CAP_SYS_ADMIN): {failure}"
-                ),
-            );
-            return None;
-        }
-        Some(Tmpfs {
-            path: dir.path().to_path_buf(),
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Something (a killed child) may still hold it: detach it lazily.
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
 
 fn move_out(from: &Path, name: &str, to: &Path) {
     std::fs::copy(from.join(name), to.join(name)).expect("copy segment out");

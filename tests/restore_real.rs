@@ -300,14 +300,22 @@ fn restore_across_a_promotion_and_the_old_primary_rejoins_as_a_standby() {
     s1.promote();
     s1.psql("INSERT INTO t SELECT generate_series(201, 300)");
     s1.psql("SELECT pg_switch_wal()");
-    common::wait_until("the receiver to follow to timeline 2", Duration::from_secs(60), || {
-        s1.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'walferry'")
+    common::wait_until(
+        "the receiver to follow to timeline 2",
+        Duration::from_secs(60),
+        || {
+            s1.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'walferry'")
             == "t"
-    });
+        },
+    );
 
     let restored = restore_and_start(&pg, repo.path(), &[]);
     assert_eq!(count(&restored), 300);
-    assert_eq!(restored.timeline(), 3, "promoted at the end of timeline 2's WAL");
+    assert_eq!(
+        restored.timeline(),
+        3,
+        "promoted at the end of timeline 2's WAL"
+    );
     drop(restored);
 
     // The old primary (stopped, its files as they were) becomes a standby of S1.
@@ -321,14 +329,20 @@ fn restore_across_a_promotion_and_the_old_primary_rejoins_as_a_standby() {
         "--delta",
         "--standby",
         "--primary-conninfo",
-        &format!("host=127.0.0.1 port={} user=postgres application_name=old", s1.port()),
+        &format!(
+            "host=127.0.0.1 port={} user=postgres application_name=old",
+            s1.port()
+        ),
     ]));
     assert!(stderr(&out).contains("kept"), "{}", stderr(&out));
     pg.start();
     s1.psql("INSERT INTO t SELECT generate_series(301, 400)");
     pg.wait_for_replay(s1.current_wal_lsn());
     assert_eq!(count(&pg), 400);
-    assert_eq!(pg.psql("SELECT status FROM pg_stat_wal_receiver"), "streaming");
+    assert_eq!(
+        pg.psql("SELECT status FROM pg_stat_wal_receiver"),
+        "streaming"
+    );
     rx.signal(libc::SIGTERM);
     assert!(rx.wait().success(), "{}", rx.stderr());
 }
@@ -346,9 +360,11 @@ fn target_actions_pause_and_shutdown() {
     pg.psql("INSERT INTO t SELECT generate_series(1, 50)");
     pg.psql("SELECT pg_create_restore_point('p')");
     pg.psql("INSERT INTO t SELECT generate_series(51, 100)");
-    common::wait_until("the receiver to have everything", Duration::from_secs(30), || {
-        pg.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication") == "t"
-    });
+    common::wait_until(
+        "the receiver to have everything",
+        Duration::from_secs(30),
+        || pg.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication") == "t",
+    );
     rx.signal(libc::SIGTERM);
     assert!(rx.wait().success());
 
@@ -370,9 +386,16 @@ fn target_actions_pause_and_shutdown() {
     };
     let mut paused = restore("pause");
     paused.start();
-    common::wait_until("replay to pause at the target", Duration::from_secs(60), || {
-        paused.try_psql("SELECT pg_get_wal_replay_pause_state()").as_deref() == Ok("paused")
-    });
+    common::wait_until(
+        "replay to pause at the target",
+        Duration::from_secs(60),
+        || {
+            paused
+                .try_psql("SELECT pg_get_wal_replay_pause_state()")
+                .as_deref()
+                == Ok("paused")
+        },
+    );
     assert_eq!(paused.psql("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(count(&paused), 50);
     drop(paused);
@@ -381,7 +404,42 @@ fn target_actions_pause_and_shutdown() {
     // The server reaches the target and shuts down: pg_ctl's wait fails or returns, and
     // the postmaster is gone soon after, having said why.
     let _ = stopped.try_start();
-    common::wait_until("the server to shut down at the target", Duration::from_secs(60), || {
-        stopped.server_log().contains("shutdown at recovery target")
-    });
+    common::wait_until(
+        "the server to shut down at the target",
+        Duration::from_secs(60),
+        || stopped.server_log().contains("shutdown at recovery target"),
+    );
+}
+
+/// The disk fills while the data directory is laid out: a clear error, and nothing left
+/// that looks like a data directory.
+#[test]
+fn a_full_disk_during_restore_leaves_nothing_half_done() {
+    let Some(small) = common::Tmpfs::mount("12m") else {
+        return;
+    };
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let repo = tempdir();
+    let mut rx = receiver(&pg, repo.path());
+    pg.psql(
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g",
+    );
+    backup(&pg, repo.path(), &["-Z", "zstd"]);
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success());
+
+    let dest = small.path.join("data");
+    let out = run(&mut walferry(&[
+        "restore",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--pgdata",
+        dest.to_str().unwrap(),
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("nothing was kept"), "{err}");
+    assert!(!dest.exists(), "the partial data directory was removed");
 }

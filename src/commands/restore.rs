@@ -180,17 +180,44 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     );
 
     let tablespace_map = tablespace_map(&args.tablespace_mapping, backup)?;
+    // A fresh restore that fails is undone, so that no half-written data directory is left
+    // looking like one; a failed delta leaves the copy for the next --delta to finish.
+    let existed = args.pgdata.exists();
+    let fresh = !existed || std::fs::read_dir(&args.pgdata).is_ok_and(|mut d| d.next().is_none());
+    let tablespaces_before = tablespace_dirs(backup, &tablespace_map);
     let stats = lay_out(
         &repo,
         backup,
         &args.pgdata,
         &LayoutOptions {
             delta: args.delta,
-            tablespace_map,
+            tablespace_map: tablespace_map.clone(),
             threads: args.jobs,
         },
     )
-    .map_err(|e| Failure::new(e.to_string()))?;
+    .map_err(|e| {
+        let failure = Failure::new(e.to_string());
+        if fresh {
+            let removed = std::fs::remove_dir_all(&args.pgdata).is_ok()
+                && (!existed || std::fs::create_dir(&args.pgdata).is_ok());
+            let tablespaces_removed =
+                remove_new_tablespaces(backup, &tablespace_map, &tablespaces_before);
+            failure.with_hint(if removed && tablespaces_removed {
+                "nothing was kept: what the restore had written was removed".to_string()
+            } else {
+                format!(
+                    "the data directory \"{}\" is incomplete: remove it before starting again",
+                    args.pgdata.display()
+                )
+            })
+        } else {
+            failure.with_hint(format!(
+                "the data directory \"{}\" is incomplete (no recovery settings were written, \
+                 do not start it): run the same restore with --delta to finish it",
+                args.pgdata.display()
+            ))
+        }
+    })?;
 
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(format!("could not find the walferry program: {e}")))?;
@@ -232,6 +259,41 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
         }
     );
     Ok(())
+}
+
+/// The tablespace version directories (`PG_15_*`) now present in the backup's tablespace
+/// locations (mapped or original).
+fn tablespace_dirs(backup: &walferry::repo::BackupInfo, map: &[(u32, PathBuf)]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for ts in &backup.tablespaces {
+        let location = map
+            .iter()
+            .find(|(oid, _)| *oid == ts.oid)
+            .map_or_else(|| PathBuf::from(&ts.location), |(_, p)| p.clone());
+        let Ok(entries) = std::fs::read_dir(&location) else {
+            continue;
+        };
+        out.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("PG_15_"))
+                .map(|e| e.path()),
+        );
+    }
+    out
+}
+
+/// After a failed fresh restore: remove the tablespace version directories it made (those
+/// not in `before`); true when they are all gone.
+fn remove_new_tablespaces(
+    backup: &walferry::repo::BackupInfo,
+    map: &[(u32, PathBuf)],
+    before: &[PathBuf],
+) -> bool {
+    tablespace_dirs(backup, map)
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .all(|d| std::fs::remove_dir_all(d).is_ok())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, Failure> {

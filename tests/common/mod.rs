@@ -1401,3 +1401,64 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n")?.1.to_string();
     Some((status, body))
 }
+
+/// A tmpfs mounted on a fresh temp dir; unmounted on drop (also while panicking).
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` when this environment does not let us mount and the `tmpfs` prerequisite is
+    /// allowed to be missing (otherwise that panics).
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempdir();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output();
+        let failure = match out {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "mount failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Some(format!("cannot run mount: {e}")),
+        };
+        if let Some(failure) = failure {
+            prerequisite::missing(
+                "tmpfs",
+                &format!(
+                    "cannot mount a tmpfs for a full disk (needs root or CAP_SYS_ADMIN): {failure}"
+                ),
+            );
+            return None;
+        }
+        // Writable by the postgres user too (for tests that run walferry as postgres).
+        chown_to_postgres(dir.path());
+        Some(Tmpfs {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something (a killed child) may still hold it: detach it lazily.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
