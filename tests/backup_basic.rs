@@ -368,3 +368,32 @@ fn a_backup_whose_wal_nothing_archives_warns_and_is_not_kept() {
     assert!(s.repo.list().unwrap().is_empty());
     assert!(partial_dirs(&s.repo).is_empty());
 }
+
+/// The repository's disk fills during the backup: a clear error naming the cause, exit 1,
+/// and no backup nor partial directory left.
+#[test]
+fn a_full_repository_disk_fails_the_backup_cleanly() {
+    let Some(small) = common::Tmpfs::mount("6m") else {
+        return;
+    };
+    let pg = PgCluster::primary();
+    pg.psql("CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g");
+    let repo = Repo::open(&small.path).unwrap();
+    let mut cmd = client_command(walferry_bin());
+    cmd.arg("backup")
+        .arg("--repo")
+        .arg(&small.path)
+        .arg("-d")
+        .arg(pg.conninfo(common::roles::SUPERUSER))
+        .arg("--no-wait-wal");
+    let out = run_bounded(&mut cmd, Duration::from_secs(120));
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("nothing was kept"), "{err}");
+    assert!(repo.list().unwrap().is_empty());
+    assert!(
+        partial_dirs(&repo).is_empty(),
+        "the partial backup was removed"
+    );
+}

@@ -110,6 +110,9 @@ impl BackupError {
                 "another walferry backup is running on this repository; wait for it to end".into(),
             ),
             BackupError::Exists(_) => Some("try again in a second".into()),
+            BackupError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Some("the repository's disk is full: free space there (walferry expire --keep N removes old backups), then take the backup again".into())
+            }
             _ => None,
         }
     }

@@ -143,9 +143,9 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
             "backup interrupted by a signal; nothing was kept",
         )),
         Some(Err(e)) => {
-            let hint = e.hint();
-            let mut f = Failure::new(e.to_string());
-            f.hint = hint;
+            // Every failure removes the partial backup: say so, so nobody goes looking.
+            let mut f = Failure::new(format!("{e}; nothing was kept"));
+            f.hint = e.hint();
             Err(f)
         }
         Some(Ok(info)) => {
