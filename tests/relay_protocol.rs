@@ -314,3 +314,17 @@ fn a_group_readable_auth_file_is_refused() {
         "never print a verifier: {err}"
     );
 }
+
+/// `relay --create-slot` manages the upstream's slot as `receive` does, without --listen.
+#[test]
+fn relay_creates_its_upstream_slot_without_listening() {
+    let pg = PgCluster::primary();
+    let mut cmd = client_command(common::walferry_bin());
+    cmd.args(["relay", "-d", &pg.conninfo(common::roles::SUPERUSER)])
+        .args(["-S", "relay_slot", "--create-slot"]);
+    run_ok(&mut cmd);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'relay_slot'"),
+        "1"
+    );
+}

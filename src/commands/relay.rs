@@ -126,7 +126,9 @@ pub struct RelayArgs {
 
 pub fn run(args: RelayArgs) -> Result<(), Failure> {
     let usage = |m: String| Failure::usage(m, "relay");
-    if args.listen.is_empty() {
+    // --create-slot/--drop-slot act on the upstream and need no --listen.
+    let slot_action = args.receive.slot_action();
+    if args.listen.is_empty() && !slot_action {
         return Err(usage(
             "no --listen address: where should downstream standbys connect?".into(),
         ));
