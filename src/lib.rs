@@ -9,6 +9,7 @@ pub mod archive;
 pub mod auth;
 pub mod backup;
 pub mod conninfo;
+pub mod ha;
 pub mod inspect;
 pub mod protocol;
 pub mod receiver;

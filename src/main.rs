@@ -88,6 +88,12 @@ enum Command {
     /// Store a WAL file in a repository's archive for PostgreSQL (its archive_command)
     #[command(after_help = commands::archive_push::AFTER_HELP, disable_help_flag = true)]
     ArchivePush(commands::archive_push::Args),
+    /// Arbitrate failover: keep the cluster's state and epoch, grant or refuse promotions
+    #[command(after_help = commands::witness::AFTER_HELP, disable_help_flag = true)]
+    Witness(commands::witness::Args),
+    /// Show what the witness knows: nodes, roles, LSNs and lag, epoch, who can be promoted
+    #[command(after_help = commands::status::AFTER_HELP, disable_help_flag = true)]
+    Status(commands::status::Args),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +125,8 @@ fn main() -> ExitCode {
         Command::WalInfo(args) => commands::restore_points::run_wal_info(args, cli.verbose),
         Command::ArchiveGet(args) => commands::archive_get::run(args),
         Command::ArchivePush(args) => commands::archive_push::run(args),
+        Command::Witness(args) => commands::witness::run(args),
+        Command::Status(args) => commands::status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

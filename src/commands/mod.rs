@@ -11,7 +11,9 @@ pub mod relay;
 pub mod restore;
 pub mod restore_points;
 pub mod service;
+pub mod status;
 pub mod verify;
+pub mod witness;
 
 use clap::Args;
 
