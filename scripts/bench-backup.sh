@@ -41,9 +41,9 @@ export PGOPTIONS="-c client_min_messages=warning"
 PARTS=${BENCH_PARTS:-backup restore replay}
 SCALE=${BENCH_SCALE:-130}
 JOBS=${BENCH_JOBS:-2}
-ROUNDS=${BENCH_ROUNDS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
 REPLAY_MB=${BENCH_REPLAY_MB:-1024}
-REPLAY_ROUNDS=${BENCH_REPLAY_ROUNDS:-2}
+REPLAY_ROUNDS=${BENCH_REPLAY_ROUNDS:-3}
 REPLAY_VARIANTS=${BENCH_REPLAY_VARIANTS:-1}
 WAL_COMPRESS=${BENCH_WAL_COMPRESS:-lz4}
 FSYNC=${BENCH_FSYNC:-on}
@@ -114,6 +114,11 @@ PGBR_CONF=$WORK/pgbackrest.conf
 PGBR_REPO=$WORK/pgbr-repo
 WF_REPO=$WORK/wf-repo
 pgbr() { as_pg pgbackrest --config="$PGBR_CONF" --stanza=bench "$@"; }
+# CPU (user + system) of a command and of the descendants it waits for (pgBackRest's local
+# processes, walferry's threads): "${CPU[@]}" cmd..., then cpu_ms. Not the server's.
+CPU_FILE=$WORK/cpu.txt
+CPU=(/usr/bin/time -o "$CPU_FILE" -f '%U %S')
+cpu_ms() { awk 'END { printf "%d", ($1 + $2) * 1000 }' "$CPU_FILE"; }
 
 # pgbench -i writes ~2 GiB of WAL at scale 130: it runs before either archiver starts (the
 # archive_command discards it), so both archives start at the same point after it.
@@ -180,14 +185,14 @@ declare -A WF_ID PGBR_LABEL SIZE
 # --- backup ----------------------------------------------------------------------------
 # backup_one TOOL COMP: TOOL walferry|pgbackrest, COMP lz4|zstd.
 backup_one() {
-    local tool=$1 comp=$2 t0 ms id before
+    local tool=$1 comp=$2 t0 ms id before cpu
     psql_pg -c "CHECKPOINT" >/dev/null
     sync
     if [ "$tool" = walferry ]; then
         local z=lz4
         [ "$comp" = zstd ] && z=zstd:1
         t0=${EPOCHREALTIME/./}
-        id=$(as_pg "$WALFERRY" backup --repo "$WF_REPO" -d "$CONNINFO" -Z "$z" -j "$JOBS" 2>>"$WORK/backup.log") ||
+        id=$(as_pg "${CPU[@]}" "$WALFERRY" backup --repo "$WF_REPO" -d "$CONNINFO" -Z "$z" -j "$JOBS" 2>>"$WORK/backup.log") ||
             failed "walferry backup" "$WORK/backup.log"
         ms=$(ms_since "$t0")
         WF_ID[$comp]=$id
@@ -197,15 +202,17 @@ backup_one() {
         [ "$comp" = zstd ] && c=(--compress-type=zst --compress-level=1)
         before=$(ls "$PGBR_REPO/backup/bench" 2>/dev/null | grep F$ || true)
         t0=${EPOCHREALTIME/./}
-        pgbr backup --type=full "${c[@]}" --process-max="$JOBS" >>"$WORK/backup.log" 2>&1 ||
+        as_pg "${CPU[@]}" pgbackrest --config="$PGBR_CONF" --stanza=bench backup --type=full "${c[@]}" --process-max="$JOBS" >>"$WORK/backup.log" 2>&1 ||
             failed "pgbackrest backup" "$WORK/backup.log"
         ms=$(ms_since "$t0")
         id=$(ls "$PGBR_REPO/backup/bench" | grep F$ | grep -vxF "$before" | tail -1)
         PGBR_LABEL[$comp]=$id
         SIZE[pgbackrest-$comp]=$(du_mb "$PGBR_REPO/backup/bench/$id")
     fi
+    cpu=$(cpu_ms)
     T[backup-$tool-$comp]+="$ms "
-    printf '  %-10s %-4s %7d ms  %s (%s MiB)\n' "$tool" "$comp" "$ms" "$id" "${SIZE[$tool-$comp]}"
+    T[backup-cpu-$tool-$comp]+="$cpu "
+    printf '  %-10s %-4s %7d ms, cpu %7d ms  %s (%s MiB)\n' "$tool" "$comp" "$ms" "$cpu" "$id" "${SIZE[$tool-$comp]}"
 }
 
 if want backup; then
@@ -228,22 +235,24 @@ need_backups() {
 
 # --- restore ---------------------------------------------------------------------------
 restore_one() { # TOOL COMP DIR [--delta]
-    local tool=$1 comp=$2 dir=$3 delta=${4:-} t0 ms
+    local tool=$1 comp=$2 dir=$3 delta=${4:-} t0 ms cpu
     sync
     t0=${EPOCHREALTIME/./}
     if [ "$tool" = walferry ]; then
-        as_pg "$WALFERRY" restore --repo "$WF_REPO" --pgdata "$dir" --backup "${WF_ID[$comp]}" -j "$JOBS" \
+        as_pg "${CPU[@]}" "$WALFERRY" restore --repo "$WF_REPO" --pgdata "$dir" --backup "${WF_ID[$comp]}" -j "$JOBS" \
             $delta >>"$WORK/restore.log" 2>&1 || failed "walferry restore" "$WORK/restore.log"
     else
         [ -d "$dir" ] || as_pg mkdir -m 700 "$dir"
-        pgbr restore --pg1-path="$dir" --set="${PGBR_LABEL[$comp]}" --process-max="$JOBS" $delta \
+        as_pg "${CPU[@]}" pgbackrest --config="$PGBR_CONF" --stanza=bench restore --pg1-path="$dir" --set="${PGBR_LABEL[$comp]}" --process-max="$JOBS" $delta \
             >>"$WORK/restore.log" 2>&1 || failed "pgbackrest restore" "$WORK/restore.log"
     fi
     ms=$(ms_since "$t0")
     local key=restore-$tool-$comp
     [ -n "$delta" ] && key=delta-$tool-$comp
+    cpu=$(cpu_ms)
     T[$key]+="$ms "
-    printf '  %-10s %-4s %-7s %7d ms\n' "$tool" "$comp" "${delta:-full}" "$ms"
+    T[cpu-$key]+="$cpu "
+    printf '  %-10s %-4s %-7s %7d ms, cpu %7d ms\n' "$tool" "$comp" "${delta:-full}" "$ms" "$cpu"
 }
 
 # start_restored DIR [postgresql.auto.conf lines...]: start a laid-out data directory (no
@@ -379,41 +388,49 @@ if want replay; then
         failed "walferry restore" "$WORK/restore.log"
     echo "    walferry restore laid out the base in $(ms_since "$t0") ms (checks the archive first)"
     WF_RESTORE_COMMAND=$(grep "^restore_command" "$WORK/replay-template/postgresql.auto.conf" | tail -1)
-    NSEG=$(ls "$WORK/plain-wal" | grep -c '^[0-9A-F]\{24\}$')
+    # Segments replayed: from the one backup_label names to the last one written.
+    FIRST_SEG=$(sed -n 's/^START WAL LOCATION: .*(file \([0-9A-F]*\))$/\1/p' "$WORK/replay-template/backup_label")
+    LAST_SEG=$(seg_name "$(lsn_to_int "$lsn1")")
+    NSEG=$((0x${LAST_SEG:16} - 0x${FIRST_SEG:16} + 256 * (0x${LAST_SEG:8:8} - 0x${FIRST_SEG:8:8}) + 1))
 
     CP_CMD="restore_command = 'cp $WORK/plain-wal/%f %p'"
     PGBR_CMD="restore_command = 'pgbackrest --config=$PGBR_CONF --stanza=bench --archive-async --spool-path=$WORK/pgbr-spool --process-max=$JOBS --pg1-path=$WORK/replay archive-get %f \"%p\"'"
-    echo "==> replay: $REPLAY_ROUNDS round(s), order rotated; walferry's: $WF_RESTORE_COMMAND"
     NAMES=(walferry cp pgbackrest)
+    # Other recovery settings for walferry (the restored conf has the primary's
+    # shared_buffers = 256MB), and cp with the largest shared_buffers as their floor.
+    [ "$REPLAY_VARIANTS" = 1 ] && NAMES+=(wf-noprefetch wf-io64 wf-sb1g cp-sb1g)
+    echo "==> replay: $NSEG segments ($FIRST_SEG .. $LAST_SEG), $REPLAY_ROUNDS round(s), order rotated"
+    echo "    walferry's $WF_RESTORE_COMMAND"
+    # Not counted: the first recovery after the layout runs with colder caches than the rest.
+    echo "  warm-up"
+    replay_one warmup "$CP_CMD"
     for ((round = 1; round <= REPLAY_ROUNDS; round++)); do
         echo "  round $round"
-        for ((i = 0; i < 3; i++)); do
-            name=${NAMES[(i + round - 1) % 3]}
+        for ((i = 0; i < ${#NAMES[@]}; i++)); do
+            name=${NAMES[(i + round - 1) % ${#NAMES[@]}]}
             rm -rf "$WORK/pgbr-spool"/*
             case "$name" in
             walferry) replay_one walferry ;;
             cp) replay_one cp "$CP_CMD" ;;
             pgbackrest) replay_one pgbackrest "$PGBR_CMD" ;;
+            wf-noprefetch) replay_one "$name" "recovery_prefetch = off" ;;
+            wf-io64) replay_one "$name" "maintenance_io_concurrency = 64" "wal_decode_buffer_size = '4MB'" ;;
+            wf-sb1g) replay_one "$name" "shared_buffers = '1GB'" ;;
+            cp-sb1g) replay_one "$name" "$CP_CMD" "shared_buffers = '1GB'" ;;
             esac
         done
     done
-    if [ "$REPLAY_VARIANTS" = 1 ]; then
-        echo "  walferry with other recovery settings (one run each; the restored conf has shared_buffers = 256MB)"
-        replay_one wf-noprefetch "recovery_prefetch = off"
-        replay_one wf-io64 "maintenance_io_concurrency = 64" "wal_decode_buffer_size = '4MB'"
-        replay_one wf-sb1g "shared_buffers = '1GB'"
-        replay_one cp-sb1g "$CP_CMD" "shared_buffers = '1GB'"
-    fi
 
     # Per segment, outside PostgreSQL: each restore_command called in a loop over the
     # archive's segments, in a directory holding the cluster's global/pg_control (as a
     # data directory would), the output removed after each call.
-    echo "==> per-segment cost of each restore_command, $NSEG segments in a loop"
+    echo "==> per-segment cost of each restore_command, every segment of the archive in a loop"
     LOOP=$WORK/loop
     mkdir -p "$LOOP/global" "$LOOP/pg_wal"
     cp "$PGDATA_DIR/global/pg_control" "$LOOP/global/"
     chown -R postgres: "$LOOP"
     SEGS=$(ls "$WORK/plain-wal" | grep '^[0-9A-F]\{24\}$' | tr '\n' ' ')
+    NLOOP=$(wc -w <<<"$SEGS")
     loop_cost() { # NAME COMMAND-TEMPLATE (%f, %p)
         local name=$1 tmpl=$2 t0 cmd f
         rm -rf "$LOOP/pg_wal"/* "$WORK/pgbr-spool"/*
@@ -428,8 +445,8 @@ if want replay; then
             rm -f "$LOOP/pg_wal/RECOVERYXLOG"
         done
         local us=$((${EPOCHREALTIME/./} - t0))
-        T[seg-$name]=$((us / NSEG))
-        printf '  %-28s %6.1f ms per segment\n' "$name" "$(awk -v u="$us" -v n="$NSEG" 'BEGIN{print u/n/1000}')"
+        T[seg-$name]=$((us / NLOOP))
+        printf '  %-28s %6.1f ms per segment (%d)\n' "$name" "$(awk -v u="$us" -v n="$NLOOP" 'BEGIN{print u/n/1000}')" "$NLOOP"
     }
     loop_cost cp "cp $WORK/plain-wal/%f %p"
     loop_cost "walferry --prefetch 0" "$WALFERRY archive-get --repo $WF_REPO --prefetch 0 %f %p"
@@ -453,6 +470,9 @@ if want backup; then
         [ "$comp" = zstd ] && label="zstd:1"
         printf '   %-7s walferry %7d ms (%5s MiB), pgBackRest %7d ms (%5s MiB): %s\n' "$label" "$w" \
             "${SIZE[walferry-$comp]}" "$b" "${SIZE[pgbackrest-$comp]}" "$(ratio "$w" "$b")"
+        wc_=$(med backup-cpu-walferry-$comp)
+        bc=$(med backup-cpu-pgbackrest-$comp)
+        printf '           cpu of the tool (not the server'"'"'s): walferry %7d ms, pgBackRest %7d ms: %s\n' "$wc_" "$bc" "$(ratio "$wc_" "$bc")"
     done
 fi
 if want restore; then
@@ -463,7 +483,9 @@ if want restore; then
         b=$(med restore-pgbackrest-$comp)
         wd=$(med delta-walferry-$comp)
         bd=$(med delta-pgbackrest-$comp)
-        printf '   %-5s walferry %7d ms, pgBackRest %7d ms: %s\n' "$comp" "$w" "$b" "$(ratio "$w" "$b")"
+        printf '   %-5s walferry %7d ms, pgBackRest %7d ms: %s (cpu %d vs %d ms: %s)\n' "$comp" "$w" "$b" "$(ratio "$w" "$b")" \
+            "$(med cpu-restore-walferry-$comp)" "$(med cpu-restore-pgbackrest-$comp)" \
+            "$(ratio "$(med cpu-restore-walferry-$comp)" "$(med cpu-restore-pgbackrest-$comp)")"
         printf '   %-5s walferry --delta, unchanged PGDATA %7d ms: %s of its full restore (pgBackRest --delta %d ms: %s of its own)\n' \
             "$comp" "$wd" "$(ratio "$wd" "$w")" "$bd" "$(ratio "$bd" "$b")"
     done
@@ -480,7 +502,7 @@ if want replay; then
     printf '   pgBackRest async archive-get %7d ms: %s of cp; walferry / pgBackRest %s\n' "$b" "$(ratio "$b" "$c")" "$(ratio "$w" "$b")"
     awk -v w="$w" -v c="$c" -v n="$NSEG" 'BEGIN { printf "   walferry - cp, per segment replayed: %+.1f ms\n", (w - c) / n }'
     if [ "$REPLAY_VARIANTS" = 1 ]; then
-        echo "   walferry with other recovery settings (one run each), against its median above:"
+        echo "   other recovery settings (median of $REPLAY_ROUNDS), against walferry's median above:"
         for v in wf-noprefetch wf-io64 wf-sb1g cp-sb1g; do
             printf '     %-14s %7d ms: %s  (%s)\n' "$v" "$(med replay-$v)" "$(ratio "$(med replay-$v)" "$w")" "${REDO[$v]}"
         done
