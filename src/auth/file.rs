@@ -21,11 +21,10 @@
 //! No error message contains a verifier or anything else from a line's second field.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::private::Refusal;
 use super::scram::{Verifier, VerifierError};
 
 /// The parsed auth file: user name -> verifier.
@@ -158,35 +157,17 @@ impl AuthFile {
             path: path.to_path_buf(),
             source,
         };
-        // O_NONBLOCK: a FIFO in its place must not hang the relay's start-up. The checks
-        // are on the opened file (fstat), so the file cannot be swapped after them.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(AuthFileError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(AuthFileError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        if meta.uid() != euid {
-            return Err(AuthFileError::Owner {
-                path: path.to_path_buf(),
-                owner: meta.uid(),
-                euid,
-            });
-        }
+        let mut file = match super::private::open_private(path).map_err(io)? {
+            Ok(file) => file,
+            Err(refusal) => {
+                let path = path.to_path_buf();
+                return Err(match refusal {
+                    Refusal::NotAFile => AuthFileError::NotAFile { path },
+                    Refusal::Permissions(mode) => AuthFileError::Permissions { path, mode },
+                    Refusal::Owner { owner, euid } => AuthFileError::Owner { path, owner, euid },
+                });
+            }
+        };
         let mut contents = Vec::new();
         file.read_to_end(&mut contents).map_err(io)?;
         let parsed = AuthFile::parse(path, &contents)?;

@@ -67,6 +67,8 @@ pub mod file;
 pub mod fuzzing;
 pub mod scram;
 
+pub mod private;
+
 pub use channel_binding::{tls_server_end_point, ChannelBindingError};
 pub use file::{AuthFile, AuthFileError, LineError};
 pub use scram::{

@@ -7,9 +7,7 @@
 //! contents (surrounding whitespace trimmed) are the key; at least 16 bytes.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +15,7 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::UnixMillis;
+use crate::auth::private::Refusal;
 
 /// The shortest secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -69,35 +68,17 @@ impl Secret {
             path: path.to_path_buf(),
             source,
         };
-        // O_NONBLOCK: a FIFO in its place must not hang the start; the checks are on the
-        // opened file, so it cannot be swapped after them.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(SecretError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(SecretError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        if meta.uid() != euid {
-            return Err(SecretError::Owner {
-                path: path.to_path_buf(),
-                owner: meta.uid(),
-                euid,
-            });
-        }
+        let file = match crate::auth::private::open_private(path).map_err(io)? {
+            Ok(file) => file,
+            Err(refusal) => {
+                let path = path.to_path_buf();
+                return Err(match refusal {
+                    Refusal::NotAFile => SecretError::NotAFile { path },
+                    Refusal::Permissions(mode) => SecretError::Permissions { path, mode },
+                    Refusal::Owner { owner, euid } => SecretError::Owner { path, owner, euid },
+                });
+            }
+        };
         let mut bytes = Vec::new();
         file.take(64 * 1024).read_to_end(&mut bytes).map_err(io)?;
         let key = bytes.trim_ascii();
