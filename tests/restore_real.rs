@@ -56,6 +56,17 @@ fn receiver(pg: &PgCluster, repo: &Path) -> Proc {
     ]))
 }
 
+/// Once the receiver has flushed everything the primary wrote, stop it (cleanly).
+fn stop_when_archived(pg: &PgCluster, rx: &mut Proc) {
+    common::wait_until(
+        "the receiver to have everything",
+        Duration::from_secs(30),
+        || pg.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication") == "t",
+    );
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success(), "{}", rx.stderr());
+}
+
 fn backup(pg: &PgCluster, repo: &Path, extra: &[&str]) -> Output {
     let conninfo = pg.conninfo(common::roles::SUPERUSER);
     let mut args = vec!["backup", "--repo", repo.to_str().unwrap(), "-d", &conninfo];
@@ -146,13 +157,7 @@ fn point_in_time_restores_stop_at_each_kind_of_target() {
     std::thread::sleep(Duration::from_millis(1100));
     pg.psql("INSERT INTO t SELECT generate_series(401, 500)");
     pg.psql("SELECT pg_switch_wal()");
-    common::wait_until(
-        "the receiver to have everything",
-        Duration::from_secs(30),
-        || pg.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication") == "t",
-    );
-    rx.signal(libc::SIGTERM);
-    assert!(rx.wait().success(), "{}", rx.stderr());
+    stop_when_archived(&pg, &mut rx);
 
     let xid = xid_400.trim().lines().last().unwrap().to_string();
     for (target, expected) in [
@@ -178,13 +183,7 @@ fn impossible_restores_are_refused_before_anything_is_written() {
     backup(&pg, repo.path(), &[]);
     pg.psql("SELECT pg_create_restore_point('known')");
     pg.psql("INSERT INTO t VALUES (1)");
-    common::wait_until(
-        "the receiver to have everything",
-        Duration::from_secs(30),
-        || pg.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication") == "t",
-    );
-    rx.signal(libc::SIGTERM);
-    assert!(rx.wait().success());
+    stop_when_archived(&pg, &mut rx);
 
     let target = tempdir();
     let dest = target.path().join("data");
@@ -360,13 +359,7 @@ fn target_actions_pause_and_shutdown() {
     pg.psql("INSERT INTO t SELECT generate_series(1, 50)");
     pg.psql("SELECT pg_create_restore_point('p')");
     pg.psql("INSERT INTO t SELECT generate_series(51, 100)");
-    common::wait_until(
-        "the receiver to have everything",
-        Duration::from_secs(30),
-        || pg.psql("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication") == "t",
-    );
-    rx.signal(libc::SIGTERM);
-    assert!(rx.wait().success());
+    stop_when_archived(&pg, &mut rx);
 
     let repo_s = repo.path().to_str().unwrap();
     let restore = |action: &str| {
