@@ -1064,23 +1064,11 @@ impl ReplicationConn {
                     self.parameters.insert(name, value);
                 }
                 BackendMessage::ReadyForQuery { .. } => {
-                    self.state = State::Idle;
-                    return Err(match error {
-                        Some(e) => ClientError::Server(e),
-                        None => ClientError::Protocol(
-                            "START_REPLICATION finished without starting a stream".into(),
-                        ),
-                    });
+                    return Err(self.ended_without(error, "START_REPLICATION", "starting a stream"))
                 }
                 // The end-of-timeline result of an immediately finished stream cannot come
                 // before CopyBoth; anything else is a confused server.
-                other => {
-                    self.state = State::Broken;
-                    return Err(ClientError::Protocol(format!(
-                        "unexpected {} in reply to START_REPLICATION",
-                        message_kind(&other)
-                    )));
-                }
+                other => return Err(self.unexpected_reply(&other, "START_REPLICATION")),
             }
         }
     }
@@ -1266,6 +1254,31 @@ impl ReplicationConn {
         }
     }
 
+    /// A command that ended (ReadyForQuery) before doing `what`: the server's error, if it
+    /// sent one. The connection is idle again.
+    fn ended_without(
+        &mut self,
+        error: Option<ServerError>,
+        command: &str,
+        what: &str,
+    ) -> ClientError {
+        self.state = State::Idle;
+        match error {
+            Some(e) => ClientError::Server(e),
+            None => ClientError::Protocol(format!("{command} finished without {what}")),
+        }
+    }
+
+    /// A message that has no place in the reply to `command`: the framing can no longer be
+    /// trusted.
+    fn unexpected_reply(&mut self, other: &BackendMessage, command: &str) -> ClientError {
+        self.state = State::Broken;
+        ClientError::Protocol(format!(
+            "unexpected {} in reply to {command}",
+            message_kind(other)
+        ))
+    }
+
     /// Send one CopyData message (e.g. an `'r'` status update) and flush it.
     pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), ClientError> {
         if !matches!(self.state, State::CopyBoth | State::ServerCopyDone) {
@@ -1372,21 +1385,9 @@ impl ReplicationConn {
                     self.parameters.insert(name, value);
                 }
                 BackendMessage::ReadyForQuery { .. } => {
-                    self.state = State::Idle;
-                    return Err(match error {
-                        Some(e) => ClientError::Server(e),
-                        None => ClientError::Protocol(
-                            "BASE_BACKUP finished without sending the backup".into(),
-                        ),
-                    });
+                    return Err(self.ended_without(error, "BASE_BACKUP", "sending the backup"))
                 }
-                other => {
-                    self.state = State::Broken;
-                    return Err(ClientError::Protocol(format!(
-                        "unexpected {} in reply to BASE_BACKUP",
-                        message_kind(&other)
-                    )));
-                }
+                other => return Err(self.unexpected_reply(&other, "BASE_BACKUP")),
             }
         }
     }
