@@ -93,6 +93,9 @@ fn report(node: &str, role: Role, epoch: u64, tli: u32, sees_primary: bool) -> R
         sync_acked_lsn: None,
         priority: 100,
         synchronous: false,
+        down: false,
+        address: None,
+        problem: None,
     })
 }
 

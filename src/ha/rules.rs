@@ -187,6 +187,23 @@ pub fn primary_silence(state: &ClusterState, now: UnixMillis, started: UnixMilli
     now.since(state.primary_heard.max(started))
 }
 
+/// Whether the epoch's primary's agent says, in a fresh report, that its PostgreSQL is down
+/// (not running, and not to be started as a primary without the witness's consent): then
+/// there is nothing to wait for, and a promote need not wait out the failover timeout.
+pub fn primary_reported_down(state: &ClusterState, policy: &Policy, now: UnixMillis) -> bool {
+    let Some(primary) = state.primary.as_deref() else {
+        return false;
+    };
+    state.promotion.is_none()
+        && state.nodes.get(primary).is_some_and(|p| {
+            p.role == Role::Primary
+                && p.down
+                && p.health == Health::Failed
+                && p.epoch == state.epoch
+                && now.since(p.last_report) < policy.failover_timeout
+        })
+}
+
 /// Why a standby cannot be promoted, whatever the primary does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "code", rename_all = "snake_case")]
@@ -363,7 +380,7 @@ pub fn decide_promote(
         return Err(Refusal::SeesPrimary);
     }
     let silent = primary_silence(state, now, started);
-    if silent < policy.failover_timeout {
+    if silent < policy.failover_timeout && !primary_reported_down(state, policy, now) {
         return Err(Refusal::PrimaryAlive {
             silent_ms: millis(silent),
             timeout_ms: millis(policy.failover_timeout),

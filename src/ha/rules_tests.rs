@@ -112,6 +112,9 @@ fn report(node: &str, role: Role, epoch: u64, flush: u64) -> Report {
         sync_acked_lsn: None,
         priority: 100,
         synchronous: false,
+        down: false,
+        address: None,
+        problem: None,
     }
 }
 
@@ -1046,4 +1049,38 @@ fn random_partitions_and_crashes_never_make_two_writers() {
     }
     // The schedule is not so gentle that nothing ever happens.
     assert!(failovers >= 5, "{failovers} failovers in 40 trials");
+}
+
+/// The primary's agent reports PostgreSQL down (its postmaster gone, after a crash or a
+/// fence): the promote is granted at once; "failed" without "down" (PostgreSQL running but
+/// not answering, which may still take writes) still waits out the failover timeout.
+#[test]
+fn a_primary_reported_down_is_failed_over_without_waiting_but_one_merely_failing_is_not() {
+    let mut s = Sim::cluster(Policy::default());
+    s.advance(Duration::from_millis(300));
+    let mut failing = report("a", Role::Primary, 1, 0x500_0000);
+    failing.health = Health::Failed;
+    assert_eq!(directive(&s.report(failing.clone())), Directive::Continue);
+    s.standby("b", 1, 0x500_0000, false);
+    s.standby("c", 1, 0x500_0000, false);
+    assert!(matches!(
+        s.promote("b", 1),
+        Err(Refusal::PrimaryAlive { .. })
+    ));
+    let mut down = failing.clone();
+    down.down = true;
+    s.report(down.clone());
+    // A down report from an older epoch or a node that is not the primary proves nothing.
+    assert!(primary_reported_down(s.w.state(), s.w.policy(), s.now));
+    assert_eq!(s.promote("b", 1), Ok(Epoch(2)));
+    assert!(
+        !primary_reported_down(s.w.state(), s.w.policy(), s.now),
+        "the new primary is not the one that was down"
+    );
+
+    // A down report older than the failover timeout is stale: the silence rule applies.
+    let mut s = Sim::cluster(Policy::default());
+    s.report(down);
+    s.advance(FAILOVER);
+    assert!(!primary_reported_down(s.w.state(), s.w.policy(), s.now));
 }

@@ -81,6 +81,13 @@ pub struct NodeState {
     /// Whether the node is a synchronous standby of the primary.
     pub synchronous: bool,
     pub last_report: UnixMillis,
+    /// PostgreSQL is not running (see [`super::wire::Report::down`]).
+    #[serde(default)]
+    pub down: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// A promote the witness granted and the new primary has not yet confirmed.
@@ -340,6 +347,9 @@ mod tests {
                 primary_visible: true,
                 priority: 100,
                 synchronous: false,
+                down: false,
+                address: None,
+                problem: None,
                 last_report: UnixMillis(1_000),
             },
         );

@@ -111,6 +111,18 @@ pub struct Report {
     pub priority: u32,
     #[serde(default)]
     pub synchronous: bool,
+    /// PostgreSQL is not running (its postmaster is gone, or the agent stopped it): it cannot
+    /// take writes, and the agent will not start it as a primary without the witness's
+    /// consent. A primary reporting itself down may be failed over at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub down: bool,
+    /// How the other nodes reach this node's PostgreSQL (libpq keywords: `host=… port=…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// What the agent is failing to do (a rejoin that failed, and will be retried), for
+    /// `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The priority of a node that does not say: promotable, and neither preferred nor not.
@@ -148,6 +160,9 @@ pub enum Answer {
         directive: Directive,
         /// So that an agent can check its fence timeout against it.
         failover_timeout_ms: u64,
+        /// The primary's `address`, as its agent last reported it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        primary_address: Option<String>,
     },
     /// Promote now; the answer's epoch is the new one.
     Granted {
@@ -226,6 +241,12 @@ pub struct NodeView {
     pub priority: u32,
     pub synchronous: bool,
     pub last_report_ms_ago: u64,
+    #[serde(default)]
+    pub down: bool,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,6 +428,9 @@ mod tests {
                 sync_acked_lsn: Some(Lsn(0x0300_0000)),
                 priority: 100,
                 synchronous: false,
+                down: false,
+                address: None,
+                problem: None,
             }),
         }
     }

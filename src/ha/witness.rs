@@ -122,6 +122,9 @@ impl Witness {
                 priority: r.priority,
                 synchronous: r.synchronous,
                 last_report: now,
+                down: r.down,
+                address: r.address.clone(),
+                problem: r.problem.clone(),
             },
         );
         if r.role == Role::Primary && next.primary.is_none() {
@@ -141,6 +144,11 @@ impl Witness {
             timeline: next.timeline,
             directive,
             failover_timeout_ms: rules::millis(self.policy.failover_timeout),
+            primary_address: next
+                .primary
+                .as_ref()
+                .and_then(|p| next.nodes.get(p))
+                .and_then(|n| n.address.clone()),
         };
         self.changed(answer, next)
     }
@@ -261,6 +269,9 @@ impl Witness {
                     priority: n.priority,
                     synchronous: n.synchronous,
                     last_report_ms_ago: rules::millis(now.since(n.last_report)),
+                    down: n.down,
+                    address: n.address.clone(),
+                    problem: n.problem.clone(),
                 }
             })
             .collect();
