@@ -91,6 +91,9 @@ enum Command {
     /// Arbitrate failover: keep the cluster's state and epoch, grant or refuse promotions
     #[command(after_help = commands::witness::AFTER_HELP, disable_help_flag = true)]
     Witness(commands::witness::Args),
+    /// Watch this node's PostgreSQL, report to the witness, promote, fence, re-point, rejoin
+    #[command(after_help = commands::agent::AFTER_HELP, disable_help_flag = true)]
+    Agent(commands::agent::Args),
     /// Show what the witness knows: nodes, roles, LSNs and lag, epoch, who can be promoted
     #[command(after_help = commands::status::AFTER_HELP, disable_help_flag = true)]
     Status(commands::status::Args),
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         Command::ArchiveGet(args) => commands::archive_get::run(args),
         Command::ArchivePush(args) => commands::archive_push::run(args),
         Command::Witness(args) => commands::witness::run(args),
+        Command::Agent(args) => commands::agent::run(args),
         Command::Status(args) => commands::status::run(args),
     };
     match result {

@@ -1,5 +1,6 @@
 //! One file per subcommand. Commands are thin: options -> library calls -> output.
 
+pub mod agent;
 pub mod archive_get;
 pub mod archive_push;
 pub mod auth_verifier;

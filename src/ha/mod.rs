@@ -67,6 +67,7 @@
 //! the connection is closed). A client trusts an answer only if its MAC is right and
 //! `in_reply_to` is its own nonce. See [`wire`] for the message types.
 
+pub mod agent;
 pub mod auth;
 pub mod client;
 pub mod rules;

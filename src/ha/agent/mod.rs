@@ -1,0 +1,771 @@
+//! `walferry agent`: one per database node. It watches the local PostgreSQL, reports to the
+//! witness every report interval, and carries out what the rules decide: promote (only with
+//! the witness's grant), fence (a primary cut off from the witness and every standby stops
+//! its PostgreSQL), re-point (a standby follows the epoch's primary), rejoin (an old primary
+//! becomes a standby of the new one: `pg_rewind`, else `walferry restore --delta --standby`).
+//!
+//! What the agent reports and what it means:
+//! - `health: ok`: PostgreSQL answers SQL in its role, or the agent is restarting a fenced
+//!   primary with the witness's consent (the witness counts that as hearing the primary, so it
+//!   grants no promote for a failover timeout: a lease).
+//! - `down: true`: the postmaster is gone (crashed, killed, or stopped by the agent), and the
+//!   agent will not start it as a primary without that consent. The witness may then fail
+//!   over at once.
+//! - A standby's `primary_visible`: the agent's own connection to the primary (kept open, one
+//!   query per report) works. It is independent of where the standby streams from (the
+//!   primary, or a relay that outlives it). A server that answers with an error is visible.
+//!
+//! Agents never order each other: everything goes through the witness, whose answers are
+//! sealed (HMAC) and bound to the request's nonce. The primary's agent learns of the standbys
+//! from its own server (walsender replies, and the standby agents' probe connections).
+
+pub mod postgres;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use self::postgres::{quote_literal, set_auto_conf, LocalPg, Observed, PROBE_PREFIX};
+use super::auth::Secret;
+use super::client::WitnessClient;
+use super::rules::{must_fence, AgentTimeouts};
+use super::state::{Health, Role};
+use super::wire::{AckPromoted, Answer, Directive, PromoteRequest, Report, Request};
+use super::{wall_clock_now, Epoch, UnixMillis};
+use crate::wal::TimeLineId;
+
+/// Everything the agent is told (see `walferry agent --help` and config/agent.toml).
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub pgdata: PathBuf,
+    pub bindir: PathBuf,
+    /// How the agent reaches its own server (a superuser: it promotes and runs ALTER SYSTEM).
+    pub local_conninfo: String,
+    /// How the other nodes reach this server (`host=… port=…`).
+    pub address: String,
+    /// Added to a primary's address to stream from it (and to probe it and pg_rewind from
+    /// it): `user=… [passfile=…] [sslmode=…]`.
+    pub replication_conninfo: String,
+    /// Stream from here (a `walferry relay`) instead of from the primary.
+    pub upstream: Option<String>,
+    pub witness: String,
+    pub secret: Secret,
+    /// The repository for a rejoin that pg_rewind cannot do.
+    pub repo: Option<PathBuf>,
+    pub priority: u32,
+    /// Set on this node's server when it becomes the primary.
+    pub synchronous_standby_names: Option<String>,
+    pub log_file: PathBuf,
+    pub state_file: PathBuf,
+    pub timeouts: AgentTimeouts,
+    /// This program, for `walferry restore` in a rejoin.
+    pub walferry: PathBuf,
+}
+
+/// What the agent keeps across restarts: the epoch it acts on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Persisted {
+    epoch: Epoch,
+}
+
+/// Bounds on the slow steps.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// How long a standby's feed from a relay may take to catch up before it promotes.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between attempts of a rejoin that failed.
+const REJOIN_RETRY: Duration = Duration::from_secs(5);
+
+pub struct Agent {
+    cfg: AgentConfig,
+    pg: LocalPg,
+    witness: Option<WitnessClient>,
+    epoch: Epoch,
+    /// Last answer from the witness, and when.
+    last_witness: Option<UnixMillis>,
+    last_standby: Option<UnixMillis>,
+    failover_timeout: Duration,
+    primary: Option<String>,
+    primary_address: Option<String>,
+    /// A kept connection to the primary (standbys): `primary_visible`.
+    probe: Option<(String, Client)>,
+    timeline: Option<TimeLineId>,
+    /// Since when the local server has been down while this node is the primary.
+    down_since: Option<Instant>,
+    /// The next report asks to restart a fenced/crashed primary (see the module docs).
+    resuming: bool,
+    hung_since: Option<Instant>,
+    problem: Option<String>,
+    next_rejoin: Option<Instant>,
+    status_interval_set: bool,
+    last_refusal: Option<String>,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Result<Agent, String> {
+        let persisted: Persisted = match std::fs::read(&cfg.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "the agent's state file {} is damaged ({e}); it holds the epoch this node \
+                     acts on: remove it only if this node's PostgreSQL is a standby",
+                    cfg.state_file.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => {
+                return Err(format!(
+                    "could not read the agent's state file {}: {e}",
+                    cfg.state_file.display()
+                ))
+            }
+        };
+        let query_timeout = (cfg.timeouts.fence_timeout / 3)
+            .clamp(Duration::from_millis(300), Duration::from_secs(2));
+        let pg = LocalPg::new(
+            cfg.pgdata.clone(),
+            cfg.bindir.clone(),
+            cfg.local_conninfo.clone(),
+            cfg.log_file.clone(),
+            query_timeout,
+        );
+        Ok(Agent {
+            pg,
+            witness: None,
+            epoch: persisted.epoch,
+            last_witness: None,
+            last_standby: None,
+            failover_timeout: super::rules::DEFAULT_FAILOVER_TIMEOUT,
+            primary: None,
+            primary_address: None,
+            probe: None,
+            timeline: None,
+            down_since: None,
+            resuming: false,
+            hung_since: None,
+            problem: None,
+            next_rejoin: None,
+            status_interval_set: false,
+            last_refusal: None,
+            cfg,
+        })
+    }
+
+    fn save_epoch(&mut self, epoch: Epoch) {
+        if epoch == self.epoch {
+            return;
+        }
+        let bytes = serde_json::to_vec(&Persisted { epoch }).unwrap_or_default();
+        match crate::repo::write_durably(&self.cfg.state_file, &bytes) {
+            Ok(()) => self.epoch = epoch,
+            Err(e) => tracing::error!("cannot save the epoch {epoch}: {e}"),
+        }
+    }
+
+    /// Run until `stop` resolves.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        tracing::info!(
+            "agent {}: PGDATA {}, witness {}, epoch {}",
+            self.cfg.node,
+            self.cfg.pgdata.display(),
+            self.cfg.witness,
+            self.epoch
+        );
+        loop {
+            let fast = self.tick().await;
+            let pause = if fast {
+                self.cfg
+                    .timeouts
+                    .report_interval
+                    .min(Duration::from_millis(250))
+            } else {
+                self.cfg.timeouts.report_interval
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::info!("agent {}: stopped", self.cfg.node);
+    }
+
+    /// One round: look, report, act. True when the next round should come soon (a standby
+    /// that has lost the primary).
+    async fn tick(&mut self) -> bool {
+        let fence_ms = super::rules::millis(self.cfg.timeouts.fence_timeout);
+        let mut seen = self.pg.observe(fence_ms).await;
+        if let Some(t) = seen.timeline {
+            self.timeline = Some(t);
+        }
+        // A primary that lost its data directory, or hangs past the fence timeout, is
+        // stopped: it cannot be trusted with writes, and "down" lets the witness fail over.
+        if seen.running && seen.role == Role::Primary {
+            let hung_too_long = match (seen.hung, self.hung_since) {
+                (true, None) => {
+                    self.hung_since = Some(Instant::now());
+                    false
+                }
+                (true, Some(t)) => t.elapsed() >= self.cfg.timeouts.fence_timeout,
+                (false, _) => {
+                    self.hung_since = None;
+                    false
+                }
+            };
+            if !seen.pgdata_present || hung_too_long {
+                tracing::error!(
+                    "the local primary {}: stopping it",
+                    if seen.pgdata_present {
+                        "does not answer"
+                    } else {
+                        "lost its data directory"
+                    }
+                );
+                self.stop_server().await;
+                seen = self.pg.observe(fence_ms).await;
+            }
+        }
+        if seen.role == Role::Primary && seen.standby_heard {
+            self.last_standby = Some(wall_clock_now());
+        }
+        let probed = self.primary_address.is_some();
+        let visible = if seen.role == Role::Standby {
+            self.probe_primary().await
+        } else {
+            false
+        };
+        if seen.role == Role::Primary && !seen.running {
+            self.down_since.get_or_insert_with(Instant::now);
+        } else {
+            self.down_since = None;
+        }
+        let answer = self.report(&seen, visible).await;
+        if let Some((epoch, answer)) = answer {
+            // Before the first answer the primary's address is unknown: not a lost primary.
+            self.act(&seen, visible || !probed, epoch, answer).await;
+        }
+        // The fence rule, checked after the report so that a fresh answer counts.
+        let seen_now_primary = seen.running && seen.role == Role::Primary;
+        if seen_now_primary
+            && must_fence(
+                wall_clock_now(),
+                self.last_witness,
+                self.last_standby,
+                self.cfg.timeouts.fence_timeout,
+            )
+        {
+            tracing::error!(
+                "fencing: this primary has reached neither the witness nor any standby for {:?}; \
+                 stopping PostgreSQL so that it takes no writes a promoted standby would not have",
+                self.cfg.timeouts.fence_timeout
+            );
+            self.stop_server().await;
+        }
+        seen.role == Role::Standby && !visible
+    }
+
+    async fn stop_server(&mut self) {
+        if let Err(e) = self.pg.stop_now().await {
+            tracing::error!("could not stop the local server: {e}");
+        }
+    }
+
+    /// Whether the primary's server answers (any answer, an error included).
+    async fn probe_primary(&mut self) -> bool {
+        let Some(address) = self.primary_address.clone() else {
+            return false;
+        };
+        if self.primary.as_deref() == Some(self.cfg.node.as_str()) {
+            return false;
+        }
+        let conninfo = format!(
+            "{address} {} dbname=postgres",
+            self.cfg.replication_conninfo
+        );
+        let timeout = self.pg.query_timeout;
+        if let Some((addr, client)) = &self.probe {
+            if *addr == conninfo && !client.is_closed() {
+                match tokio::time::timeout(timeout, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => return true,
+                    Ok(Err(e)) if e.as_db_error().is_some() => return true,
+                    _ => {}
+                }
+            }
+        }
+        self.probe = None;
+        let name = format!("{PROBE_PREFIX}{}", self.cfg.node);
+        match tokio::time::timeout(timeout, postgres::connect(&conninfo, &name, timeout)).await {
+            Ok(Ok(client)) => {
+                self.probe = Some((conninfo, client));
+                true
+            }
+            Ok(Err(e)) => e.as_db_error().is_some(),
+            Err(_) => false,
+        }
+    }
+
+    async fn witness(&mut self) -> Option<&mut WitnessClient> {
+        if self.witness.is_none() {
+            match WitnessClient::connect(
+                &self.cfg.witness,
+                self.cfg.secret.clone(),
+                self.cfg
+                    .timeouts
+                    .report_interval
+                    .min(Duration::from_secs(2)),
+            )
+            .await
+            {
+                Ok(c) => self.witness = Some(c),
+                Err(e) => {
+                    tracing::debug!("{e}");
+                    return None;
+                }
+            }
+        }
+        self.witness.as_mut()
+    }
+
+    async fn call(&mut self, request: Request) -> Option<(Epoch, Answer)> {
+        let client = self.witness().await?;
+        match client.call(request).await {
+            Ok(answer) => {
+                self.last_witness = Some(wall_clock_now());
+                Some(answer)
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                self.witness = None;
+                None
+            }
+        }
+    }
+
+    async fn report(&mut self, seen: &Observed, visible: bool) -> Option<(Epoch, Answer)> {
+        let healthy = seen.answering || self.resuming;
+        let report = Report {
+            node: self.cfg.node.clone(),
+            role: seen.role,
+            timeline: self.timeline.unwrap_or(TimeLineId(1)),
+            epoch: self.epoch,
+            flush_lsn: seen.flush_lsn,
+            replay_lsn: seen.replay_lsn,
+            health: if healthy { Health::Ok } else { Health::Failed },
+            primary_visible: visible,
+            sync_acked_lsn: seen.sync_acked_lsn,
+            priority: self.cfg.priority,
+            synchronous: false,
+            down: !seen.running && !self.resuming,
+            address: Some(self.cfg.address.clone()),
+            problem: self.problem.clone(),
+        };
+        self.call(Request::Report(report)).await
+    }
+
+    async fn act(&mut self, seen: &Observed, visible: bool, epoch: Epoch, answer: Answer) {
+        let (primary, directive) = match answer {
+            Answer::Reported {
+                primary,
+                directive,
+                failover_timeout_ms,
+                primary_address,
+                ..
+            } => {
+                self.failover_timeout = Duration::from_millis(failover_timeout_ms);
+                if let Err(e) = self.cfg.timeouts.validate(self.failover_timeout) {
+                    self.problem = Some(format!("configuration: {e} ({})", e.hint()));
+                }
+                self.primary_address = primary_address;
+                (primary, directive)
+            }
+            Answer::Error { message, hint } => {
+                tracing::error!(
+                    "the witness refused the report: {message}{}",
+                    hint.map(|h| format!(" ({h})")).unwrap_or_default()
+                );
+                return;
+            }
+            other => {
+                tracing::warn!("unexpected answer to a report: {other:?}");
+                return;
+            }
+        };
+        if self.primary != primary {
+            tracing::info!(
+                "the witness names {} the primary (epoch {epoch})",
+                primary.as_deref().unwrap_or("no node")
+            );
+            self.probe = None;
+            self.primary = primary.clone();
+        }
+        let me = primary.as_deref() == Some(self.cfg.node.as_str());
+        match (seen.role, directive) {
+            (Role::Primary, Directive::Continue) if me => {
+                self.save_epoch(epoch);
+                self.problem = None;
+                self.keep_primary(seen).await;
+            }
+            (Role::Primary, _) => self.rejoin(epoch).await,
+            (Role::Standby, Directive::Promote) => self.promote(epoch).await,
+            (Role::Standby, Directive::Follow | Directive::Continue) => {
+                self.follow(seen).await;
+                if seen.running {
+                    self.save_epoch(epoch);
+                }
+                if !visible && seen.answering && primary.is_some() && !me {
+                    self.ask_promote().await;
+                }
+            }
+            (Role::Standby, Directive::Rejoin) => {}
+        }
+    }
+
+    /// The epoch's primary: runs, or comes back (with the witness's consent).
+    async fn keep_primary(&mut self, seen: &Observed) {
+        if seen.running {
+            if self.resuming {
+                self.resuming = false;
+            }
+            return;
+        }
+        if self.resuming {
+            // The witness answered a "healthy" report: no promote for a failover timeout.
+            tracing::info!("the witness still names this node the primary: starting PostgreSQL");
+            match self.pg.start(START_TIMEOUT).await {
+                Ok(()) => self.set_sync_names().await,
+                Err(e) => {
+                    self.problem = Some(format!("restarting the primary: {e}"));
+                    tracing::error!("{e}");
+                }
+            }
+            self.resuming = false;
+            return;
+        }
+        // Down (crash, fence): wait for a standby to take over; when none has for two
+        // failover timeouts, ask to come back.
+        if self
+            .down_since
+            .is_some_and(|t| t.elapsed() >= self.failover_timeout * 2)
+            && seen.pgdata_present
+        {
+            self.resuming = true;
+        }
+    }
+
+    async fn ask_promote(&mut self) {
+        let request = Request::RequestPromote(PromoteRequest {
+            node: self.cfg.node.clone(),
+            epoch: self.epoch,
+            allow_data_loss: false,
+        });
+        match self.call(request).await {
+            Some((epoch, Answer::Granted { .. })) => {
+                tracing::info!("the witness granted a promote for epoch {epoch}");
+                self.promote(epoch).await;
+            }
+            Some((_, Answer::Refused { message, .. }))
+                if self.last_refusal.as_deref() != Some(message.as_str()) =>
+            {
+                tracing::info!("promote refused: {message}");
+                self.last_refusal = Some(message);
+            }
+            Some((_, Answer::Refused { .. })) => {}
+            Some((_, other)) => tracing::warn!("unexpected answer to a promote request: {other:?}"),
+            None => {}
+        }
+    }
+
+    /// Granted: catch up from the relay if there is one, promote, acknowledge.
+    async fn promote(&mut self, epoch: Epoch) {
+        if let Some(upstream) = self.cfg.upstream.clone() {
+            self.catch_up_from(&upstream).await;
+        }
+        tracing::info!("promoting the local server (epoch {epoch})");
+        if let Err(e) = self
+            .pg
+            .execute("SELECT pg_promote(true, 60)", PROMOTE_TIMEOUT)
+            .await
+        {
+            self.problem = Some(format!("promote: {e}"));
+            tracing::error!("promote failed: {e}");
+            return;
+        }
+        let timeline = match self
+            .pg
+            .execute(
+                "SELECT pg_walfile_name(pg_current_wal_flush_lsn())",
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(rows) => rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .and_then(|name| u32::from_str_radix(name.get(..8)?, 16).ok())
+                .map(TimeLineId),
+            Err(e) => {
+                tracing::error!("after the promote: {e}");
+                None
+            }
+        };
+        let Some(timeline) = timeline else {
+            self.problem = Some("promoted, but its timeline could not be read".into());
+            return;
+        };
+        self.timeline = Some(timeline);
+        let ack = Request::AckPromoted(AckPromoted {
+            node: self.cfg.node.clone(),
+            epoch,
+            timeline,
+        });
+        match self.call(ack).await {
+            Some((_, Answer::Acked { .. })) => {
+                tracing::info!("promoted: primary of epoch {epoch}, timeline {timeline}");
+            }
+            Some((_, other)) => tracing::warn!("the witness answered the promote: {other:?}"),
+            // The next report (as primary, at the new epoch) confirms it just as well.
+            None => {}
+        }
+        self.save_epoch(epoch);
+        self.primary = Some(self.cfg.node.clone());
+        self.probe = None;
+        self.problem = None;
+        self.set_sync_names().await;
+    }
+
+    async fn set_sync_names(&mut self) {
+        let Some(names) = self.cfg.synchronous_standby_names.clone() else {
+            return;
+        };
+        let sql = [
+            format!(
+                "ALTER SYSTEM SET synchronous_standby_names = {}",
+                quote_literal(&names)
+            ),
+            "SELECT pg_reload_conf()".to_string(),
+        ];
+        if let Err(e) = self.pg.execute_each(&sql, Duration::from_secs(10)).await {
+            tracing::error!("could not set synchronous_standby_names: {e}");
+        }
+    }
+
+    /// Wait (bounded) until the local standby has received all that `upstream` has flushed.
+    async fn catch_up_from(&mut self, upstream: &str) {
+        let params = match crate::conninfo::resolve(&crate::conninfo::ConnOptions {
+            dbname: Some(upstream.to_string()),
+            prompt: crate::conninfo::PasswordPrompt::Never,
+            ..Default::default()
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("upstream conninfo: {e}");
+                return;
+            }
+        };
+        let end = match tokio::time::timeout(Duration::from_secs(3), async {
+            let mut conn = crate::protocol::client::ReplicationConn::connect(&params).await?;
+            conn.identify_system().await
+        })
+        .await
+        {
+            Ok(Ok(info)) => info.xlogpos,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot ask the upstream how far it has flushed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("the upstream did not say how far it has flushed within 3 s");
+                return;
+            }
+        };
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        loop {
+            let seen = self.pg.observe(0).await;
+            if seen.flush_lsn >= end {
+                tracing::info!("caught up with the upstream at {end}");
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "not caught up with the upstream after {CATCH_UP_TIMEOUT:?} (at {}, upstream {end})",
+                    seen.flush_lsn
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The conninfo this node streams from now.
+    fn desired_primary_conninfo(&self) -> Option<String> {
+        let upstream = match &self.cfg.upstream {
+            Some(u) => u.clone(),
+            None => format!(
+                "{} {}",
+                self.primary_address.as_deref()?,
+                self.cfg.replication_conninfo
+            ),
+        };
+        Some(format!(
+            "{} application_name={}",
+            upstream.trim(),
+            self.cfg.node
+        ))
+    }
+
+    /// A standby: runs, streams from the epoch's primary (or the relay), replies often enough
+    /// for the primary's fence check.
+    async fn follow(&mut self, seen: &Observed) {
+        if !seen.running {
+            if seen.pgdata_present {
+                tracing::info!("the local standby is not running: starting it");
+                if let Err(e) = self.pg.start(START_TIMEOUT).await {
+                    self.problem = Some(format!("starting the standby: {e}"));
+                    tracing::error!("{e}");
+                }
+            }
+            return;
+        }
+        if !seen.answering {
+            return;
+        }
+        let Some(desired) = self.desired_primary_conninfo() else {
+            return;
+        };
+        let mut sql = Vec::new();
+        if seen.primary_conninfo.as_deref() != Some(desired.as_str()) {
+            tracing::info!("streaming from: {desired}");
+            sql.push(format!(
+                "ALTER SYSTEM SET primary_conninfo = {}",
+                quote_literal(&desired)
+            ));
+        }
+        if !self.status_interval_set && seen.status_interval_s.is_some_and(|s| s != 1) {
+            sql.push("ALTER SYSTEM SET wal_receiver_status_interval = '1s'".to_string());
+        }
+        if sql.is_empty() {
+            self.status_interval_set = true;
+            return;
+        }
+        sql.push("SELECT pg_reload_conf()".to_string());
+        match self.pg.execute_each(&sql, Duration::from_secs(10)).await {
+            Ok(_) => self.status_interval_set = true,
+            Err(e) => tracing::error!("re-pointing the standby: {e}"),
+        }
+    }
+
+    /// This node's server says it is a primary, but the witness names another: stop it and
+    /// make it a standby of the new primary.
+    async fn rejoin(&mut self, epoch: Epoch) {
+        if self.next_rejoin.is_some_and(|t| Instant::now() < t) {
+            // Between attempts the server stays stopped: never a second primary.
+            if self.pg.postmaster().is_some() {
+                self.stop_server().await;
+            }
+            return;
+        }
+        tracing::warn!(
+            "the witness names {} the primary at epoch {epoch}: this node rejoins as a standby",
+            self.primary.as_deref().unwrap_or("another node")
+        );
+        self.stop_server().await;
+        match self.rebuild().await {
+            Ok(how) => {
+                tracing::info!("rejoined as a standby ({how})");
+                self.problem = None;
+                self.next_rejoin = None;
+                self.resuming = false;
+                self.save_epoch(epoch);
+            }
+            Err(e) => {
+                tracing::error!("rejoin failed (retried in {REJOIN_RETRY:?}): {e}");
+                self.problem = Some(format!("rejoin failed: {e}"));
+                self.next_rejoin = Some(Instant::now() + REJOIN_RETRY);
+            }
+        }
+    }
+
+    async fn rebuild(&mut self) -> Result<&'static str, String> {
+        let Some(address) = self.primary_address.clone() else {
+            return Err("the witness does not know the new primary's address yet".into());
+        };
+        let source = format!(
+            "{address} {} dbname=postgres",
+            self.cfg.replication_conninfo
+        );
+        let conninfo = self
+            .desired_primary_conninfo()
+            .ok_or("no primary to follow")?;
+        // pg_rewind and a restore bring the source's configuration files; this node keeps
+        // its own (port, paths, memory, ...).
+        let own_conf = conf_files(&self.cfg.pgdata);
+        let mut how = "pg_rewind";
+        let rewound = if self.pg.pgdata_present() {
+            match self.pg.rewind(&source, REWIND_TIMEOUT).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::warn!("pg_rewind: {e}");
+                    Err(e.to_string())
+                }
+            }
+        } else {
+            Err("the data directory is gone".to_string())
+        };
+        if let Err(why) = rewound {
+            let Some(repo) = self.cfg.repo.clone() else {
+                return Err(format!(
+                    "{why}; and no repository is configured to restore from"
+                ));
+            };
+            how = "walferry restore --delta";
+            let mut cmd = std::process::Command::new(&self.cfg.walferry);
+            cmd.arg("restore")
+                .arg("--repo")
+                .arg(&repo)
+                .arg("--pgdata")
+                .arg(&self.cfg.pgdata)
+                .args(["--delta", "--standby", "--primary-conninfo"])
+                .arg(&conninfo);
+            postgres::run("walferry restore", cmd, RESTORE_TIMEOUT)
+                .await
+                .map_err(|e| format!("{why}; then {e}"))?;
+        }
+        for (path, bytes) in &own_conf {
+            crate::repo::write_durably(path, bytes)
+                .map_err(|e| format!("cannot put back {}: {e}", path.display()))?;
+        }
+        std::fs::write(self.cfg.pgdata.join("standby.signal"), b"")
+            .map_err(|e| format!("cannot write standby.signal: {e}"))?;
+        set_auto_conf(
+            &self.cfg.pgdata,
+            &[
+                ("primary_conninfo", Some(&conninfo)),
+                ("primary_slot_name", None),
+                ("recovery_target_timeline", Some("latest")),
+            ],
+        )
+        .map_err(|e| format!("cannot write postgresql.auto.conf: {e}"))?;
+        self.pg
+            .start(START_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(how)
+    }
+}
+
+/// The configuration files at the top of `pgdata` (`*.conf`), with their content.
+fn conf_files(pgdata: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(dir) = std::fs::read_dir(pgdata) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
+        .collect()
+}

@@ -1,0 +1,586 @@
+//! The agent's hands on its local PostgreSQL: look at it (SQL over a kept connection, the
+//! postmaster's pid, the data directory), and act on it (`pg_ctl`, `pg_promote()`,
+//! `ALTER SYSTEM`, `pg_rewind`, `walferry restore`). Every step is bounded in time.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::ha::state::Role;
+use crate::wal::{Lsn, TimeLineId};
+
+/// What the agent saw of its PostgreSQL in one look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// The postmaster is alive.
+    pub running: bool,
+    /// It answered SQL.
+    pub answering: bool,
+    /// It did not answer within the query timeout although it runs: hung or frozen (a server
+    /// that answers with an error, "starting up" say, is not hung).
+    pub hung: bool,
+    /// The data directory is there (`global/pg_control`).
+    pub pgdata_present: bool,
+    pub role: Role,
+    pub timeline: Option<TimeLineId>,
+    pub flush_lsn: Lsn,
+    pub replay_lsn: Lsn,
+    /// A primary: the highest flush position of its synchronous standbys.
+    pub sync_acked_lsn: Option<Lsn>,
+    /// A primary: a standby (a walsender's reply, or a standby's agent probing) was heard
+    /// within the fence timeout.
+    pub standby_heard: bool,
+    /// A standby: its current `primary_conninfo`.
+    pub primary_conninfo: Option<String>,
+    /// A standby: its `wal_receiver_status_interval`, in seconds.
+    pub status_interval_s: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{what} did not finish within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    #[error("SQL on the local server: {0}")]
+    Sql(String),
+}
+
+/// The local server and how to reach and run it.
+pub struct LocalPg {
+    pub pgdata: PathBuf,
+    pub bindir: PathBuf,
+    pub conninfo: String,
+    pub log_file: PathBuf,
+    pub query_timeout: Duration,
+    client: Option<Client>,
+    /// The postmaster's pid, kept: its pid file may be gone (PGDATA deleted) while it runs.
+    last_pid: Option<i32>,
+}
+
+impl LocalPg {
+    pub fn new(
+        pgdata: PathBuf,
+        bindir: PathBuf,
+        conninfo: String,
+        log_file: PathBuf,
+        query_timeout: Duration,
+    ) -> Self {
+        LocalPg {
+            pgdata,
+            bindir,
+            conninfo,
+            log_file,
+            query_timeout,
+            client: None,
+            last_pid: None,
+        }
+    }
+
+    /// The postmaster's pid if it is alive.
+    pub fn postmaster(&mut self) -> Option<i32> {
+        if let Some(pid) = read_pid_file(&self.pgdata) {
+            self.last_pid = Some(pid);
+        }
+        let pid = self.last_pid?;
+        if is_postmaster(pid) {
+            Some(pid)
+        } else {
+            self.last_pid = None;
+            None
+        }
+    }
+
+    pub fn pgdata_present(&self) -> bool {
+        self.pgdata.join("global/pg_control").is_file()
+    }
+
+    fn standby_signal(&self) -> bool {
+        self.pgdata.join("standby.signal").exists()
+    }
+
+    /// One look. `fence_ms`: how recent a standby's sign of life must be to count.
+    pub async fn observe(&mut self, fence_ms: u64) -> Observed {
+        let running = self.postmaster().is_some();
+        let mut seen = Observed {
+            running,
+            answering: false,
+            hung: false,
+            pgdata_present: self.pgdata_present(),
+            role: if self.standby_signal() {
+                Role::Standby
+            } else {
+                Role::Primary
+            },
+            timeline: None,
+            flush_lsn: Lsn(0),
+            replay_lsn: Lsn(0),
+            sync_acked_lsn: None,
+            standby_heard: false,
+            primary_conninfo: None,
+            status_interval_s: None,
+        };
+        if !running {
+            self.client = None;
+            return seen;
+        }
+        match tokio::time::timeout(self.query_timeout, self.look(fence_ms, &mut seen)).await {
+            Ok(Ok(())) => seen.answering = true,
+            Ok(Err(LookError::Refused(e))) => {
+                tracing::debug!("local server does not answer yet: {e}");
+                self.client = None;
+            }
+            Ok(Err(LookError::Broken(e))) => {
+                tracing::debug!("local server: {e}");
+                self.client = None;
+                seen.hung = e.contains("timed out");
+            }
+            Err(_) => {
+                self.client = None;
+                seen.hung = true;
+            }
+        }
+        seen
+    }
+
+    async fn look(&mut self, fence_ms: u64, seen: &mut Observed) -> Result<(), LookError> {
+        let client = self.client().await?;
+        let row = first_row(
+            client,
+            "SELECT pg_is_in_recovery(), current_setting('primary_conninfo'), \
+             current_setting('wal_receiver_status_interval')",
+        )
+        .await?;
+        let in_recovery = row.first().and_then(|v| v.as_deref()) == Some("t");
+        if in_recovery {
+            seen.role = Role::Standby;
+            seen.primary_conninfo = row.get(1).cloned().flatten();
+            seen.status_interval_s = row
+                .get(2)
+                .and_then(|v| v.as_deref())
+                .and_then(parse_seconds);
+            let row = first_row(
+                client,
+                "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
+                 (SELECT received_tli FROM pg_stat_wal_receiver), \
+                 (SELECT timeline_id FROM pg_control_checkpoint())",
+            )
+            .await?;
+            let replay = lsn_at(&row, 1).unwrap_or(Lsn(0));
+            seen.replay_lsn = replay;
+            seen.flush_lsn = lsn_at(&row, 0).unwrap_or(replay).max(replay);
+            seen.timeline = tli_at(&row, 2).or_else(|| tli_at(&row, 3));
+        } else {
+            seen.role = Role::Primary;
+            let sql = format!(
+                "SELECT pg_walfile_name(pg_current_wal_flush_lsn()), pg_current_wal_flush_lsn(), \
+                 (SELECT max(flush_lsn) FROM pg_stat_replication \
+                   WHERE sync_state IN ('sync', 'quorum')), \
+                 (SELECT count(*) FROM pg_stat_replication \
+                   WHERE reply_time > now() - interval '{fence_ms} milliseconds') + \
+                 (SELECT count(*) FROM pg_stat_activity \
+                   WHERE application_name LIKE '{PROBE_PREFIX}%' \
+                   AND state_change > now() - interval '{fence_ms} milliseconds')"
+            );
+            let row = first_row(client, &sql).await?;
+            seen.timeline = row
+                .first()
+                .and_then(|v| v.as_deref())
+                .and_then(|name| name.get(..8))
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .map(TimeLineId);
+            seen.flush_lsn = lsn_at(&row, 1).unwrap_or(Lsn(0));
+            seen.replay_lsn = seen.flush_lsn;
+            seen.sync_acked_lsn = lsn_at(&row, 2);
+            seen.standby_heard = row
+                .get(3)
+                .and_then(|v| v.as_deref())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0);
+        }
+        Ok(())
+    }
+
+    async fn client(&mut self) -> Result<&Client, LookError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let client = connect(&self.conninfo, "walferry-agent", self.query_timeout)
+                .await
+                .map_err(|e| match e.as_db_error() {
+                    Some(db) => LookError::Refused(db.message().to_string()),
+                    None => LookError::Broken(e.to_string()),
+                })?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_ref().expect("just set"))
+    }
+
+    /// Run SQL that changes something (promote, ALTER SYSTEM), bounded by `timeout`.
+    pub async fn execute(&mut self, sql: &str, timeout: Duration) -> Result<Vec<Row>, PgError> {
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(LookError::Refused(e) | LookError::Broken(e)) => return Err(PgError::Sql(e)),
+        };
+        match tokio::time::timeout(timeout, rows(client, sql)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => {
+                self.client = None;
+                Err(PgError::Sql(e))
+            }
+            Err(_) => {
+                self.client = None;
+                Err(PgError::Timeout {
+                    what: format!("SQL {sql:?}"),
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// [`LocalPg::execute`] for each statement in turn (ALTER SYSTEM cannot share a
+    /// transaction); stops at the first failure.
+    pub async fn execute_each(&mut self, sql: &[String], timeout: Duration) -> Result<(), PgError> {
+        for statement in sql {
+            self.execute(statement, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// `pg_ctl start -w`.
+    pub async fn start(&mut self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(&self.log_file)
+            .args(["-w", "-t"])
+            .arg(timeout.as_secs().max(1).to_string())
+            .arg("start");
+        run("pg_ctl start", cmd, timeout + Duration::from_secs(5)).await?;
+        Ok(())
+    }
+
+    /// Stop the server now, whatever state it is in: an immediate shutdown, then SIGKILL for
+    /// whatever is left (a frozen server does not act on a shutdown signal, but dies of
+    /// SIGKILL). Returns once no process of it is left.
+    pub async fn stop_now(&mut self) -> Result<(), PgError> {
+        self.client = None;
+        let Some(pid) = self.postmaster() else {
+            return Ok(());
+        };
+        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.pgdata)
+            .args(["-m", "immediate", "-w", "-t", "2", "stop"]);
+        if self.pgdata.join("postmaster.pid").is_file() {
+            let _ = run("pg_ctl stop", cmd, Duration::from_secs(4)).await;
+        }
+        let children = children_of(pid);
+        if is_postmaster(pid) || children.iter().any(|&c| process_alive(c)) {
+            tracing::warn!("PostgreSQL (postmaster {pid}) did not stop: killing it");
+            for p in children.iter().copied().chain([pid]) {
+                // SAFETY: kill(2) with a pid we read and a constant signal.
+                unsafe {
+                    libc::kill(p, libc::SIGKILL);
+                }
+            }
+        }
+        for _ in 0..100 {
+            if !process_alive(pid) && !children.iter().any(|&c| process_alive(c)) {
+                self.last_pid = None;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(PgError::Command {
+            what: "stopping PostgreSQL".into(),
+            detail: format!("postmaster {pid} or its children survived SIGKILL"),
+        })
+    }
+
+    /// `pg_rewind` from the primary at `source`.
+    pub async fn rewind(&mut self, source: &str, timeout: Duration) -> Result<String, PgError> {
+        let mut cmd = Command::new(self.bindir.join("pg_rewind"));
+        cmd.arg("-D")
+            .arg(&self.pgdata)
+            .arg(format!("--source-server={source}"))
+            .arg("--progress");
+        run("pg_rewind", cmd, timeout).await
+    }
+}
+
+/// A row of text values.
+pub type Row = Vec<Option<String>>;
+
+enum LookError {
+    /// The server answered with an error (starting up, shutting down, authentication).
+    Refused(String),
+    /// No answer: connection refused, reset, or timed out.
+    Broken(String),
+}
+
+impl From<String> for LookError {
+    fn from(e: String) -> Self {
+        LookError::Broken(e)
+    }
+}
+
+/// The prefix of the `application_name` of an agent's connection to the primary; the
+/// primary's agent counts such connections as signs of life from a standby.
+pub const PROBE_PREFIX: &str = "walferry-agent probe ";
+
+/// Connect with libpq-style `conninfo`, bounded by `timeout`.
+pub async fn connect(
+    conninfo: &str,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::from_str(conninfo)?;
+    config.connect_timeout(timeout);
+    config.application_name(application_name);
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+async fn rows(client: &Client, sql: &str) -> Result<Vec<Row>, String> {
+    let messages = client.simple_query(sql).await.map_err(|e| {
+        e.as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_string())
+    })?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).map(str::to_string))
+                    .collect::<Row>(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+async fn first_row(client: &Client, sql: &str) -> Result<Row, LookError> {
+    let rows = rows(client, sql).await.map_err(LookError::Broken)?;
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| LookError::Broken(format!("no row from {sql:?}")))
+}
+
+fn lsn_at(row: &Row, i: usize) -> Option<Lsn> {
+    row.get(i)?.as_deref()?.parse().ok()
+}
+
+fn tli_at(row: &Row, i: usize) -> Option<TimeLineId> {
+    row.get(i)?
+        .as_deref()?
+        .parse::<u32>()
+        .ok()
+        .filter(|&t| t > 0)
+        .map(TimeLineId)
+}
+
+/// `wal_receiver_status_interval` as shown: "10s", "1min", "0".
+fn parse_seconds(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: u64 = text[..split].parse().ok()?;
+    match &text[split..] {
+        "" | "s" => Some(n),
+        "ms" => Some(n / 1000),
+        "min" => Some(n * 60),
+        "h" => Some(n * 3600),
+        _ => None,
+    }
+}
+
+/// Run `cmd` off the async threads, bounded by `timeout`; its output, or why it failed.
+pub async fn run(what: &str, mut cmd: Command, timeout: Duration) -> Result<String, PgError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("LC_ALL", "C");
+    let child = cmd.spawn().map_err(|source| PgError::Io {
+        what: format!("cannot run {what} ({:?})", cmd.get_program()),
+        source,
+    })?;
+    let pid = child.id();
+    let wait = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(Ok(out))) => out,
+        Ok(Ok(Err(source))) => {
+            return Err(PgError::Io {
+                what: what.to_string(),
+                source,
+            })
+        }
+        Ok(Err(join)) => {
+            return Err(PgError::Command {
+                what: what.to_string(),
+                detail: join.to_string(),
+            })
+        }
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            return Err(PgError::Timeout {
+                what: what.to_string(),
+                timeout,
+            });
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(PgError::Command {
+            what: format!("{what} ({})", output.status),
+            detail: last_lines(&text, 6),
+        })
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+fn read_pid_file(pgdata: &Path) -> Option<i32> {
+    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok().filter(|&p| p > 0)
+}
+
+/// Whether `pid` is alive and is a postgres process (not a reused pid).
+fn is_postmaster(pid: i32) -> bool {
+    process_alive(pid)
+        && fs::read(format!("/proc/{pid}/comm"))
+            .map(|c| c.starts_with(b"postgres"))
+            .unwrap_or(false)
+}
+
+fn process_alive(pid: i32) -> bool {
+    // A zombie has no /proc/PID/stat state other than 'Z'.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Set (or with `None`, remove) settings in `PGDATA/postgresql.auto.conf` while the server
+/// is down (when it runs, `ALTER SYSTEM` does this). Written to a temporary file, fsynced and
+/// renamed.
+pub fn set_auto_conf(pgdata: &Path, settings: &[(&str, Option<&str>)]) -> io::Result<()> {
+    let path = pgdata.join("postgresql.auto.conf");
+    let old = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut out = String::new();
+    for line in old.lines() {
+        let key = line
+            .split(['=', ' ', '\t'])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if settings.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (key, value) in settings {
+        if let Some(v) = value {
+            out.push_str(&format!("{key} = '{}'\n", v.replace('\'', "''")));
+        }
+    }
+    crate::repo::write_durably(&path, out.as_bytes()).map_err(io::Error::other)
+}
+
+/// A SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_interval_text_is_read_in_seconds() {
+        assert_eq!(parse_seconds("10s"), Some(10));
+        assert_eq!(parse_seconds("1min"), Some(60));
+        assert_eq!(parse_seconds("0"), Some(0));
+        assert_eq!(parse_seconds("500ms"), Some(0));
+        assert_eq!(parse_seconds("x"), None);
+    }
+
+    #[test]
+    fn auto_conf_settings_replace_their_old_lines_and_keep_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "# Do not edit this file manually!\nprimary_conninfo = 'host=old'\n\
+             work_mem = '8MB'\nPrimary_Conninfo='host=older'\nrestore_command = 'x'\n",
+        )
+        .unwrap();
+        set_auto_conf(
+            dir.path(),
+            &[
+                ("primary_conninfo", Some("host=new user='a b'")),
+                ("restore_command", None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap(),
+            "# Do not edit this file manually!\nwork_mem = '8MB'\n\
+             primary_conninfo = 'host=new user=''a b'''\n"
+        );
+    }
+
+    #[test]
+    fn a_pid_that_is_not_a_postgres_process_is_no_postmaster() {
+        assert!(!is_postmaster(std::process::id() as i32));
+        assert!(process_alive(std::process::id() as i32));
+        assert!(!process_alive(i32::MAX));
+    }
+}

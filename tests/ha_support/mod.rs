@@ -1,0 +1,294 @@
+//! A failover lab for the agent tests: real PostgreSQL 15 clusters, a `walferry witness` and
+//! one `walferry agent` per node, all run as the postgres user (the agent owns PGDATA's
+//! server), torn down agents first so that no agent restarts a server the harness stops.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::common::{chown_to_postgres, postgres_command, tempdir, walferry_bin, PgCluster, HOST};
+
+pub const SECRET: &str = "a-shared-secret-for-the-agent-tests";
+
+/// The settings every lab cluster needs: pg_rewind works (wal_log_hints), standbys reply
+/// every second (the primary's fence check counts them).
+pub const LAB_CONF: [&str; 2] = ["wal_log_hints = on", "wal_receiver_status_interval = 1s"];
+
+pub struct AgentProc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    pub fn log_text(&mut self) -> String {
+        let exited = match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => format!("(exited: {status})\n"),
+            _ => String::new(),
+        };
+        format!(
+            "{exited}{}",
+            fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct WitnessProc {
+    child: Option<Child>,
+    pub addr: String,
+    pub data: PathBuf,
+}
+
+impl WitnessProc {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for WitnessProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The witness, the agents and the lab's files (secret, agent state, logs). The clusters are
+/// the test's own; declare the `Lab` after them so it is dropped first.
+pub struct Lab {
+    pub agents: Vec<AgentProc>,
+    pub witness: WitnessProc,
+    pub secret: PathBuf,
+    pub dir: TempDir,
+    pub failover_timeout: f64,
+}
+
+impl Lab {
+    pub fn new(failover_timeout: f64) -> Lab {
+        let dir = tempdir();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        chown_to_postgres(&secret);
+        let witness = start_witness(dir.path(), &secret, failover_timeout, "127.0.0.1:0");
+        Lab {
+            agents: Vec::new(),
+            witness,
+            secret,
+            dir,
+            failover_timeout,
+        }
+    }
+
+    /// Stop the witness (kill -9); `restart_witness` brings it back on the same address.
+    pub fn kill_witness(&mut self) {
+        self.witness.kill();
+    }
+
+    pub fn restart_witness(&mut self) {
+        let addr = self.witness.addr.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match try_start_witness(self.dir.path(), &self.secret, self.failover_timeout, &addr) {
+                Some(w) => {
+                    self.witness = w;
+                    return;
+                }
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                None => panic!("the witness did not come back on {addr}"),
+            }
+        }
+    }
+
+    /// Start `walferry -v agent` for `cluster` as node `name`, with `extra` options.
+    pub fn agent(&mut self, name: &str, cluster: &PgCluster, extra: &[&str]) {
+        let log = self.dir.path().join(format!("agent-{name}.log"));
+        let log_file = fs::File::create(&log).unwrap();
+        chown_to_postgres(&log);
+        let mut cmd = postgres_command(walferry_bin());
+        cmd.arg("-v")
+            .arg("agent")
+            .args(["--node", name, "-D"])
+            .arg(cluster.data_dir())
+            .arg("--local-conninfo")
+            .arg(format!(
+                "host={} port={} user=postgres dbname=postgres",
+                cluster.socket_dir().display(),
+                cluster.port()
+            ))
+            .arg("--address")
+            .arg(format!("host={HOST} port={}", cluster.port()))
+            .args(["--witness", &self.witness.addr, "--secret-file"])
+            .arg(&self.secret)
+            .arg("--state-file")
+            .arg(self.dir.path().join(format!("agent-{name}.json")))
+            .arg("--log-file")
+            .arg(cluster.server_log_path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = cmd.spawn().expect("cannot start walferry agent");
+        self.agents.push(AgentProc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        });
+    }
+
+    pub fn agent_mut(&mut self, name: &str) -> &mut AgentProc {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .expect("no such agent")
+    }
+
+    /// `walferry status --json`, parsed.
+    pub fn status(&self) -> Option<Value> {
+        let out = postgres_command(walferry_bin())
+            .args([
+                "status",
+                "--json",
+                "--witness",
+                &self.witness.addr,
+                "--secret-file",
+            ])
+            .arg(&self.secret)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Every agent's log, for a failure message.
+    pub fn logs(&mut self) -> String {
+        let mut text = String::new();
+        for a in &mut self.agents {
+            let log = a.log_text();
+            text.push_str(&format!("---- agent {} ----\n{log}\n", a.name));
+        }
+        text
+    }
+
+    /// Waits until `cond` holds for the status (or panics with the status and the logs).
+    pub fn wait_status(&mut self, what: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Some(s) = self.status() {
+                if cond(&s) {
+                    return;
+                }
+                last = Some(s);
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last status: {}\n{}",
+                    last.map(|s| s.to_string()).unwrap_or_default(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for a in &mut self.agents {
+            a.kill();
+        }
+    }
+}
+
+fn start_witness(dir: &Path, secret: &Path, failover: f64, listen: &str) -> WitnessProc {
+    try_start_witness(dir, secret, failover, listen).expect("the witness did not start")
+}
+
+fn try_start_witness(
+    dir: &Path,
+    secret: &Path,
+    failover: f64,
+    listen: &str,
+) -> Option<WitnessProc> {
+    let data = dir.join("witness");
+    let mut child = postgres_command(walferry_bin())
+        .args(["witness", "--listen", listen, "--failover-timeout"])
+        .arg(failover.to_string())
+        .arg("--data")
+        .arg(&data)
+        .arg("--secret-file")
+        .arg(secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .ok()?;
+    let Some(addr) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    };
+    Some(WitnessProc {
+        addr: addr.to_string(),
+        child: Some(child),
+        data,
+    })
+}
+
+/// Field helpers for the status JSON.
+pub fn primary_of(s: &Value) -> Option<&str> {
+    s["primary"].as_str()
+}
+
+pub fn epoch_of(s: &Value) -> u64 {
+    s["epoch"].as_u64().unwrap_or(0)
+}
+
+pub fn node<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
+    s["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"].as_str() == Some(name))
+}
+
+pub fn eligible(s: &Value, name: &str) -> bool {
+    s["candidates"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["node"].as_str() == Some(name) && c["eligible"].as_bool() == Some(true))
+    })
+}
+
+/// `psql -c sql` on `cluster`'s socket, `Err` if it fails (server down, read-only).
+pub fn try_sql(cluster: &PgCluster, sql: &str) -> Result<String, String> {
+    cluster.try_psql(sql)
+}
