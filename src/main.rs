@@ -93,7 +93,7 @@ enum Command {
     Witness(commands::witness::Args),
     /// Watch this node's PostgreSQL, report to the witness, promote, fence, re-point, rejoin
     #[command(after_help = commands::agent::AFTER_HELP, disable_help_flag = true)]
-    Agent(commands::agent::Args),
+    Agent(Box<commands::agent::Args>),
     /// Show what the witness knows: nodes, roles, LSNs and lag, epoch, who can be promoted
     #[command(after_help = commands::status::AFTER_HELP, disable_help_flag = true)]
     Status(commands::status::Args),
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
         Command::ArchiveGet(args) => commands::archive_get::run(args),
         Command::ArchivePush(args) => commands::archive_push::run(args),
         Command::Witness(args) => commands::witness::run(args),
-        Command::Agent(args) => commands::agent::run(args),
+        Command::Agent(args) => commands::agent::run(*args),
         Command::Status(args) => commands::status::run(args),
     };
     match result {
