@@ -28,7 +28,7 @@ fn count(cluster: &PgCluster) -> i64 {
 /// Starts the witness and the agents of `a` (primary) and `b` (standby), and waits until the
 /// witness names a the primary at epoch 1 and b a promotable standby.
 fn two_nodes(a: &PgCluster, b: &PgCluster) -> Lab {
-    let mut lab = Lab::new(5.0);
+    let mut lab = Lab::new(4.0);
     lab.agent("a", a, &[]);
     lab.agent("b", b, &[]);
     lab.wait_status(

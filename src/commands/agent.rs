@@ -114,7 +114,11 @@ pub struct Args {
     pub state_file: Option<PathBuf>,
 
     /// Seconds between reports to the witness
-    #[arg(long = "report-interval", value_name = "SECONDS", default_value = "1")]
+    #[arg(
+        long = "report-interval",
+        value_name = "SECONDS",
+        default_value = "0.5"
+    )]
     pub report_interval: f64,
 
     /// Seconds without the witness and without any standby after which a primary fences

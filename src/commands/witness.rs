@@ -25,7 +25,8 @@ Every request must be sealed with HMAC-SHA256 keyed by the secret in --secret-fi
 file on every node; mode 0600), carry a fresh nonce and a timestamp within 30 s of the
 witness's clock. Anything else is refused and changes nothing.
 
-The agent that reports to the witness, promotes and fences is not built yet; see the README.
+Run `walferry agent` on every database node; it reports to the witness, promotes, fences,
+re-points and rejoins.
 
 Prints \"listening on HOST:PORT\" once it accepts connections; runs until SIGINT/SIGTERM.
 
@@ -49,7 +50,7 @@ pub struct Args {
     pub secret_file: PathBuf,
 
     /// Seconds the primary must be silent (or report itself failed) before a promote
-    #[arg(long = "failover-timeout", value_name = "SECONDS", default_value = "5")]
+    #[arg(long = "failover-timeout", value_name = "SECONDS", default_value = "4")]
     pub failover_timeout: f64,
 
     /// Synchronous replication: promote only a standby holding every acknowledged commit

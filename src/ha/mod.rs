@@ -19,10 +19,8 @@
 //! - [`server`] and [`client`]: the TCP service `walferry witness` runs, and the client that
 //!   `walferry status` (and the agent) use.
 //!
-//! **Not built yet**: the agent (`walferry agent`), which watches PostgreSQL, reports, asks
-//! for promotes, promotes, fences and rejoins. It is the next part of issue 10; the functions
-//! it will call ([`rules::must_fence`], [`rules::primary_may_take_writes`],
-//! [`rules::AgentTimeouts::validate`]) are here and tested.
+//! - [`agent`]: `walferry agent`, one per database node: watches PostgreSQL, reports, asks
+//!   for promotes, promotes, fences, re-points and rejoins.
 //!
 //! # The rules
 //!

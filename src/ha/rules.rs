@@ -25,9 +25,9 @@ use super::wire::{AckPromoted, Answer, Directive, PromoteRequest, Report};
 use super::{Epoch, UnixMillis};
 use crate::wal::{Lsn, TimeLineId};
 
-pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(4);
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(3);
-pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The witness's side of the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,14 +138,14 @@ impl ConfigError {
     pub fn hint(&self) -> &'static str {
         match self {
             ConfigError::Zero { .. } | ConfigError::FailoverTooShort { .. } => {
-                "the defaults are: report every 1 s, fence after 3 s, fail over after 5 s"
+                "the defaults are: report every 0.5 s, fence after 3 s, fail over after 4 s"
             }
             ConfigError::ReportTooSlow { .. } => {
-                "report at least twice per fence timeout (defaults: 1 s and 3 s)"
+                "report at least twice per fence timeout (defaults: 0.5 s and 3 s)"
             }
             ConfigError::FenceNotShorter { .. } => {
                 "shorten the fence timeout or lengthen the witness's --failover-timeout \
-                 (defaults: fence 3 s, report 1 s, failover 5 s)"
+                 (defaults: fence 3 s, report 0.5 s, failover 4 s)"
             }
         }
     }

@@ -178,7 +178,7 @@ fn no_promote_while_the_primary_reports() {
             s.promote("b", 1),
             Err(Refusal::PrimaryAlive {
                 silent_ms: 0,
-                timeout_ms: 5000
+                timeout_ms: 4000
             })
         ));
     }
@@ -190,7 +190,7 @@ fn a_promote_waits_exactly_the_failover_timeout_of_silence() {
     s.standby("b", 1, 0x500_0000, false);
     s.standby("c", 1, 0x500_0000, false);
     let last_heard = s.now;
-    for ms in (0..5000).step_by(250).chain([4999]) {
+    for ms in (0..4000).step_by(250).chain([3999]) {
         s.now = last_heard.plus(Duration::from_millis(ms));
         s.standby("b", 1, 0x500_0000, false);
         s.standby("c", 1, 0x500_0000, false);
