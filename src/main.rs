@@ -94,6 +94,12 @@ enum Command {
     /// Watch this node's PostgreSQL, report to the witness, promote, fence, re-point, rejoin
     #[command(after_help = commands::agent::AFTER_HELP, disable_help_flag = true)]
     Agent(Box<commands::agent::Args>),
+    /// Planned change of primary with no loss: the primary stops cleanly, NODE takes over
+    #[command(after_help = commands::switchover::SWITCHOVER_AFTER_HELP, disable_help_flag = true)]
+    Switchover(commands::switchover::Args),
+    /// Force the promotion of NODE when the primary is lost (operator's choice of node)
+    #[command(after_help = commands::switchover::FAILOVER_AFTER_HELP, disable_help_flag = true)]
+    Failover(commands::switchover::FailoverArgs),
     /// Show what the witness knows: nodes, roles, LSNs and lag, epoch, who can be promoted
     #[command(after_help = commands::status::AFTER_HELP, disable_help_flag = true)]
     Status(commands::status::Args),
@@ -130,6 +136,8 @@ fn main() -> ExitCode {
         Command::ArchivePush(args) => commands::archive_push::run(args),
         Command::Witness(args) => commands::witness::run(args),
         Command::Agent(args) => commands::agent::run(*args),
+        Command::Switchover(args) => commands::switchover::run_switchover(args),
+        Command::Failover(args) => commands::switchover::run_failover(args),
         Command::Status(args) => commands::status::run(args),
     };
     match result {

@@ -142,3 +142,148 @@ fn with_the_witness_down_nothing_fails_over_and_writes_continue() {
         |s| primary_of(s) == Some("a") && epoch_of(s) == 1 && eligible(s, "b"),
     );
 }
+
+/// `walferry ARGS` as the postgres user (the owner of the lab's secret and repository).
+fn walferry(args: &[&str]) -> std::process::Output {
+    common::postgres_command(common::walferry_bin())
+        .args(args)
+        .output()
+        .expect("run walferry")
+}
+
+fn switchover(lab: &Lab, to: &str) -> std::process::Output {
+    walferry(&[
+        "switchover",
+        "--to",
+        to,
+        "--witness",
+        &lab.witness.addr,
+        "--secret-file",
+        lab.secret.to_str().unwrap(),
+        "--wait",
+        "60",
+    ])
+}
+
+#[test]
+fn a_switchover_and_back_loses_nothing_and_leaves_one_writer() {
+    let a = lab_primary();
+    a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 500) g");
+    let b = PgCluster::standby_of(&a, StandbyOptions::new());
+    let mut lab = two_nodes(&a, &b);
+
+    let started = Instant::now();
+    let out = switchover(&lab, "b");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.logs()
+    );
+    eprintln!("switchover to b: {took:?}\n{stdout}");
+    assert!(stdout.contains("\"b\" is the primary"), "{stdout}");
+    // Every row written before is on b, which takes writes; a follows it.
+    assert_eq!(count(&b), 500);
+    b.psql("INSERT INTO t (id) VALUES (501)");
+    assert_eq!(a.psql("SELECT pg_is_in_recovery()"), "t");
+    a.wait_for_replay(b.current_wal_lsn());
+    assert_eq!(count(&a), 501);
+    assert_eq!(b.timeline(), 2);
+
+    // A switchover to the node that is already the primary is refused with the reason.
+    let out = switchover(&lab, "b");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already the primary"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // And back: the original layout.
+    let out = switchover(&lab, "a");
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        lab.logs()
+    );
+    a.psql("INSERT INTO t (id) VALUES (502)");
+    assert_eq!(b.psql("SELECT pg_is_in_recovery()"), "t");
+    b.wait_for_replay(a.current_wal_lsn());
+    assert_eq!(count(&b), 502);
+    lab.wait_status("a primary at epoch 3", Duration::from_secs(10), |s| {
+        primary_of(s) == Some("a") && epoch_of(s) == 3
+    });
+}
+
+/// The primary's data directory is deleted under it: its agent stops what is left of it, b
+/// takes over at once, and a is rebuilt from the repository (backup + archive) and rejoins.
+#[test]
+fn a_primary_whose_pgdata_is_deleted_is_rebuilt_from_the_repository_and_rejoins() {
+    let repo = common::tempdir();
+    let push = format!(
+        "archive_command = '{} archive-push --repo {} %p'",
+        common::walferry_bin().display(),
+        repo.path().display()
+    );
+    let mut builder = PgCluster::builder().conf("archive_mode = on").conf(push);
+    for line in LAB_CONF {
+        builder = builder.conf(line);
+    }
+    let a = builder.start();
+    a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 300) g");
+    let out = walferry(&[
+        "backup",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "-d",
+        &a.conninfo(common::roles::SUPERUSER),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = PgCluster::standby_of(&a, StandbyOptions::new());
+    let mut lab = Lab::new(4.0);
+    lab.agent("a", &a, &["--repo", repo.path().to_str().unwrap()]);
+    lab.agent("b", &b, &["--repo", repo.path().to_str().unwrap()]);
+    lab.wait_status("a primary, b eligible", Duration::from_secs(30), |s| {
+        primary_of(s) == Some("a") && eligible(s, "b")
+    });
+    a.psql("INSERT INTO t (id) SELECT g FROM generate_series(301, 400) g");
+    b.wait_for_replay(a.current_wal_lsn());
+
+    let fault = Instant::now();
+    std::fs::remove_dir_all(a.data_dir()).unwrap();
+    common::wait_until("b to take writes", Duration::from_secs(30), || {
+        b.try_psql("INSERT INTO t (id) VALUES (401)").is_ok()
+    });
+    eprintln!(
+        "RTO after the primary's PGDATA was deleted: {:?}",
+        fault.elapsed()
+    );
+    assert_eq!(count(&b), 401);
+    lab.wait_status(
+        "a rebuilt and back as a standby",
+        Duration::from_secs(120),
+        |s| {
+            primary_of(s) == Some("b")
+                && node(s, "a").is_some_and(|n| n["role"] == "standby" && n["health"] == "ok")
+        },
+    );
+    b.psql("INSERT INTO t (id) VALUES (402)");
+    a.wait_for_replay(b.current_wal_lsn());
+    assert_eq!(count(&a), 402);
+    assert!(
+        lab.logs()
+            .contains("rejoined as a standby (walferry restore --delta)"),
+        "{}",
+        lab.logs()
+    );
+}

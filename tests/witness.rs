@@ -95,6 +95,7 @@ fn report(node: &str, role: Role, epoch: u64, tli: u32, sees_primary: bool) -> R
         synchronous: false,
         down: false,
         address: None,
+        shutdown_lsn: None,
         problem: None,
     })
 }

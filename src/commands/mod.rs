@@ -13,6 +13,7 @@ pub mod restore;
 pub mod restore_points;
 pub mod service;
 pub mod status;
+pub mod switchover;
 pub mod verify;
 pub mod witness;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use walferry::ha::auth::Secret;
 use walferry::ha::client::WitnessClient;
 use walferry::ha::wire::{Answer, Request, StatusView};
+use walferry::ha::Epoch;
 
 use super::Failure;
 
@@ -53,32 +54,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .map_err(|e| Failure::new(e.to_string()).with_hint(e.hint()))?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let runtime = super::current_thread_runtime()?;
-    let answer = runtime.block_on(async {
-        let mut client = WitnessClient::connect(&args.witness, secret, timeout).await?;
-        client.call(Request::Status).await
-    });
-    let view = match answer {
-        Ok((_, Answer::Status(view))) => view,
-        Ok((_, Answer::Error { message, hint })) => {
-            let f = Failure::new(format!("the witness refused: {message}"));
-            return Err(match hint {
-                Some(h) => f.with_hint(h),
-                None => f,
-            });
-        }
-        Ok((_, other)) => {
-            return Err(Failure::new(format!(
-                "unexpected answer from the witness: {other:?}"
-            )))
-        }
-        Err(e) => {
-            let f = Failure::new(e.to_string());
-            return Err(match e.hint() {
-                Some(h) => f.with_hint(h),
-                None => f,
-            });
-        }
-    };
+    let view = runtime.block_on(status_view(&args.witness, &secret, timeout))?;
     if args.json {
         let text = serde_json::to_string_pretty(&view)
             .map_err(|e| Failure::new(format!("could not print the status: {e}")))?;
@@ -87,6 +63,51 @@ pub fn run(args: Args) -> Result<(), Failure> {
         print!("{}", table(&view));
     }
     Ok(())
+}
+
+/// The witness's status answer.
+pub async fn status_view(
+    witness: &str,
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<Box<StatusView>, Failure> {
+    match ask(witness, secret, timeout, Request::Status).await? {
+        (_, Answer::Status(view)) => Ok(view),
+        (_, other) => Err(Failure::new(format!(
+            "unexpected answer from the witness: {other:?}"
+        ))),
+    }
+}
+
+/// One request to the witness; its errors (unreachable, refused with an error) as failures.
+pub async fn ask(
+    witness: &str,
+    secret: &Secret,
+    timeout: Duration,
+    request: Request,
+) -> Result<(Epoch, Answer), Failure> {
+    let answer = async {
+        let mut client = WitnessClient::connect(witness, secret.clone(), timeout).await?;
+        client.call(request).await
+    }
+    .await;
+    match answer {
+        Ok((_, Answer::Error { message, hint })) => {
+            let f = Failure::new(format!("the witness refused: {message}"));
+            Err(match hint {
+                Some(h) => f.with_hint(h),
+                None => f,
+            })
+        }
+        Ok(answer) => Ok(answer),
+        Err(e) => {
+            let f = Failure::new(e.to_string());
+            Err(match e.hint() {
+                Some(h) => f.with_hint(h),
+                None => f,
+            })
+        }
+    }
 }
 
 fn table(v: &StatusView) -> String {
@@ -100,9 +121,10 @@ fn table(v: &StatusView) -> String {
         v.timeline,
         v.primary_silent_ms as f64 / 1000.0,
         v.failover_timeout_ms as f64 / 1000.0,
-        match &v.promotion_pending {
-            Some(n) => format!("  promotion of {n} pending"),
-            None => String::new(),
+        match (&v.promotion_pending, &v.switchover_pending) {
+            (Some(n), _) => format!("  promotion of {n} pending"),
+            (None, Some(n)) => format!("  switchover to {n} under way"),
+            (None, None) => String::new(),
         }
     );
     if v.synchronous {

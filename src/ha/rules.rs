@@ -345,6 +345,12 @@ pub enum Refusal {
         #[serde(with = "lsn_text")]
         acked: Lsn,
     },
+    #[error("a switchover to \"{to}\" is in progress")]
+    SwitchoverInProgress { to: String },
+    #[error("a promote of \"{node}\" is pending")]
+    PromotionPending { node: String },
+    #[error("the primary \"{primary}\" is not healthy and reporting: a switchover needs it to stop cleanly (use walferry failover)")]
+    PrimaryNotHealthy { primary: String },
     #[error("no promote of \"{node}\" is pending at epoch {epoch}")]
     NotGranted { node: String, epoch: Epoch },
     #[error("timeline {timeline} is not after the cluster's {current}")]
@@ -375,6 +381,9 @@ pub fn decide_promote(
     check_epoch(req.epoch, state.epoch)?;
     if primary == req.node {
         return Err(Refusal::AlreadyPrimary);
+    }
+    if let Some(sw) = &state.switchover {
+        return Err(Refusal::SwitchoverInProgress { to: sw.to.clone() });
     }
     if node.primary_visible {
         return Err(Refusal::SeesPrimary);
@@ -418,6 +427,86 @@ pub fn decide_promote(
     Ok(())
 }
 
+/// Whether to start a planned switchover to `to`: the primary is healthy and reporting (it
+/// must stop cleanly), `to` is an eligible standby, and nothing else is under way.
+pub fn decide_switchover(
+    state: &ClusterState,
+    policy: &Policy,
+    now: UnixMillis,
+    to: &str,
+) -> Result<(), Refusal> {
+    let primary = operator_checks(state, to)?;
+    let fresh = state.nodes.get(primary).is_some_and(|p| {
+        p.health == Health::Ok
+            && p.role == Role::Primary
+            && now.since(p.last_report) < policy.failover_timeout
+    });
+    if !fresh {
+        return Err(Refusal::PrimaryNotHealthy {
+            primary: primary.to_string(),
+        });
+    }
+    let node = &state.nodes[to];
+    eligibility(state, policy, now, to, node).map_err(|why| Refusal::Ineligible { why })
+}
+
+/// Whether an operator may force a failover to `to`: the primary must be lost exactly as for
+/// an automatic promote (silent for the failover timeout, or reported down), but `to` need
+/// not be the most advanced standby, nor see the primary lost itself. In synchronous mode it
+/// must hold every acknowledged commit unless data loss is allowed.
+pub fn decide_forced_failover(
+    state: &ClusterState,
+    policy: &Policy,
+    now: UnixMillis,
+    started: UnixMillis,
+    to: &str,
+    allow_data_loss: bool,
+) -> Result<(), Refusal> {
+    let _ = operator_checks(state, to)?;
+    let silent = primary_silence(state, now, started);
+    if silent < policy.failover_timeout && !primary_reported_down(state, policy, now) {
+        return Err(Refusal::PrimaryAlive {
+            silent_ms: millis(silent),
+            timeout_ms: millis(policy.failover_timeout),
+        });
+    }
+    let node = &state.nodes[to];
+    eligibility(state, policy, now, to, node).map_err(|why| Refusal::Ineligible { why })?;
+    let waived = policy.allow_data_loss || allow_data_loss;
+    if policy.synchronous && !waived && node.flush_lsn < state.sync_acked_lsn {
+        return Err(Refusal::MissingAckedCommits {
+            flush: node.flush_lsn,
+            acked: state.sync_acked_lsn,
+        });
+    }
+    Ok(())
+}
+
+/// What both operator requests need: a primary, a known node that is not it, and no other
+/// change under way. The primary's name.
+fn operator_checks<'a>(state: &'a ClusterState, to: &str) -> Result<&'a str, Refusal> {
+    let Some(primary) = state.primary.as_deref() else {
+        return Err(Refusal::NoPrimary);
+    };
+    if !state.nodes.contains_key(to) {
+        return Err(Refusal::UnknownNode {
+            node: to.to_string(),
+        });
+    }
+    if primary == to {
+        return Err(Refusal::AlreadyPrimary);
+    }
+    if let Some(p) = &state.promotion {
+        return Err(Refusal::PromotionPending {
+            node: p.node.clone(),
+        });
+    }
+    if let Some(sw) = &state.switchover {
+        return Err(Refusal::SwitchoverInProgress { to: sw.to.clone() });
+    }
+    Ok(primary)
+}
+
 fn check_epoch(seen: Epoch, current: Epoch) -> Result<(), Refusal> {
     if seen < current {
         Err(Refusal::StaleEpoch { seen, current })
@@ -438,6 +527,16 @@ pub fn directive(state: &ClusterState, report: &Report) -> Directive {
     match report.role {
         // Bootstrap: the first primary to report becomes the primary of epoch 1.
         Role::Primary if state.primary.is_none() => Directive::Continue,
+        Role::Primary
+            if is_epoch_primary
+                && report.epoch == state.epoch
+                && state
+                    .switchover
+                    .as_ref()
+                    .is_some_and(|sw| sw.from == report.node) =>
+        {
+            Directive::Demote
+        }
         Role::Primary if is_epoch_primary && report.epoch == state.epoch => Directive::Continue,
         Role::Primary => Directive::Rejoin,
         // Granted, and (its answer lost?) not yet promoted: promote.

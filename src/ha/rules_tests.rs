@@ -114,6 +114,7 @@ fn report(node: &str, role: Role, epoch: u64, flush: u64) -> Report {
         synchronous: false,
         down: false,
         address: None,
+        shutdown_lsn: None,
         problem: None,
     }
 }
@@ -1083,4 +1084,154 @@ fn a_primary_reported_down_is_failed_over_without_waiting_but_one_merely_failing
     s.report(down);
     s.advance(FAILOVER);
     assert!(!primary_reported_down(s.w.state(), s.w.policy(), s.now));
+}
+
+fn operator(s: &mut Sim, request: Request) -> (Epoch, Answer) {
+    let before = s.w.state().clone();
+    let out = s.send(request);
+    if matches!(out.1, Answer::Refused { .. }) {
+        assert_eq!(s.w.state(), &before, "a refusal changed the state");
+    }
+    out
+}
+
+fn switchover_to(to: &str) -> Request {
+    Request::Switchover(crate::ha::wire::OperatorRequest {
+        to: to.into(),
+        allow_data_loss: false,
+    })
+}
+
+/// A planned switchover: the primary is told to demote, reports its shutdown LSN once down,
+/// and the target is promoted only once it has received past it; nothing else may promote
+/// meanwhile, and the old primary is then told to rejoin.
+#[test]
+fn a_switchover_promotes_the_target_only_after_it_received_the_old_primarys_last_wal() {
+    let mut s = Sim::cluster(Policy::default());
+    let (_, answer) = operator(&mut s, switchover_to("c"));
+    assert!(matches!(answer, Answer::Accepted { .. }), "{answer:?}");
+    assert_eq!(
+        operator(&mut s, switchover_to("b")).1,
+        Answer::Refused {
+            reason: Refusal::SwitchoverInProgress { to: "c".into() },
+            message: "a switchover to \"c\" is in progress".into()
+        }
+    );
+    assert_eq!(directive(&s.primary("a", 1, 0x500_0000)), Directive::Demote);
+    // Down, with its shutdown checkpoint at 0/5000100.
+    let mut down = report("a", Role::Primary, 1, 0x500_0100);
+    down.health = Health::Failed;
+    down.down = true;
+    down.shutdown_lsn = Some(Lsn(0x500_0100));
+    assert_eq!(directive(&s.report(down.clone())), Directive::Demote);
+    // Automatic promotes stay refused though the primary reports itself down.
+    s.standby("b", 1, 0x500_0200, false);
+    assert!(matches!(
+        s.promote("b", 1),
+        Err(Refusal::SwitchoverInProgress { .. })
+    ));
+    // The target at the checkpoint's start has not received the record yet.
+    assert_eq!(
+        directive(&s.standby("c", 1, 0x500_0100, false)),
+        Directive::Continue
+    );
+    assert_eq!(s.epoch(), Epoch(1));
+    assert_eq!(
+        directive(&s.standby("c", 1, 0x500_0128, false)),
+        Directive::Promote
+    );
+    assert_eq!(s.epoch(), Epoch(2));
+    assert_eq!(s.w.state().primary.as_deref(), Some("c"));
+    assert_eq!(s.w.state().switchover, None);
+    assert_eq!(directive(&s.report(down)), Directive::Rejoin);
+}
+
+#[test]
+fn a_switchover_needs_a_healthy_primary_and_an_eligible_target_and_is_abandoned_after_a_minute() {
+    let mut s = Sim::cluster(Policy::default());
+    let refused = |a: Answer| match a {
+        Answer::Refused { reason, .. } => reason,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        refused(operator(&mut s, switchover_to("a")).1),
+        Refusal::AlreadyPrimary
+    );
+    assert_eq!(
+        refused(operator(&mut s, switchover_to("zz")).1),
+        Refusal::UnknownNode { node: "zz".into() }
+    );
+    s.advance(FAILOVER);
+    s.standby("b", 1, 0x500_0000, true);
+    assert_eq!(
+        refused(operator(&mut s, switchover_to("b")).1),
+        Refusal::PrimaryNotHealthy {
+            primary: "a".into()
+        },
+        "a silent primary cannot stop cleanly"
+    );
+    s.primary("a", 1, 0x500_0000);
+    assert!(matches!(
+        operator(&mut s, switchover_to("b")).1,
+        Answer::Accepted { .. }
+    ));
+    s.advance(crate::ha::witness::SWITCHOVER_TIMEOUT);
+    assert_eq!(directive(&s.primary("a", 1, 0x500_0000)), Directive::Demote);
+    assert_eq!(s.w.state().switchover, None, "abandoned");
+    assert_eq!(
+        directive(&s.primary("a", 1, 0x500_0000)),
+        Directive::Continue
+    );
+    assert_eq!(s.epoch(), Epoch(1));
+}
+
+/// An operator may pick a standby the rules would not (less advanced, or still seeing the
+/// primary), but never while the primary is alive, and in synchronous mode never one that
+/// lacks acknowledged commits unless data loss is allowed.
+#[test]
+fn a_forced_failover_overrides_the_choice_of_node_but_not_a_live_primary_or_lost_commits() {
+    let policy = Policy {
+        synchronous: true,
+        ..Policy::default()
+    };
+    let mut s = Sim::cluster(policy);
+    s.primary("a", 1, 0x600_0000);
+    let failover = |to: &str, loss: bool| {
+        Request::Failover(crate::ha::wire::OperatorRequest {
+            to: to.into(),
+            allow_data_loss: loss,
+        })
+    };
+    let (_, a) = operator(&mut s, failover("c", false));
+    assert!(
+        matches!(
+            a,
+            Answer::Refused {
+                reason: Refusal::PrimaryAlive { .. },
+                ..
+            }
+        ),
+        "{a:?}"
+    );
+    s.advance(FAILOVER);
+    s.standby("b", 1, 0x600_0000, true);
+    s.standby("c", 1, 0x500_0000, true);
+    let (_, a) = operator(&mut s, failover("c", false));
+    assert!(
+        matches!(
+            a,
+            Answer::Refused {
+                reason: Refusal::MissingAckedCommits { .. },
+                ..
+            }
+        ),
+        "{a:?}"
+    );
+    let (epoch, a) = operator(&mut s, failover("c", true));
+    assert_eq!(a, Answer::Granted { node: "c".into() });
+    assert_eq!(epoch, Epoch(2));
+    assert_eq!(
+        directive(&s.standby("c", 1, 0x500_0000, false)),
+        Directive::Promote
+    );
 }

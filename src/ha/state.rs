@@ -99,6 +99,22 @@ pub struct Promotion {
     pub granted_at: UnixMillis,
 }
 
+/// A planned switchover: the primary `from` stops cleanly (its agent is told to demote), and
+/// once `to` has received everything up to `from`'s shutdown checkpoint (`final_lsn`, as
+/// `from`'s agent reports it when down), `to` is promoted. Zero loss.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    pub from: String,
+    pub to: String,
+    pub requested_at: UnixMillis,
+    #[serde(
+        default,
+        with = "crate::ha::wire::opt_lsn_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub final_lsn: Option<Lsn>,
+}
+
 /// A change of primary, kept for `status` and for whoever audits a failover.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -128,6 +144,9 @@ pub struct ClusterState {
     #[serde(with = "lsn_text")]
     pub sync_acked_lsn: Lsn,
     pub promotion: Option<Promotion>,
+    /// A planned switchover an operator asked for, not yet promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<Switchover>,
     pub nodes: BTreeMap<String, NodeState>,
     pub decisions: Vec<Decision>,
 }
@@ -142,6 +161,7 @@ impl Default for ClusterState {
             primary_heard: UnixMillis(0),
             sync_acked_lsn: Lsn(0),
             promotion: None,
+            switchover: None,
             nodes: BTreeMap::new(),
             decisions: Vec::new(),
         }

@@ -82,6 +82,18 @@ pub enum Request {
     RequestPromote(PromoteRequest),
     /// A granted standby has promoted and is on `timeline`.
     AckPromoted(AckPromoted),
+    /// An operator asks for a planned switchover to `to` (`walferry switchover`).
+    Switchover(OperatorRequest),
+    /// An operator forces a failover to `to` (`walferry failover`): the primary must be
+    /// lost, but `to` need not be the standby the rules would pick.
+    Failover(OperatorRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRequest {
+    pub to: String,
+    #[serde(default)]
+    pub allow_data_loss: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +131,14 @@ pub struct Report {
     /// How the other nodes reach this node's PostgreSQL (libpq keywords: `host=… port=…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// A primary stopped cleanly (told to demote): the LSN of its shutdown checkpoint, the
+    /// last WAL it wrote.
+    #[serde(
+        default,
+        with = "opt_lsn_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub shutdown_lsn: Option<Lsn>,
     /// What the agent is failing to do (a rejoin that failed, and will be retried), for
     /// `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +192,10 @@ pub enum Answer {
         reason: Refusal,
         message: String,
     },
+    /// An operator's request is under way.
+    Accepted {
+        message: String,
+    },
     Acked {
         node: String,
         #[serde(with = "tli_num")]
@@ -198,6 +222,8 @@ pub enum Directive {
     /// Your promote was granted (the answer's epoch) and you have not promoted yet: promote,
     /// then send `ack_promoted`.
     Promote,
+    /// A planned switchover: stop PostgreSQL cleanly (fast shutdown) and stay down.
+    Demote,
 }
 
 /// Everything `walferry status` shows.
@@ -208,6 +234,8 @@ pub struct StatusView {
     #[serde(with = "tli_num")]
     pub timeline: TimeLineId,
     pub promotion_pending: Option<String>,
+    #[serde(default)]
+    pub switchover_pending: Option<String>,
     #[serde(with = "lsn_text")]
     pub sync_acked_lsn: Lsn,
     pub synchronous: bool,
@@ -385,7 +413,7 @@ fn unhex(text: &[u8]) -> Option<Vec<u8>> {
         .collect()
 }
 
-mod opt_lsn_text {
+pub(crate) mod opt_lsn_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::wal::Lsn;
@@ -430,6 +458,7 @@ mod tests {
                 synchronous: false,
                 down: false,
                 address: None,
+                shutdown_lsn: None,
                 problem: None,
             }),
         }

@@ -4,15 +4,18 @@
 //! lose, and a failed write changes nothing.
 
 use super::rules::{self, Policy, Refusal};
-use super::state::{ClusterState, NodeState, Promotion, Role};
+use super::state::{ClusterState, NodeState, Promotion, Role, Switchover};
 use super::wire::{
-    AckPromoted, Answer, CandidateView, Directive, NodeView, PromoteRequest, Report, Request,
-    StatusView,
+    AckPromoted, Answer, CandidateView, Directive, NodeView, OperatorRequest, PromoteRequest,
+    Report, Request, StatusView,
 };
 use super::{Epoch, UnixMillis};
 
 /// At most this many nodes: a mistyped node name must not grow the state without bound.
 pub const MAX_NODES: usize = 64;
+
+/// How long a switchover may take before the witness gives up on it.
+pub const SWITCHOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The witness's decisions over its state.
 #[derive(Debug, Clone)]
@@ -59,6 +62,8 @@ impl Witness {
             Request::Status => self.unchanged(Answer::Status(Box::new(self.status(now)))),
             Request::RequestPromote(r) => self.request_promote(now, r),
             Request::AckPromoted(a) => self.ack_promoted(now, a),
+            Request::Switchover(o) => self.switchover(now, o),
+            Request::Failover(o) => self.forced_failover(now, o),
         }
     }
 
@@ -107,7 +112,7 @@ impl Witness {
                 Some("check the node names in the agents' configuration"),
             );
         }
-        let directive = rules::directive(&self.state, r);
+        let mut directive = rules::directive(&self.state, r);
         let mut next = self.state.clone();
         next.nodes.insert(
             r.node.clone(),
@@ -139,6 +144,9 @@ impl Witness {
         } else if r.role == Role::Primary && directive == Directive::Continue {
             self.primary_reported(now, r, &mut next);
         }
+        if self.switchover_progress(now, r, &mut next) {
+            directive = Directive::Promote;
+        }
         let answer = Answer::Reported {
             primary: next.primary.clone(),
             timeline: next.timeline,
@@ -151,6 +159,127 @@ impl Witness {
                 .and_then(|n| n.address.clone()),
         };
         self.changed(answer, next)
+    }
+
+    /// A switchover under way: note the old primary's shutdown LSN, promote the target once
+    /// it has received past it (true: the reporting node is to promote now), or give up
+    /// after [`SWITCHOVER_TIMEOUT`].
+    fn switchover_progress(&self, now: UnixMillis, r: &Report, next: &mut ClusterState) -> bool {
+        let Some(sw) = next.switchover.as_mut() else {
+            return false;
+        };
+        if r.node == sw.from && r.role == Role::Primary && r.down {
+            if let Some(lsn) = r.shutdown_lsn {
+                sw.final_lsn = Some(lsn);
+            }
+        }
+        let sw = sw.clone();
+        let caught_up = sw.final_lsn.is_some_and(|last| r.flush_lsn > last);
+        if r.node == sw.to
+            && r.role == Role::Standby
+            && r.health == super::state::Health::Ok
+            && r.epoch == next.epoch
+            && caught_up
+        {
+            next.switchover = None;
+            self.grant(
+                now,
+                next,
+                &sw.to,
+                format!(
+                    "switchover: \"{}\" stopped cleanly at {}, \"{}\" has received it all",
+                    sw.from,
+                    sw.final_lsn.unwrap_or_default(),
+                    sw.to
+                ),
+            );
+            return true;
+        }
+        if now.since(sw.requested_at) >= SWITCHOVER_TIMEOUT {
+            next.switchover = None;
+            next.record_decision(
+                now,
+                format!(
+                    "switchover to \"{}\" abandoned after {} s ({})",
+                    sw.to,
+                    SWITCHOVER_TIMEOUT.as_secs(),
+                    match sw.final_lsn {
+                        None => "the primary did not stop cleanly".to_string(),
+                        Some(l) => format!("the target did not receive WAL up to {l}"),
+                    }
+                ),
+            );
+        }
+        false
+    }
+
+    /// Make `node` the primary of the next epoch, pending its acknowledgement.
+    fn grant(&self, now: UnixMillis, next: &mut ClusterState, node: &str, what: String) {
+        let previous = next.primary.replace(node.to_string()).unwrap_or_default();
+        next.epoch = next.epoch.next();
+        next.promotion = Some(Promotion {
+            node: node.to_string(),
+            epoch: next.epoch,
+            previous_primary: previous,
+            granted_at: now,
+        });
+        // The new primary gets a failover timeout of its own to promote and report.
+        next.primary_heard = now;
+        next.record_decision(now, what);
+    }
+
+    fn switchover(&self, now: UnixMillis, o: &OperatorRequest) -> Outcome {
+        if let Err(reason) = rules::decide_switchover(&self.state, &self.policy, now, &o.to) {
+            return self.refused(reason);
+        }
+        let from = self.state.primary.clone().unwrap_or_default();
+        let mut next = self.state.clone();
+        next.switchover = Some(Switchover {
+            from: from.clone(),
+            to: o.to.clone(),
+            requested_at: now,
+            final_lsn: None,
+        });
+        next.record_decision(now, format!("switchover to \"{}\" requested", o.to));
+        self.changed(
+            Answer::Accepted {
+                message: format!(
+                    "switchover from \"{from}\" to \"{}\": \"{from}\" stops cleanly, \"{}\" is \
+                     promoted once it has received all of its WAL, \"{from}\" then follows it",
+                    o.to, o.to
+                ),
+            },
+            next,
+        )
+    }
+
+    fn forced_failover(&self, now: UnixMillis, o: &OperatorRequest) -> Outcome {
+        if let Err(reason) = rules::decide_forced_failover(
+            &self.state,
+            &self.policy,
+            now,
+            self.started,
+            &o.to,
+            o.allow_data_loss,
+        ) {
+            return self.refused(reason);
+        }
+        let mut next = self.state.clone();
+        let previous = next.primary.clone().unwrap_or_default();
+        self.grant(
+            now,
+            &mut next,
+            &o.to,
+            format!(
+                "failover forced by an operator (\"{previous}\" lost{})",
+                if o.allow_data_loss {
+                    ", data loss allowed"
+                } else {
+                    ""
+                }
+            ),
+        );
+        self.changed(Answer::Granted { node: o.to.clone() }, next)
     }
 
     /// The epoch's primary reported, as primary, at the current epoch.
@@ -175,19 +304,12 @@ impl Witness {
             Err(reason) => self.refused(reason),
             Ok(()) => {
                 let mut next = self.state.clone();
-                let previous = next.primary.replace(r.node.clone()).unwrap_or_default();
+                let previous = next.primary.clone().unwrap_or_default();
                 let silent = rules::primary_silence(&self.state, now, self.started);
-                next.epoch = next.epoch.next();
-                next.promotion = Some(Promotion {
-                    node: r.node.clone(),
-                    epoch: next.epoch,
-                    previous_primary: previous.clone(),
-                    granted_at: now,
-                });
-                // The new primary gets a failover timeout of its own to promote and report.
-                next.primary_heard = now;
-                next.record_decision(
+                self.grant(
                     now,
+                    &mut next,
+                    &r.node,
                     format!(
                         "promote granted (\"{previous}\" silent for {} ms{})",
                         rules::millis(silent),
@@ -302,6 +424,7 @@ impl Witness {
             primary: state.primary.clone(),
             timeline: state.timeline,
             promotion_pending: state.promotion.as_ref().map(|p| p.node.clone()),
+            switchover_pending: state.switchover.as_ref().map(|sw| sw.to.clone()),
             sync_acked_lsn: state.sync_acked_lsn,
             synchronous: self.policy.synchronous,
             allow_data_loss: self.policy.allow_data_loss,

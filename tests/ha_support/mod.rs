@@ -79,6 +79,7 @@ impl Drop for WitnessProc {
 /// the test's own; declare the `Lab` after them so it is dropped first.
 pub struct Lab {
     pub agents: Vec<AgentProc>,
+    reaper: Reaper,
     pub witness: WitnessProc,
     pub secret: PathBuf,
     pub dir: TempDir,
@@ -95,6 +96,7 @@ impl Lab {
         let witness = start_witness(dir.path(), &secret, failover_timeout, "127.0.0.1:0");
         Lab {
             agents: Vec::new(),
+            reaper: Reaper::start(),
             witness,
             secret,
             dir,
@@ -289,4 +291,68 @@ pub fn eligible(s: &Value, name: &str) -> bool {
 /// `psql -c sql` on `cluster`'s socket, `Err` if it fails (server down, read-only).
 pub fn try_sql(cluster: &PgCluster, sql: &str) -> Result<String, String> {
     cluster.try_psql(sql)
+}
+
+/// The test process is the subreaper of the postmasters it started (see tests/common): when
+/// an agent kills one, it stays a zombie until reaped here, and a zombie's pid still looks
+/// alive to the next postmaster's lock-file check. Only postgres zombies that are our own
+/// children are reaped, never a `Child` the tests wait for.
+struct Reaper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn start() -> Reaper {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                reap_postgres_zombies();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Reaper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn reap_postgres_zombies() {
+    let me = std::process::id().to_string();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next());
+        if state == Some("Z") && ppid == Some(me.as_str()) && head.ends_with("(postgres") {
+            let mut status = 0;
+            // SAFETY: waitpid on one zombie child of ours; WNOHANG never blocks.
+            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        }
+    }
 }

@@ -361,6 +361,7 @@ impl Agent {
             synchronous: false,
             down: !seen.running && !self.resuming,
             address: Some(self.cfg.address.clone()),
+            shutdown_lsn: seen.shutdown_lsn.filter(|_| seen.role == Role::Primary),
             problem: self.problem.clone(),
         };
         self.call(Request::Report(report)).await
@@ -409,7 +410,19 @@ impl Agent {
                 self.problem = None;
                 self.keep_primary(seen).await;
             }
+            (Role::Primary, Directive::Demote) if me => {
+                if seen.running {
+                    tracing::info!(
+                        "switchover: stopping PostgreSQL cleanly so that the new primary gets all of its WAL"
+                    );
+                    if let Err(e) = self.pg.stop_clean(Duration::from_secs(60)).await {
+                        self.problem = Some(format!("switchover: {e}"));
+                        tracing::error!("switchover: {e}");
+                    }
+                }
+            }
             (Role::Primary, _) => self.rejoin(epoch).await,
+            (Role::Standby, Directive::Demote) => {}
             (Role::Standby, Directive::Promote) => self.promote(epoch).await,
             (Role::Standby, Directive::Follow | Directive::Continue) => {
                 self.follow(seen).await;

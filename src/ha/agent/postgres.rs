@@ -35,6 +35,8 @@ pub struct Observed {
     /// A primary: a standby (a walsender's reply, or a standby's agent probing) was heard
     /// within the fence timeout.
     pub standby_heard: bool,
+    /// Not running after a clean shutdown as a primary: its shutdown checkpoint's LSN.
+    pub shutdown_lsn: Option<Lsn>,
     /// A standby: its current `primary_conninfo`.
     pub primary_conninfo: Option<String>,
     /// A standby: its `wal_receiver_status_interval`, in seconds.
@@ -124,11 +126,22 @@ impl LocalPg {
             replay_lsn: Lsn(0),
             sync_acked_lsn: None,
             standby_heard: false,
+            shutdown_lsn: None,
             primary_conninfo: None,
             status_interval_s: None,
         };
         if !running {
             self.client = None;
+            if seen.pgdata_present {
+                if let Some(control) = self.control_data().await {
+                    seen.timeline = Some(control.timeline);
+                    seen.flush_lsn = control.checkpoint;
+                    seen.replay_lsn = control.checkpoint;
+                    if control.state == "shut down" {
+                        seen.shutdown_lsn = Some(control.checkpoint);
+                    }
+                }
+            }
             return seen;
         }
         match tokio::time::timeout(self.query_timeout, self.look(fence_ms, &mut seen)).await {
@@ -304,6 +317,30 @@ impl LocalPg {
         })
     }
 
+    /// A clean stop (`pg_ctl stop -m fast`): sessions end, a shutdown checkpoint is written
+    /// and the walsenders send it to the connected standbys before they exit.
+    pub async fn stop_clean(&mut self, timeout: Duration) -> Result<(), PgError> {
+        self.client = None;
+        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.pgdata)
+            .args(["-m", "fast", "-w", "-t"])
+            .arg(timeout.as_secs().max(1).to_string())
+            .arg("stop");
+        run("pg_ctl stop -m fast", cmd, timeout + Duration::from_secs(5)).await?;
+        Ok(())
+    }
+
+    /// What `pg_controldata` says of the (stopped) cluster.
+    pub async fn control_data(&self) -> Option<ControlData> {
+        let mut cmd = Command::new(self.bindir.join("pg_controldata"));
+        cmd.arg("-D").arg(&self.pgdata);
+        let text = run("pg_controldata", cmd, Duration::from_secs(10))
+            .await
+            .ok()?;
+        ControlData::parse(&text)
+    }
+
     /// `pg_rewind` from the primary at `source`.
     pub async fn rewind(&mut self, source: &str, timeout: Duration) -> Result<String, PgError> {
         let mut cmd = Command::new(self.bindir.join("pg_rewind"));
@@ -312,6 +349,30 @@ impl LocalPg {
             .arg(format!("--source-server={source}"))
             .arg("--progress");
         run("pg_rewind", cmd, timeout).await
+    }
+}
+
+/// The parts of `pg_controldata`'s output the agent uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlData {
+    /// "shut down", "shut down in recovery", "in production", ...
+    pub state: String,
+    pub checkpoint: Lsn,
+    pub timeline: TimeLineId,
+}
+
+impl ControlData {
+    pub fn parse(text: &str) -> Option<ControlData> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim_start().strip_prefix(':'))
+                .map(str::trim)
+        };
+        Some(ControlData {
+            state: field("Database cluster state")?.to_string(),
+            checkpoint: field("Latest checkpoint location")?.parse().ok()?,
+            timeline: TimeLineId(field("Latest checkpoint's TimeLineID")?.parse().ok()?),
+        })
     }
 }
 
@@ -543,6 +604,28 @@ pub fn quote_literal(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_data_fields_are_read_from_pg_controldata_output() {
+        let text = "pg_control version number:            1300\n\
+                    Database cluster state:               shut down\n\
+                    Latest checkpoint location:           0/3000028\n\
+                    Latest checkpoint's REDO location:    0/3000028\n\
+                    Latest checkpoint's TimeLineID:       2\n\
+                    Latest checkpoint's PrevTimeLineID:   1\n";
+        assert_eq!(
+            ControlData::parse(text),
+            Some(ControlData {
+                state: "shut down".into(),
+                checkpoint: Lsn(0x0300_0028),
+                timeline: TimeLineId(2),
+            })
+        );
+        assert_eq!(
+            ControlData::parse("Database cluster state: in production\n"),
+            None
+        );
+    }
 
     #[test]
     fn status_interval_text_is_read_in_seconds() {
