@@ -84,17 +84,35 @@ pub struct Lab {
     pub secret: PathBuf,
     pub dir: TempDir,
     pub failover_timeout: f64,
+    witness_options: Vec<String>,
 }
 
 impl Lab {
     pub fn new(failover_timeout: f64) -> Lab {
+        Lab::with_witness_options(failover_timeout, &[])
+    }
+
+    /// A lab whose witness runs in `--synchronous` mode.
+    pub fn new_synchronous(failover_timeout: f64) -> Lab {
+        Lab::with_witness_options(failover_timeout, &["--synchronous"])
+    }
+
+    fn with_witness_options(failover_timeout: f64, options: &[&str]) -> Lab {
         let dir = tempdir();
         let secret = dir.path().join("secret");
         fs::write(&secret, format!("{SECRET}\n")).unwrap();
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
         chown_to_postgres(&secret);
-        let witness = start_witness(dir.path(), &secret, failover_timeout, "127.0.0.1:0");
+        let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        let witness = start_witness(
+            dir.path(),
+            &secret,
+            failover_timeout,
+            "127.0.0.1:0",
+            &options,
+        );
         Lab {
+            witness_options: options,
             agents: Vec::new(),
             reaper: Reaper::start(),
             witness,
@@ -113,7 +131,13 @@ impl Lab {
         let addr = self.witness.addr.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match try_start_witness(self.dir.path(), &self.secret, self.failover_timeout, &addr) {
+            match try_start_witness(
+                self.dir.path(),
+                &self.secret,
+                self.failover_timeout,
+                &addr,
+                &self.witness_options,
+            ) {
                 Some(w) => {
                     self.witness = w;
                     return;
@@ -126,6 +150,20 @@ impl Lab {
 
     /// Start `walferry -v agent` for `cluster` as node `name`, with `extra` options.
     pub fn agent(&mut self, name: &str, cluster: &PgCluster, extra: &[&str]) {
+        let witness = self.witness.addr.clone();
+        self.agent_via(name, cluster, cluster.port(), &witness, extra);
+    }
+
+    /// [`Lab::agent`], the other nodes reaching its server at `pg_port` and its agent reaching
+    /// the witness at `witness` (both may be a [`Proxy`]).
+    pub fn agent_via(
+        &mut self,
+        name: &str,
+        cluster: &PgCluster,
+        pg_port: u16,
+        witness: &str,
+        extra: &[&str],
+    ) {
         let log = self.dir.path().join(format!("agent-{name}.log"));
         let log_file = fs::File::create(&log).unwrap();
         chown_to_postgres(&log);
@@ -141,8 +179,8 @@ impl Lab {
                 cluster.port()
             ))
             .arg("--address")
-            .arg(format!("host={HOST} port={}", cluster.port()))
-            .args(["--witness", &self.witness.addr, "--secret-file"])
+            .arg(format!("host={HOST} port={pg_port}"))
+            .args(["--witness", witness, "--secret-file"])
             .arg(&self.secret)
             .arg("--state-file")
             .arg(self.dir.path().join(format!("agent-{name}.json")))
@@ -229,8 +267,14 @@ impl Drop for Lab {
     }
 }
 
-fn start_witness(dir: &Path, secret: &Path, failover: f64, listen: &str) -> WitnessProc {
-    try_start_witness(dir, secret, failover, listen).expect("the witness did not start")
+fn start_witness(
+    dir: &Path,
+    secret: &Path,
+    failover: f64,
+    listen: &str,
+    options: &[String],
+) -> WitnessProc {
+    try_start_witness(dir, secret, failover, listen, options).expect("the witness did not start")
 }
 
 fn try_start_witness(
@@ -238,6 +282,7 @@ fn try_start_witness(
     secret: &Path,
     failover: f64,
     listen: &str,
+    options: &[String],
 ) -> Option<WitnessProc> {
     let data = dir.join("witness");
     let mut child = postgres_command(walferry_bin())
@@ -247,6 +292,7 @@ fn try_start_witness(
         .arg(&data)
         .arg("--secret-file")
         .arg(secret)
+        .args(options)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -355,4 +401,218 @@ fn reap_postgres_zombies() {
             unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         }
     }
+}
+
+/// A TCP forwarder the test can black-hole: while blocked, nothing passes in either direction
+/// and new connections hang (no refusal), as when a network link goes down; connections
+/// survive and resume when it is unblocked, as TCP would.
+pub struct Proxy {
+    pub port: u16,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(target_port: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind((HOST, 0)).expect("bind a proxy port");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let blocked = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, st) = (blocked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (b, st) = (b.clone(), st.clone());
+                        std::thread::spawn(move || forward(client, target_port, b, st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Proxy {
+            port,
+            blocked,
+            stop,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{HOST}:{}", self.port)
+    }
+
+    pub fn block(&self) {
+        self.blocked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn unblock(&self) {
+        self.blocked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn forward(
+    client: std::net::TcpStream,
+    target_port: u16,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    while blocked.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Ok(server) = std::net::TcpStream::connect((HOST, target_port)) else {
+        return;
+    };
+    let _ = client.set_nonblocking(false);
+    let pairs = [
+        (client.try_clone(), server.try_clone()),
+        (server.try_clone(), client.try_clone()),
+    ];
+    for pair in pairs {
+        let (Ok(mut from), Ok(mut to)) = pair else {
+            return;
+        };
+        let (blocked, stop) = (blocked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if blocked.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(_) => break,
+                };
+                // Read just before a block: held until the link is back.
+                while blocked.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+/// A client inserting rows `(session, seq)` into `t(session int, seq int)` in a loop through
+/// `conninfo` (multi-host, `target_session_attrs=read-write`), recording every commit psql
+/// reported as done.
+pub struct Writer {
+    pub acked: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(session: i64, conninfo: String) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, st) = (acked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut seq = 0i64;
+            while !st.load(Ordering::SeqCst) {
+                seq += 1;
+                let out = crate::common::psql_conn(
+                    &conninfo,
+                    None,
+                    &format!("INSERT INTO t (session, seq) VALUES ({session}, {seq})"),
+                );
+                if out.status.success() {
+                    a.lock().unwrap().push(seq);
+                } else {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        Writer {
+            acked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop writing; the acknowledged sequence numbers.
+    pub fn finish(mut self) -> Vec<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The acknowledged `(session, seq)` rows missing from `cluster`.
+pub fn missing(cluster: &PgCluster, session: i64, acked: &[i64]) -> Vec<i64> {
+    let present: std::collections::HashSet<i64> = cluster
+        .psql(&format!("SELECT seq FROM t WHERE session = {session}"))
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    acked
+        .iter()
+        .copied()
+        .filter(|s| !present.contains(s))
+        .collect()
+}
+
+/// Every pid of `cluster`'s server: the postmaster and its children.
+pub fn server_pids(cluster: &PgCluster) -> Vec<i32> {
+    let Some(pm) = cluster.pid().or_else(|| {
+        fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }) else {
+        return Vec::new();
+    };
+    let mut pids = crate::common::children_of(pm);
+    pids.push(pm);
+    pids
 }

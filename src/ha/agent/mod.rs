@@ -104,6 +104,7 @@ pub struct Agent {
     next_rejoin: Option<Instant>,
     status_interval_set: bool,
     last_refusal: Option<String>,
+    started: UnixMillis,
 }
 
 impl Agent {
@@ -151,6 +152,7 @@ impl Agent {
             next_rejoin: None,
             status_interval_set: false,
             last_refusal: None,
+            started: wall_clock_now(),
             cfg,
         })
     }
@@ -177,8 +179,9 @@ impl Agent {
             self.epoch
         );
         loop {
+            let started = Instant::now();
             let fast = self.tick().await;
-            let pause = if fast {
+            let period = if fast {
                 self.cfg
                     .timeouts
                     .report_interval
@@ -186,6 +189,10 @@ impl Agent {
             } else {
                 self.cfg.timeouts.report_interval
             };
+            // A steady cadence: the time the round took counts against the pause.
+            let pause = period
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(20));
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tokio::time::sleep(pause) => {}
@@ -197,8 +204,7 @@ impl Agent {
     /// One round: look, report, act. True when the next round should come soon (a standby
     /// that has lost the primary).
     async fn tick(&mut self) -> bool {
-        let fence_ms = super::rules::millis(self.cfg.timeouts.fence_timeout);
-        let mut seen = self.pg.observe(fence_ms).await;
+        let mut seen = self.pg.observe().await;
         if let Some(t) = seen.timeline {
             self.timeline = Some(t);
         }
@@ -226,11 +232,16 @@ impl Agent {
                     }
                 );
                 self.stop_server().await;
-                seen = self.pg.observe(fence_ms).await;
+                seen = self.pg.observe().await;
             }
         }
-        if seen.role == Role::Primary && seen.standby_heard {
-            self.last_standby = Some(wall_clock_now());
+        if let (Role::Primary, Some(ago)) = (seen.role, seen.standby_heard_ms_ago) {
+            let heard = UnixMillis(wall_clock_now().0.saturating_sub(ago));
+            self.last_standby = self.last_standby.max(Some(heard));
+        }
+        if seen.running && seen.role == Role::Primary && self.fence_due() {
+            self.fence().await;
+            return false;
         }
         let probed = self.primary_address.is_some();
         let visible = if seen.role == Role::Standby {
@@ -248,24 +259,53 @@ impl Agent {
             // Before the first answer the primary's address is unknown: not a lost primary.
             self.act(&seen, visible || !probed, epoch, answer).await;
         }
-        // The fence rule, checked after the report so that a fresh answer counts.
-        let seen_now_primary = seen.running && seen.role == Role::Primary;
-        if seen_now_primary
-            && must_fence(
-                wall_clock_now(),
-                self.last_witness,
-                self.last_standby,
-                self.cfg.timeouts.fence_timeout,
-            )
-        {
-            tracing::error!(
-                "fencing: this primary has reached neither the witness nor any standby for {:?}; \
-                 stopping PostgreSQL so that it takes no writes a promoted standby would not have",
-                self.cfg.timeouts.fence_timeout
-            );
-            self.stop_server().await;
+        // Checked again after the report: a failed call took time, a fresh answer counts.
+        if seen.running && seen.role == Role::Primary && self.fence_due() {
+            self.fence().await;
         }
         seen.role == Role::Standby && !visible
+    }
+
+    fn fence_due(&self) -> bool {
+        // The agent's own start counts as a contact: a primary gets one fence timeout to
+        // reach someone before it is fenced.
+        must_fence(
+            wall_clock_now(),
+            self.last_witness.max(Some(self.started)),
+            self.last_standby,
+            self.cfg.timeouts.fence_timeout,
+        )
+    }
+
+    /// How long a witness call may take: never past the moment this primary must fence.
+    fn call_budget(&self) -> Duration {
+        let limit = self
+            .cfg
+            .timeouts
+            .report_interval
+            .min(Duration::from_secs(2));
+        match self
+            .last_witness
+            .max(self.last_standby)
+            .max(Some(self.started))
+        {
+            Some(last) if self.primary.as_deref() == Some(self.cfg.node.as_str()) => {
+                let deadline = last.plus(self.cfg.timeouts.fence_timeout);
+                limit
+                    .min(deadline.since(wall_clock_now()))
+                    .max(Duration::from_millis(50))
+            }
+            _ => limit,
+        }
+    }
+
+    async fn fence(&mut self) {
+        tracing::error!(
+            "fencing: this primary has reached neither the witness nor any standby for {:?}; \
+             stopping PostgreSQL so that it takes no writes a promoted standby would not have",
+            self.cfg.timeouts.fence_timeout
+        );
+        self.stop_server().await;
     }
 
     async fn stop_server(&mut self) {
@@ -308,18 +348,9 @@ impl Agent {
         }
     }
 
-    async fn witness(&mut self) -> Option<&mut WitnessClient> {
+    async fn witness(&mut self, budget: Duration) -> Option<&mut WitnessClient> {
         if self.witness.is_none() {
-            match WitnessClient::connect(
-                &self.cfg.witness,
-                self.cfg.secret.clone(),
-                self.cfg
-                    .timeouts
-                    .report_interval
-                    .min(Duration::from_secs(2)),
-            )
-            .await
-            {
+            match WitnessClient::connect(&self.cfg.witness, self.cfg.secret.clone(), budget).await {
                 Ok(c) => self.witness = Some(c),
                 Err(e) => {
                     tracing::debug!("{e}");
@@ -331,14 +362,27 @@ impl Agent {
     }
 
     async fn call(&mut self, request: Request) -> Option<(Epoch, Answer)> {
-        let client = self.witness().await?;
-        match client.call(request).await {
-            Ok(answer) => {
+        let budget = self.call_budget();
+        let started = Instant::now();
+        let client = self.witness(budget).await?;
+        let left = budget
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(50));
+        match tokio::time::timeout(left, client.call(request)).await {
+            Ok(Ok(answer)) => {
                 self.last_witness = Some(wall_clock_now());
                 Some(answer)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!("{e}");
+                self.witness = None;
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the witness at {} did not answer within {left:?}",
+                    self.cfg.witness
+                );
                 self.witness = None;
                 None
             }
@@ -597,7 +641,7 @@ impl Agent {
         };
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         loop {
-            let seen = self.pg.observe(0).await;
+            let seen = self.pg.observe().await;
             if seen.flush_lsn >= end {
                 tracing::info!("caught up with the upstream at {end}");
                 return;

@@ -32,9 +32,9 @@ pub struct Observed {
     pub replay_lsn: Lsn,
     /// A primary: the highest flush position of its synchronous standbys.
     pub sync_acked_lsn: Option<Lsn>,
-    /// A primary: a standby (a walsender's reply, or a standby's agent probing) was heard
-    /// within the fence timeout.
-    pub standby_heard: bool,
+    /// A primary: how long ago a standby was last heard from (a walsender's reply, or a
+    /// standby's agent probing), by the server's clock.
+    pub standby_heard_ms_ago: Option<u64>,
     /// Not running after a clean shutdown as a primary: its shutdown checkpoint's LSN.
     pub shutdown_lsn: Option<Lsn>,
     /// A standby: its current `primary_conninfo`.
@@ -108,8 +108,8 @@ impl LocalPg {
         self.pgdata.join("standby.signal").exists()
     }
 
-    /// One look. `fence_ms`: how recent a standby's sign of life must be to count.
-    pub async fn observe(&mut self, fence_ms: u64) -> Observed {
+    /// One look.
+    pub async fn observe(&mut self) -> Observed {
         let running = self.postmaster().is_some();
         let mut seen = Observed {
             running,
@@ -125,7 +125,7 @@ impl LocalPg {
             flush_lsn: Lsn(0),
             replay_lsn: Lsn(0),
             sync_acked_lsn: None,
-            standby_heard: false,
+            standby_heard_ms_ago: None,
             shutdown_lsn: None,
             primary_conninfo: None,
             status_interval_s: None,
@@ -144,7 +144,7 @@ impl LocalPg {
             }
             return seen;
         }
-        match tokio::time::timeout(self.query_timeout, self.look(fence_ms, &mut seen)).await {
+        match tokio::time::timeout(self.query_timeout, self.look(&mut seen)).await {
             Ok(Ok(())) => seen.answering = true,
             Ok(Err(LookError::Refused(e))) => {
                 tracing::debug!("local server does not answer yet: {e}");
@@ -163,7 +163,7 @@ impl LocalPg {
         seen
     }
 
-    async fn look(&mut self, fence_ms: u64, seen: &mut Observed) -> Result<(), LookError> {
+    async fn look(&mut self, seen: &mut Observed) -> Result<(), LookError> {
         let client = self.client().await?;
         let row = first_row(
             client,
@@ -196,11 +196,10 @@ impl LocalPg {
                 "SELECT pg_walfile_name(pg_current_wal_flush_lsn()), pg_current_wal_flush_lsn(), \
                  (SELECT max(flush_lsn) FROM pg_stat_replication \
                    WHERE sync_state IN ('sync', 'quorum')), \
-                 (SELECT count(*) FROM pg_stat_replication \
-                   WHERE reply_time > now() - interval '{fence_ms} milliseconds') + \
-                 (SELECT count(*) FROM pg_stat_activity \
-                   WHERE application_name LIKE '{PROBE_PREFIX}%' \
-                   AND state_change > now() - interval '{fence_ms} milliseconds')"
+                 (SELECT (extract(epoch FROM now() - max(t)) * 1000)::bigint FROM \
+                   (SELECT reply_time AS t FROM pg_stat_replication \
+                    UNION ALL SELECT state_change FROM pg_stat_activity \
+                     WHERE application_name LIKE '{PROBE_PREFIX}%') AS heard)"
             );
             let row = first_row(client, &sql).await?;
             seen.timeline = row
@@ -212,11 +211,11 @@ impl LocalPg {
             seen.flush_lsn = lsn_at(&row, 1).unwrap_or(Lsn(0));
             seen.replay_lsn = seen.flush_lsn;
             seen.sync_acked_lsn = lsn_at(&row, 2);
-            seen.standby_heard = row
+            seen.standby_heard_ms_ago = row
                 .get(3)
                 .and_then(|v| v.as_deref())
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| n > 0);
+                .and_then(|n| n.parse::<i64>().ok())
+                .map(|ms| ms.max(0) as u64);
         }
         Ok(())
     }
