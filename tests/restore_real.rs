@@ -317,7 +317,22 @@ fn restore_across_a_promotion_and_the_old_primary_rejoins_as_a_standby() {
     );
     drop(restored);
 
-    // The old primary (stopped, its files as they were) becomes a standby of S1.
+    // The old primary (stopped, its files as they were) becomes a standby of S1. Its pg_wal
+    // lives elsewhere, through a symbolic link (its own disk, say): the delta restore keeps
+    // the link and empties what it points to.
+    let wal_disk = tempdir();
+    let moved = wal_disk.path().join("pg_wal");
+    let pg_wal = pg.data_dir().join("pg_wal");
+    common::run(std::process::Command::new("mv").arg(&pg_wal).arg(&moved));
+    std::os::unix::fs::symlink(&moved, &pg_wal).unwrap();
+    std::os::unix::fs::lchown(
+        &pg_wal,
+        Some(common::postgres_ids().map_or(0, |i| i.0)),
+        None,
+    )
+    .unwrap();
+    let stale = std::fs::read_dir(&moved).unwrap().count();
+    assert!(stale > 0, "the old primary's WAL is there");
     let old_data = pg.data_dir().to_str().unwrap().to_string();
     let out = ok(&mut walferry(&[
         "restore",
@@ -334,6 +349,18 @@ fn restore_across_a_promotion_and_the_old_primary_rejoins_as_a_standby() {
         ),
     ]));
     assert!(stderr(&out).contains("kept"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_link(&pg_wal).unwrap(),
+        moved,
+        "pg_wal is still the link"
+    );
+    assert!(
+        std::fs::read_dir(&moved)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .all(|e| !e.file_name().to_string_lossy().starts_with("00000001")),
+        "the old timeline's WAL was left in the linked pg_wal"
+    );
     pg.start();
     s1.psql("INSERT INTO t SELECT generate_series(301, 400)");
     pg.wait_for_replay(s1.current_wal_lsn());

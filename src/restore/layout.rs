@@ -226,6 +226,9 @@ fn prepare_root(root: &Path, delta: bool) -> Result<(), LayoutError> {
 fn make_dir(path: &Path, mode: u32) -> Result<(), LayoutError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {}
+        // A link to a directory (pg_wal on its own disk): the DBA's layout, kept; a delta
+        // restore empties what it points to (see `prune`).
+        Ok(m) if m.file_type().is_symlink() && path.is_dir() => return Ok(()),
         Ok(_) => {
             // A delta restore found a file or link where the backup has a directory.
             fs::remove_file(path).map_err(io_err("remove", path))?;
@@ -456,7 +459,8 @@ fn remove_extras(backup: &BackupInfo, targets: &Targets) -> Result<(), LayoutErr
     Ok(())
 }
 
-/// Remove every entry below `dir` that is not in `keep`; never follows a symbolic link.
+/// Remove every entry below `dir` that is not in `keep`; follows no symbolic link but a kept
+/// one to a directory that is not a tablespace (pg_wal on its own disk).
 fn prune(dir: &Path, keep: &HashSet<PathBuf>) -> Result<(), LayoutError> {
     let entries = fs::read_dir(dir).map_err(io_err("read directory", dir))?;
     for entry in entries {
@@ -473,11 +477,19 @@ fn prune(dir: &Path, keep: &HashSet<PathBuf>) -> Result<(), LayoutError> {
             } else {
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
             }
-        } else if ft.is_dir() {
+        } else if ft.is_dir() || (ft.is_symlink() && path.is_dir() && !is_tablespace_link(&path)) {
+            // Into a kept link to a directory too (pg_wal elsewhere): its old content goes.
             prune(&path, keep)?;
         }
     }
     Ok(())
+}
+
+/// `pg_tblspc/<oid>`: a tablespace's link, whose target is pruned on its own terms.
+fn is_tablespace_link(path: &Path) -> bool {
+    path.parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "pg_tblspc")
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LayoutError> {
