@@ -78,6 +78,8 @@ const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// How long a standby's feed from a relay may take to catch up before it promotes.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed starts of a standby before it is rebuilt from the repository.
+const START_ATTEMPTS: u32 = 3;
 /// Between attempts of a rejoin that failed.
 const REJOIN_RETRY: Duration = Duration::from_secs(5);
 
@@ -105,6 +107,7 @@ pub struct Agent {
     status_interval_set: bool,
     last_refusal: Option<String>,
     started: UnixMillis,
+    start_failures: u32,
 }
 
 impl Agent {
@@ -153,6 +156,7 @@ impl Agent {
             status_interval_set: false,
             last_refusal: None,
             started: wall_clock_now(),
+            start_failures: 0,
             cfg,
         })
     }
@@ -592,6 +596,12 @@ impl Agent {
         self.probe = None;
         self.problem = None;
         self.set_sync_names().await;
+        // Until a checkpoint, the control file still names the old timeline, and PostgreSQL
+        // 15's pg_rewind on the old primary would find "no rewind required" and leave it
+        // unable to follow.
+        if let Err(e) = self.pg.execute("CHECKPOINT", PROMOTE_TIMEOUT).await {
+            tracing::warn!("checkpoint after the promote: {e}");
+        }
     }
 
     async fn set_sync_names(&mut self) {
@@ -680,9 +690,34 @@ impl Agent {
         if !seen.running {
             if seen.pgdata_present {
                 tracing::info!("the local standby is not running: starting it");
-                if let Err(e) = self.pg.start(START_TIMEOUT).await {
-                    self.problem = Some(format!("starting the standby: {e}"));
-                    tracing::error!("{e}");
+                match self.pg.start(START_TIMEOUT).await {
+                    Ok(()) => self.start_failures = 0,
+                    Err(e) => {
+                        self.problem = Some(format!("starting the standby: {e}"));
+                        tracing::error!("{e}");
+                        self.start_failures += 1;
+                    }
+                }
+            }
+            // A standby that will not start (a rewind gone wrong, damaged files) is rebuilt
+            // from the repository rather than retried for ever.
+            if (self.start_failures >= START_ATTEMPTS || !seen.pgdata_present)
+                && self.cfg.repo.is_some()
+                && self.next_rejoin.is_none_or(|t| Instant::now() >= t)
+            {
+                tracing::warn!("the local standby cannot start: rebuilding it from the repository");
+                match self.rebuild(true).await {
+                    Ok(how) => {
+                        tracing::info!("rebuilt as a standby ({how})");
+                        self.problem = None;
+                        self.start_failures = 0;
+                        self.next_rejoin = None;
+                    }
+                    Err(e) => {
+                        tracing::error!("rebuild failed (retried in {REJOIN_RETRY:?}): {e}");
+                        self.problem = Some(format!("rebuild failed: {e}"));
+                        self.next_rejoin = Some(Instant::now() + REJOIN_RETRY);
+                    }
                 }
             }
             return;
@@ -730,7 +765,7 @@ impl Agent {
             self.primary.as_deref().unwrap_or("another node")
         );
         self.stop_server().await;
-        match self.rebuild().await {
+        match self.rebuild(false).await {
             Ok(how) => {
                 tracing::info!("rejoined as a standby ({how})");
                 self.problem = None;
@@ -746,7 +781,7 @@ impl Agent {
         }
     }
 
-    async fn rebuild(&mut self) -> Result<&'static str, String> {
+    async fn rebuild(&mut self, skip_rewind: bool) -> Result<&'static str, String> {
         let Some(address) = self.primary_address.clone() else {
             return Err("the witness does not know the new primary's address yet".into());
         };
@@ -761,7 +796,10 @@ impl Agent {
         // its own (port, paths, memory, ...).
         let own_conf = conf_files(&self.cfg.pgdata);
         let mut how = "pg_rewind";
-        let rewound = if self.pg.pgdata_present() {
+        let rewound = if skip_rewind {
+            Err("the server did not start after a rewind".to_string())
+        } else if self.pg.pgdata_present() {
+            checkpoint_source(&source).await;
             match self.pg.rewind(&source, REWIND_TIMEOUT).await {
                 Ok(_) => Ok(()),
                 Err(e) => {
@@ -825,4 +863,21 @@ fn conf_files(pgdata: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
         .filter(|p| p.extension().is_some_and(|x| x == "conf"))
         .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
         .collect()
+}
+
+/// Ask the new primary for a checkpoint before pg_rewind reads its control file (PostgreSQL
+/// 15 decides from it whether the timelines diverged). Best effort: a role without the right
+/// (pg_checkpoint) only makes an early rewind less likely to find the divergence.
+async fn checkpoint_source(source: &str) {
+    let timeout = Duration::from_secs(60);
+    match postgres::connect(source, "walferry-agent rejoin", Duration::from_secs(5)).await {
+        Ok(client) => {
+            match tokio::time::timeout(timeout, client.simple_query("CHECKPOINT")).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("CHECKPOINT on the new primary: {e}"),
+                Err(_) => tracing::warn!("CHECKPOINT on the new primary took over {timeout:?}"),
+            }
+        }
+        Err(e) => tracing::warn!("cannot connect to the new primary for a checkpoint: {e}"),
+    }
 }
