@@ -477,8 +477,9 @@ HOST_IP=127.0.0.1 # where the host side (b, c, relay, witness) listens
 A_IP=127.0.0.1
 NETNS=
 if [ "$FAULT" = isolate ]; then
-    # Node a lives in its own network namespace, reached over a veth pair; the fault cuts
-    # the pair (tc netem: every packet lost), a real partition for TCP on both sides.
+    # Node a lives in its own network namespace, reached over a veth pair; the fault makes
+    # both ends drop every packet they send (a root qdisc pfifo of length 0: built into
+    # every kernel, where netem may be missing), a real partition for TCP on both sides.
     subnet=$((100 + RANDOM % 100))
     NETNS=wfdemo$$
     VETH_H=wfd$$h
@@ -495,14 +496,14 @@ if [ "$FAULT" = isolate ]; then
             ip netns exec "$NETNS" ip addr add "$A_IP/24" dev "$VETH_A" &&
             ip netns exec "$NETNS" ip link set "$VETH_A" up &&
             ip netns exec "$NETNS" ip link set lo up &&
-            tc qdisc add dev "$VETH_H" root netem loss 0% &&
+            tc qdisc add dev "$VETH_H" root pfifo limit 0 &&
             tc qdisc del dev "$VETH_H" root
     } 2>"$WORK/netns.err" || {
         err=$(tr '\n' ' ' <"$WORK/netns.err")
         stop_lab "$WORK"
         WORK=
         trap - EXIT
-        unavailable "ip netns, veth or tc netem failed: $err"
+        unavailable "ip netns, veth or tc qdisc failed: $err"
     }
     NODE_NS[a]=$NETNS
 fi
@@ -675,9 +676,9 @@ disk-full)
     ;;
 isolate)
     T_FAULT=${EPOCHREALTIME/./}
-    tc qdisc add dev "$VETH_H" root netem loss 100%
-    ip netns exec "$NETNS" tc qdisc add dev "$VETH_A" root netem loss 100%
-    say "  a cut off: every packet between its namespace and the rest is lost (tc netem loss 100%)"
+    tc qdisc add dev "$VETH_H" root pfifo limit 0
+    ip netns exec "$NETNS" tc qdisc add dev "$VETH_A" root pfifo limit 0
+    say "  a cut off: both ends of its link drop every packet (tc qdisc pfifo limit 0); a and its agent run on"
     ;;
 esac
 
@@ -688,6 +689,27 @@ wait_until 60 "b to be promoted" new_primary_b || fail "no failover to b"
 status_fetch
 EPOCH=$(status_get epoch)
 say "  b is the primary (epoch $EPOCH) after $(secs $((${EPOCHREALTIME/./} - T_FAULT)) 2) s"
+case $FAULT in
+disk-full) say "  a's server log: $(grep -m 1 'PANIC' "$WORK/a/server.log" | sed 's/^.*PANIC: */PANIC: /')" ;;
+isolate)
+    # When a's agent stopped a, and when b's agent promoted b, from their logs' timestamps.
+    fence_line() { grep -m 1 'fencing:' "$WORK/a/agent.log"; }
+    log_us() { date -d "$1" +%s%6N; }
+    if wait_until 20 "a's agent to fence a" fence_line; then
+        line=$(fence_line)
+        fence_us=$(log_us "${line%% *}")
+        say "  a's agent, cut off too, stopped a $(secs $((fence_us - T_FAULT)) 2) s after the fault: ${line#*fencing: }"
+        line=$(grep -m 1 'promoting the local server' "$WORK/b/agent.log" || true)
+        if [ -n "$line" ] && [ "$fence_us" -gt "$(log_us "${line%% *}")" ]; then
+            promote_us=$(log_us "${line%% *}")
+            by_a=$(cat "$WORK/acks-1" "$WORK/acks-2" | awk -v p="${PORT[a]}" -v t="$T_FAULT" '$3 == p && $4 > t' | wc -l)
+            problem "walferry bug: b was promoted $(secs $((promote_us - T_FAULT)) 2) s after the fault but the isolated a was fenced only after $(secs $((fence_us - T_FAULT)) 2) s: for $(secs $((fence_us - promote_us)) 2) s both ran as primaries (the clients saw $by_a commit(s) acknowledged by a after the fault; synchronous replication holds a's commits while its standbys are out of reach). The agent counts a standby as heard while pg_stat_replication shows a reply within the last --fence-timeout, and then waits a full --fence-timeout from that moment, so it fences up to twice the timeout after the last reply, later than the witness's --failover-timeout"
+        fi
+    else
+        problem "a's agent did not fence the isolated primary within 20 s"
+    fi
+    ;;
+esac
 # first_ack_on PORT SINCE_US: the earliest acknowledgement by that server port after SINCE.
 first_ack_on() {
     cat "$WORK/acks-1" "$WORK/acks-2" | awk -v p="$1" -v t="$2" \
@@ -735,8 +757,12 @@ repair_stuck_rewind() {
 
 # ======================================================================================
 step rejoin "the old primary a comes back as a standby of b"
+a_rejoined() { status_is primary b a.role standby a.health ok && is_standby a; }
 case $FAULT in
 disk-full)
+    if a_rejoined; then
+        say "  a is already back as a standby, its pg_wal file system still full"
+    fi
     rm -f "$WALFS/ballast"
     say "  the DBA frees a's pg_wal file system (the ballast file is removed)"
     ;;
@@ -746,7 +772,6 @@ isolate)
     say "  the network comes back"
     ;;
 esac
-a_rejoined() { status_is primary b a.role standby a.health ok && is_standby a; }
 wait_until 180 "a to rejoin as a standby" a_rejoined || fail "a did not rejoin"
 REJOIN_HOW=$(sed -n 's/.*rejoined as a standby (\(.*\)).*/\1/p' "$WORK/a/agent.log" | tail -n 1)
 [ -n "$REJOIN_HOW" ] || REJOIN_HOW="(its agent did not say)"
@@ -762,6 +787,9 @@ if stuck; then
     wait_until 60 "a to catch up" replayed a "$LSN" || fail "a does not catch up with b even after the repair"
 fi
 say "  a's agent rebuilt it ($REJOIN_HOW); a streams from b and has replayed $LSN"
+if [ "$FAULT" = disk-full ] && [ ! -L "${DATA[a]}/pg_wal" ]; then
+    problem "walferry bug: a's pg_wal was a symbolic link to its own file system ($WALFS/pg_wal); the agent's 'walferry restore --delta' replaced it with a directory inside PGDATA (src/restore/layout.rs make_dir removes a link where the backup has a directory), so a now writes its WAL on the data file system and the WAL file system is silently left unused"
+fi
 ensure_slot() {
     sql_is "$1" "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$SLOT'" 1 ||
         sql "$1" "SELECT pg_create_physical_replication_slot('$SLOT', true)" >/dev/null
