@@ -16,14 +16,17 @@
 # the switchover, to the first commit the new primary acknowledged to a client),
 # acknowledged commits, how many were lost (must be 0), WAL bytes the relay archived, and
 # the time of each step. Everything it starts is stopped and removed on exit, on error and
-# on Ctrl-C (agents first, so that no agent restarts a server being stopped).
+# on Ctrl-C (agents first, so that no agent restarts a server being stopped). A walferry
+# misbehaviour it detects is a PROBLEM (the step fails, the story goes on where it can); what
+# it does by hand around one is a WORKAROUND, listed in the summary.
 #
 #   bash scripts/demo.sh                      # default fault: kill -9 of the primary's processes
 #   bash scripts/demo.sh --fault pgdata-deleted   # rm -rf of the primary's data directory
 #   bash scripts/demo.sh --fault disk-full    # the primary's pg_wal file system fills up (root)
 #   bash scripts/demo.sh --fault isolate      # the primary cut off the network (root, ip netns)
 #   bash scripts/demo.sh --json               # one JSON object on stdout, narration on stderr
-#   bash scripts/demo.sh --keep               # leave it all running; prints how to look and stop
+#   bash scripts/demo.sh --keep               # leave it all running (a failed run too); prints
+#                                             # the connection strings and how to look and stop
 #   bash scripts/demo.sh --stop DIR           # stop and remove what --keep left in DIR
 #
 # WALFERRY_BIN=/path/to/walferry skips the release build (CI passes its debug binary).
@@ -168,7 +171,7 @@ if [ "$FAULT" = isolate ]; then
 fi
 
 say "walferry demo: fault '$FAULT'$([ "$KEEP" = 1 ] && echo ', --keep')"
-bash scripts/setup.sh >/dev/null
+WALFERRY_SETUP_NO_NEXTEST=1 bash scripts/setup.sh >/dev/null
 if [ -n "${WALFERRY_BIN:-}" ]; then
     WF=$WALFERRY_BIN
     [ -x "$WF" ] || { echo "demo.sh: WALFERRY_BIN=$WF is not an executable" >&2; exit 2; }
@@ -286,9 +289,9 @@ summary() {
     for ((i = 0; i < ${#WORKAROUNDS[@]}; i++)); do
         printf '  %-26s %s\n' "workaround" "${WORKAROUNDS[$i]}"
     done
-    printf '  %-4s %-12s %8s  %s\n' "step" "" "seconds" ""
+    printf '  %-26s %7s  %s\n' "step" "seconds" "result"
     for ((i = 0; i < n; i++)); do
-        printf '  %-4s %-12s %8s  %s\n' "$((i + 1))" "${STEP_NAMES[$i]}" "${STEP_SECS[$i]}" \
+        printf '  %-26s %7s  %s\n' "$((i + 1)) ${STEP_NAMES[$i]}" "${STEP_SECS[$i]}" \
             "$([ "${STEP_OK[$i]}" = true ] && echo ok || echo FAILED)"
     done
 }
