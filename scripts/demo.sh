@@ -549,32 +549,39 @@ start_node a
 sql a "SELECT pg_create_physical_replication_slot('$SLOT', true)" >/dev/null
 say "  a: primary on ${NODE_HOST[a]}:${PORT[a]}${NETNS:+ (network namespace $NETNS)}"
 
-# The relay follows whichever of a and b is writable; keepalives make it notice a primary
-# that went silent (a partition) rather than wait on a dead TCP connection.
-RPORT=$(free_port)
-MPORT=$(free_port)
-PORT[b]=$(free_port)
-RELAY_UPSTREAM="host=${NODE_HOST[a]},${NODE_HOST[b]} port=${PORT[a]},${PORT[b]} user=postgres target_session_attrs=read-write connect_timeout=2 keepalives_idle=2 keepalives_interval=1 keepalives_count=3 tcp_user_timeout=5000"
-spawn relay relay "$WORK/relay.log" "" "$WF" -v relay -D "$REPO/wal" -d "$RELAY_UPSTREAM" -S "$SLOT" \
-    --listen "$HOST_IP:$RPORT" --metrics "127.0.0.1:$MPORT"
-RELAY_PID=$BG_PID
-relay_listening() { kill -0 "$RELAY_PID" && (exec 3<>"/dev/tcp/$HOST_IP/$RPORT"); }
-wait_until 60 "the relay to listen" relay_listening || fail "the relay did not start; see $WORK/relay.log"
-say "  relay: archives into $REPO/wal, serves standbys on $HOST_IP:$RPORT"
-
 basebackup() { # basebackup NODE: a copy of a, its own node.conf, a standby of UPSTREAM
     as_pg "$PG_BIN/pg_basebackup" -D "${DATA[$1]}" -h "$SOCK" -p "${PORT[a]}" -U postgres -X stream -c fast
     echo "primary_conninfo = '$2 application_name=$1'" >>"${DATA[$1]}/postgresql.auto.conf"
     as_pg touch "${DATA[$1]}/standby.signal"
 }
+PORT[b]=$(free_port)
 basebackup b "host=${NODE_HOST[a]} port=${PORT[a]} user=postgres"
 start_node b
 # The relay's slot must exist wherever the relay may find the primary.
 sql b "SELECT pg_create_physical_replication_slot('$SLOT', true)" >/dev/null
+say "  b: standby of a on $HOST_IP:${PORT[b]}"
+
+# The relay follows whichever of a and b is writable (so it starts once their ports are
+# final); keepalives make it notice a primary that went silent (a partition) rather than
+# wait on a dead TCP connection.
+RELAY_UPSTREAM="host=${NODE_HOST[a]},${NODE_HOST[b]} port=${PORT[a]},${PORT[b]} user=postgres target_session_attrs=read-write connect_timeout=2 keepalives_idle=2 keepalives_interval=1 keepalives_count=3 tcp_user_timeout=5000"
+relay_listening() { kill -0 "$RELAY_PID" && (exec 3<>"/dev/tcp/$HOST_IP/$RPORT"); }
+for attempt in 1 2 3; do
+    RPORT=$(free_port)
+    MPORT=$(free_port)
+    spawn relay relay "$WORK/relay.log" "" "$WF" -v relay -D "$REPO/wal" -d "$RELAY_UPSTREAM" -S "$SLOT" \
+        --listen "$HOST_IP:$RPORT" --metrics "127.0.0.1:$MPORT"
+    RELAY_PID=$BG_PID
+    wait_until 60 "the relay to listen" relay_listening && break
+    # A port taken meanwhile (a shared machine): the relay exits; try other ports.
+    kill -0 "$RELAY_PID" 2>/dev/null || [ "$attempt" = 3 ] || continue
+    fail "the relay did not start; see $WORK/relay.log"
+done
+say "  relay: archives into $REPO/wal, serves standbys on $HOST_IP:$RPORT"
 PORT[c]=$(free_port)
 basebackup c "host=$HOST_IP port=$RPORT user=postgres"
 start_node c
-say "  b: standby of a on $HOST_IP:${PORT[b]}; c: standby of the relay on $HOST_IP:${PORT[c]}"
+say "  c: standby of the relay on $HOST_IP:${PORT[c]}"
 
 # RPO 0: a commit returns once b has it; the relay takes over that role if b is gone.
 sql a "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (b, walferry)'" "SELECT pg_reload_conf()" >/dev/null
@@ -672,7 +679,7 @@ pgdata-deleted)
 disk-full)
     T_FAULT=${EPOCHREALTIME/./}
     dd if=/dev/zero of="$WALFS/ballast" bs=1M status=none 2>/dev/null || true
-    say "  a's pg_wal file system is full ($(df -h --output=used,size "$WALFS" | tail -n 1 | xargs)); a batch job writes WAL"
+    say "  a's pg_wal file system is full ($(df -h --output=used,size "$WALFS" | tail -n 1 | awk '{ print $1 " of " $2 }') used); a batch job writes WAL"
     sql a "CREATE TABLE batch (pad text)" 2>/dev/null || true
     ("${PSQL[@]}" -h "$SOCK" -p "${PORT[a]}" -U postgres -d postgres \
         -c "INSERT INTO batch SELECT repeat('x', 1000) FROM generate_series(1, 400000)" >/dev/null 2>&1 || true) &
