@@ -13,12 +13,13 @@
 #   7. pitr: a copy restored to the restore point and compared row for row
 #   8. check: every acknowledged commit is on every node
 # then a summary: RTO of the failover and of the switchover (from the fault, or the start of
-# the switchover, to the first commit the new primary acknowledged to a client),
-# acknowledged commits, how many were lost (must be 0), WAL bytes the relay archived, and
-# the time of each step. Everything it starts is stopped and removed on exit, on error and
-# on Ctrl-C (agents first, so that no agent restarts a server being stopped). A walferry
-# misbehaviour it detects is a PROBLEM (the step fails, the story goes on where it can); what
-# it does by hand around one is a WORKAROUND, listed in the summary.
+# the switchover, to the first commit the new primary acknowledged to a client; beside it,
+# when b finished its promotion), acknowledged commits, how many were lost (must be 0), WAL
+# bytes the relay archived, and the time of each step. Everything it starts is stopped and
+# removed on exit, on error and on Ctrl-C (agents first, so that no agent restarts a server
+# being stopped). A walferry misbehaviour it detects is a PROBLEM (the step fails, the story
+# goes on where it can); what it does by hand around one is a WORKAROUND, listed in the
+# summary.
 #
 #   bash scripts/demo.sh                      # default fault: kill -9 of the primary's processes
 #   bash scripts/demo.sh --fault pgdata-deleted   # rm -rf of the primary's data directory
@@ -204,6 +205,7 @@ ERROR=
 PROBLEMS=()
 WORKAROUNDS=()
 RTO_FAILOVER=null
+PROMOTED_S=null
 RTO_SWITCHOVER=null
 ACKED=0
 LOST=null
@@ -246,8 +248,8 @@ summary() {
     [ -z "$ERROR" ] || ok=false
     if [ "$JSON" = 1 ]; then
         {
-            printf '{"ok":%s,"fault":"%s","rto_failover_s":%s,"rto_switchover_s":%s,' \
-                "$ok" "$FAULT" "$RTO_FAILOVER" "$RTO_SWITCHOVER"
+            printf '{"ok":%s,"fault":"%s","rto_failover_s":%s,"promoted_s":%s,"rto_switchover_s":%s,' \
+                "$ok" "$FAULT" "$RTO_FAILOVER" "$PROMOTED_S" "$RTO_SWITCHOVER"
             printf '"acknowledged":%s,"lost":%s,"bytes_archived":%s,' "$ACKED" "$LOST" "$BYTES_ARCHIVED"
             printf '"rejoin":%s,"steps":[' "$(json_str "$REJOIN_HOW")"
             for ((i = 0; i < n; i++)); do
@@ -281,6 +283,7 @@ summary() {
         echo "walferry demo, fault '$FAULT': FAILED: $ERROR"
     fi
     printf '  %-26s %s\n' "RTO failover" "$([ "$RTO_FAILOVER" = null ] && echo - || echo "$RTO_FAILOVER s")"
+    printf '  %-26s %s\n' "  (b promoted after)" "$([ "$PROMOTED_S" = null ] && echo - || echo "$PROMOTED_S s")"
     printf '  %-26s %s\n' "RTO switchover" "$([ "$RTO_SWITCHOVER" = null ] && echo - || echo "$RTO_SWITCHOVER s")"
     printf '  %-26s %s\n' "acknowledged commits" "$ACKED"
     printf '  %-26s %s\n' "acknowledged commits lost" "$([ "$LOST" = null ] && echo - || echo "$LOST")"
@@ -626,7 +629,7 @@ say "  agents on a, b, c; walferry status: a primary (epoch 1), b and c standbys
 # ======================================================================================
 step clients "two client sessions writing through 'target_session_attrs=read-write'"
 sql a "CREATE TABLE acks (session int, seq int, at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (session, seq))"
-CLIENT_CONNINFO="host=${NODE_HOST[a]},${NODE_HOST[b]} port=${PORT[a]},${PORT[b]} user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2 keepalives_idle=2 keepalives_interval=1 keepalives_count=3"
+CLIENT_CONNINFO="host=${NODE_HOST[a]},${NODE_HOST[b]} port=${PORT[a]},${PORT[b]} user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2 keepalives_idle=2 keepalives_interval=1 keepalives_count=3 tcp_user_timeout=3000"
 # One commit per psql: "acknowledged" means psql reported success; the row's session and
 # sequence number, the server port that acknowledged it and the time are appended then.
 # shellcheck disable=SC2016 # expanded by the writer's own bash
@@ -637,8 +640,11 @@ while [ ! -e "$dir/stop-writers" ]; do
     seq=$((seq + 1))
     if port=$(timeout --foreground 10 "$psql" "$conninfo application_name=client$id" -X -A -t -q \
         -v ON_ERROR_STOP=1 -c "INSERT INTO acks (session, seq) VALUES ($id, $seq) RETURNING inet_server_port()" \
-        2>>"$dir/client-$id.log"); then
+        2>"$dir/client-$id.err"); then
         echo "$id $seq $port ${EPOCHREALTIME/./}" >>"$dir/acks-$id"
+    else
+        t=$(date +%T.%3N)
+        sed "s/^/$t seq $seq: /" "$dir/client-$id.err" >>"$dir/client-$id.log"
     fi
     sleep 0.05
 done'
@@ -698,6 +704,11 @@ new_primary_b() { status_is primary b && [ "$(status_get epoch)" -ge 2 ] && is_p
 wait_until 60 "b to be promoted" new_primary_b || fail "no failover to b"
 status_fetch
 EPOCH=$(status_get epoch)
+# When b took writes, from its server log (the server side of the RTO below): the first
+# "ready to accept connections" after it chose its new timeline.
+stamp=$(awk '/selected new timeline ID/ { p = 1 } p && /ready to accept connections/ { print $1 " " $2 " " $3; exit }' \
+    "$WORK/b/server.log")
+[ -z "$stamp" ] || PROMOTED_S=$(secs $(($(date -d "$stamp" +%s%6N) - T_FAULT)) 2)
 say "  b is the primary (epoch $EPOCH) after $(secs $((${EPOCHREALTIME/./} - T_FAULT)) 2) s"
 case $FAULT in
 disk-full) say "  a's server log: $(grep -m 1 'PANIC' "$WORK/a/server.log" | sed 's/^.*PANIC: */PANIC: /')" ;;
