@@ -819,23 +819,6 @@ ensure_slot a
 
 # ======================================================================================
 step switchover "switchover back to the original layout (a primary)"
-# WORKAROUND (walferry bug, see the rejoin step): after the switchover b's agent runs
-# pg_rewind with a as its source at once, and PostgreSQL 15's pg_rewind takes the source's
-# timeline from its control file, which a promoted server updates only at its first
-# checkpoint. A control file still naming a timeline older than b's makes pg_rewind rewind b
-# onto that timeline, and b never starts again. A restartpoint on a now makes its control
-# file name b's timeline, so that pg_rewind rightly finds b needs no rewind. Remove this once
-# the agent checkpoints the source before pg_rewind.
-sql b "CHECKPOINT"
-LSN=$(sql b "SELECT pg_current_wal_lsn()")
-wait_until 60 "a to replay b's checkpoint" replayed a "$LSN" || fail "a does not replay b's checkpoint"
-sql a "CHECKPOINT"
-TLI=$(primary_tli b)
-if [ "$(sql a "SELECT timeline_id FROM pg_control_checkpoint()")" != "$TLI" ]; then
-    problem "a's restartpoint did not bring its control file to timeline $TLI"
-fi
-WORKAROUNDS+=("before the switchover: CHECKPOINT on b and a restartpoint on a, so that a's control file names timeline $TLI when b's agent runs pg_rewind from it (walferry's agent does not checkpoint a freshly promoted pg_rewind source; PostgreSQL 15's pg_rewind then misreads its timeline)")
-say "  WORKAROUND: CHECKPOINT on b and on a (a restartpoint: a's control file now names timeline $TLI)"
 T_SWITCH=${EPOCHREALTIME/./}
 wf switchover --to a --witness "$WITNESS" --secret-file "$SECRET" --wait 60 2>&1 | sed 's/^/    /' ||
     fail "walferry switchover failed"
