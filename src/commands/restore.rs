@@ -6,7 +6,7 @@ use std::time::Instant;
 use walferry::inspect::Options;
 use walferry::repo::Repo;
 use walferry::restore::layout::{lay_out, LayoutOptions};
-use walferry::restore::recovery::{self, shell_word, Settings};
+use walferry::restore::recovery::{self, Settings};
 use walferry::restore::{self as plan_mod, parse_time, Target, TargetAction, TargetTimeline};
 use walferry::wal::{Lsn, TimeLineId};
 
@@ -141,6 +141,14 @@ impl Args {
     }
 }
 
+/// A `.partial` segment that disappeared between listing and reading: completed by a live
+/// receiver, not damage.
+fn vanished_partial(p: &walferry::inspect::Problem) -> bool {
+    p.file.as_deref().is_some_and(|f| f.ends_with(".partial"))
+        && p.message.starts_with("could not open")
+        && p.message.contains("No such file")
+}
+
 pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     let usage = |m: String| Failure::usage(m, "restore");
     let target = args.target().map_err(usage)?;
@@ -159,15 +167,30 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
         Target::Xid(x) => Some(x),
         _ => None,
     };
-    let report = inspect_dir(
+    let options = Options {
+        find_xid,
+        ..Options::default()
+    };
+    let mut report = inspect_dir(
         &repo.wal_dir(),
-        &Options {
-            find_xid,
-            ..Options::default()
-        },
+        &options,
         "restore: checking the archive",
         verbose,
     )?;
+    // A receiver or relay still archiving completes its .partial segment by renaming it: a
+    // file listed a moment ago may be gone when read. Look again, a few times.
+    for _ in 0..5 {
+        if !report.problems.iter().any(vanished_partial) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        report = inspect_dir(
+            &repo.wal_dir(),
+            &options,
+            "restore: checking the archive again",
+            verbose,
+        )?;
+    }
     let plan = plan_mod::plan(&backups, &args.backup, &target, &report)
         .map_err(|e| Failure::new(e.to_string()))?;
     let backup = &plan.backup;
@@ -222,11 +245,7 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(format!("could not find the walferry program: {e}")))?;
     let settings = Settings {
-        restore_command: format!(
-            "{} archive-get --repo {} %f %p",
-            shell_word(&exe.to_string_lossy()),
-            shell_word(&repo_path.to_string_lossy())
-        ),
+        restore_command: recovery::archive_get_command(&exe, &repo_path),
         target: plan.target.clone(),
         timeline,
         action,

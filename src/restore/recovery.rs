@@ -60,6 +60,15 @@ fn quote(v: &str) -> String {
 }
 
 /// A word for a shell command line (restore_command runs through `sh -c`).
+/// The `restore_command` that fetches WAL from `repo` with the walferry at `exe`.
+pub fn archive_get_command(exe: &std::path::Path, repo: &std::path::Path) -> String {
+    format!(
+        "{} archive-get --repo {} %f %p",
+        shell_word(&exe.to_string_lossy()),
+        shell_word(&repo.to_string_lossy())
+    )
+}
+
 pub fn shell_word(v: &str) -> String {
     if !v.is_empty()
         && v.bytes()

@@ -795,12 +795,26 @@ impl Agent {
         // pg_rewind and a restore bring the source's configuration files; this node keeps
         // its own (port, paths, memory, ...).
         let own_conf = conf_files(&self.cfg.pgdata);
+        // WAL the rewind or the recovery after it needs that the primary no longer holds
+        // comes from the repository.
+        let restore_command =
+            self.cfg.repo.as_ref().map(|repo| {
+                crate::restore::recovery::archive_get_command(&self.cfg.walferry, repo)
+            });
         let mut how = "pg_rewind";
         let rewound = if skip_rewind {
             Err("the server did not start after a rewind".to_string())
         } else if self.pg.pgdata_present() {
             checkpoint_source(&source).await;
-            match self.pg.rewind(&source, REWIND_TIMEOUT).await {
+            if let Some(command) = &restore_command {
+                set_auto_conf(&self.cfg.pgdata, &[("restore_command", Some(command))])
+                    .map_err(|e| format!("cannot write postgresql.auto.conf: {e}"))?;
+            }
+            match self
+                .pg
+                .rewind(&source, restore_command.is_some(), REWIND_TIMEOUT)
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     tracing::warn!("pg_rewind: {e}");
@@ -841,6 +855,7 @@ impl Agent {
                 ("primary_conninfo", Some(&conninfo)),
                 ("primary_slot_name", None),
                 ("recovery_target_timeline", Some("latest")),
+                ("restore_command", restore_command.as_deref()),
             ],
         )
         .map_err(|e| format!("cannot write postgresql.auto.conf: {e}"))?;

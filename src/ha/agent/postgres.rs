@@ -341,12 +341,21 @@ impl LocalPg {
     }
 
     /// `pg_rewind` from the primary at `source`.
-    pub async fn rewind(&mut self, source: &str, timeout: Duration) -> Result<String, PgError> {
+    /// With `restore_target_wal`, WAL missing from pg_wal comes from the `restore_command`.
+    pub async fn rewind(
+        &mut self,
+        source: &str,
+        restore_target_wal: bool,
+        timeout: Duration,
+    ) -> Result<String, PgError> {
         let mut cmd = Command::new(self.bindir.join("pg_rewind"));
         cmd.arg("-D")
             .arg(&self.pgdata)
             .arg(format!("--source-server={source}"))
             .arg("--progress");
+        if restore_target_wal {
+            cmd.arg("--restore-target-wal");
+        }
         run("pg_rewind", cmd, timeout).await
     }
 }
