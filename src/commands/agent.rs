@@ -44,14 +44,19 @@ Exit status:
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Read flags from this TOML file: keys are long flag names (node = "db1",
+    /// fence-timeout = 3); flags given on the command line win (see config/)
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// This node's name (as the witness and `walferry status` show it; also its
     /// application_name as a standby)
     #[arg(long = "node", value_name = "NAME")]
-    pub node: String,
+    pub node: Option<String>,
 
     /// The local server's data directory
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
-    pub pgdata: PathBuf,
+    pub pgdata: Option<PathBuf>,
 
     /// Where pg_ctl and pg_rewind are
     #[arg(
@@ -71,7 +76,7 @@ pub struct Args {
 
     /// How the other nodes reach this server: 'host=db1 port=5432'
     #[arg(long = "address", value_name = "CONNINFO")]
-    pub address: String,
+    pub address: Option<String>,
 
     /// Added to the primary's address to stream from it, probe it and pg_rewind from it
     #[arg(
@@ -87,11 +92,11 @@ pub struct Args {
 
     /// The witness's address
     #[arg(long = "witness", value_name = "HOST:PORT")]
-    pub witness: String,
+    pub witness: Option<String>,
 
     /// File holding the shared secret (mode 0600; the witness's)
     #[arg(long = "secret-file", value_name = "FILE")]
-    pub secret_file: PathBuf,
+    pub secret_file: Option<PathBuf>,
 
     /// Repository to rebuild this node from when pg_rewind cannot (walferry restore --delta)
     #[arg(long = "repo", value_name = "REPO")]
@@ -141,7 +146,22 @@ fn seconds(name: &str, secs: f64) -> Result<Duration, Failure> {
     }
 }
 
+/// A flag the agent cannot run without (clap does not require it: it may come from --config).
+fn required<T>(value: Option<T>, flag: &str) -> Result<T, Failure> {
+    value.ok_or_else(|| {
+        Failure::usage(
+            format!("--{flag} is required (on the command line or in the --config file)"),
+            "agent",
+        )
+    })
+}
+
 pub fn run(args: Args) -> Result<(), Failure> {
+    let node = required(args.node, "node")?;
+    let pgdata = required(args.pgdata, "pgdata")?;
+    let address = required(args.address, "address")?;
+    let witness = required(args.witness, "witness")?;
+    let secret_file = required(args.secret_file, "secret-file")?;
     let timeouts = AgentTimeouts {
         report_interval: seconds("report-interval", args.report_interval)?,
         fence_timeout: seconds("fence-timeout", args.fence_timeout)?,
@@ -151,10 +171,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
     timeouts
         .validate(DEFAULT_FAILOVER_TIMEOUT.max(timeouts.fence_timeout + timeouts.report_interval))
         .map_err(|e| Failure::usage(e.to_string(), "agent").with_hint(e.hint()))?;
-    let secret = Secret::load(&args.secret_file)
-        .map_err(|e| Failure::new(e.to_string()).with_hint(e.hint()))?;
-    let parent = args
-        .pgdata
+    let secret =
+        Secret::load(&secret_file).map_err(|e| Failure::new(e.to_string()).with_hint(e.hint()))?;
+    let parent = pgdata
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
@@ -163,18 +182,18 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let cfg = AgentConfig {
         state_file: args
             .state_file
-            .unwrap_or_else(|| parent.join(format!("walferry-agent-{}.json", args.node))),
+            .unwrap_or_else(|| parent.join(format!("walferry-agent-{node}.json"))),
         log_file: args
             .log_file
             .unwrap_or_else(|| parent.join("postgresql.log")),
-        node: args.node,
-        pgdata: args.pgdata,
+        node,
+        pgdata,
         bindir: args.bindir,
         local_conninfo: args.local_conninfo,
-        address: args.address,
+        address,
         replication_conninfo: args.replication_conninfo,
         upstream: args.upstream,
-        witness: args.witness,
+        witness,
         secret,
         repo: args.repo,
         priority: args.priority,

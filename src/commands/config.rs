@@ -348,6 +348,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_agent_config_file_is_a_valid_agent_command_line() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/walferry-agent.toml.example"
+        );
+        let got = expand(&["walferry", "agent", "--config", example]).unwrap();
+        assert!(got.contains(&"--node=db1".to_string()), "{got:?}");
+        assert!(got.contains(&"--fence-timeout=3".to_string()), "{got:?}");
+        let cli = crate::Cli::try_parse_from(&got).unwrap();
+        match cli.command {
+            crate::Command::Agent(args) => {
+                assert_eq!(args.report_interval, 0.5);
+                assert_eq!(args.priority, 100);
+                assert!(args.repo.is_some() && args.upstream.is_none());
+            }
+            _ => panic!("{got:?}"),
+        }
+    }
+
+    #[test]
     fn without_config_or_with_a_bad_command_line_argv_is_unchanged() {
         let line = ["walferry", "receive", "-D", "/a"];
         assert_eq!(expand(&line).unwrap(), line);
