@@ -234,7 +234,12 @@ impl Lab {
     }
 
     /// Waits until `cond` holds for the status (or panics with the status and the logs).
-    pub fn wait_status(&mut self, what: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) {
+    pub fn wait_status(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Value) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         loop {
@@ -601,15 +606,11 @@ pub fn missing(cluster: &PgCluster, session: i64, acked: &[i64]) -> Vec<i64> {
 
 /// Every pid of `cluster`'s server: the postmaster and its children.
 pub fn server_pids(cluster: &PgCluster) -> Vec<i32> {
-    let Some(pm) = cluster.pid().or_else(|| {
-        fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    }) else {
+    // The pid file first: an agent may have restarted the server since the harness did.
+    let from_file = fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse().ok());
+    let Some(pm) = from_file.or_else(|| cluster.pid()) else {
         return Vec::new();
     };
     let mut pids = crate::common::children_of(pm);

@@ -108,6 +108,8 @@ pub struct Agent {
     last_refusal: Option<String>,
     started: UnixMillis,
     start_failures: u32,
+    /// A standby's highest flushed position on its timeline (see `keep_flush_monotonic`).
+    flush_high: Option<(TimeLineId, crate::wal::Lsn)>,
 }
 
 impl Agent {
@@ -157,6 +159,7 @@ impl Agent {
             last_refusal: None,
             started: wall_clock_now(),
             start_failures: 0,
+            flush_high: None,
             cfg,
         })
     }
@@ -209,9 +212,15 @@ impl Agent {
     /// that has lost the primary).
     async fn tick(&mut self) -> bool {
         let mut seen = self.pg.observe().await;
-        if let Some(t) = seen.timeline {
-            self.timeline = Some(t);
+        match (seen.role, seen.timeline) {
+            // A standby's timeline only moves forward; when its walreceiver is gone (the
+            // primary died) the control file may still name an older one.
+            (Role::Standby, Some(t)) => self.timeline = self.timeline.max(Some(t)),
+            (Role::Primary, Some(t)) => self.timeline = Some(t),
+            (_, None) => {}
         }
+        seen.timeline = self.timeline;
+        self.keep_flush_monotonic(&mut seen);
         // A primary that lost its data directory, or hangs past the fence timeout, is
         // stopped: it cannot be trusted with writes, and "down" lets the witness fail over.
         if seen.running && seen.role == Role::Primary {
@@ -268,6 +277,26 @@ impl Agent {
             self.fence().await;
         }
         seen.role == Role::Standby && !visible
+    }
+
+    /// A standby's `pg_last_wal_receive_lsn()` goes back when its walreceiver restarts (to the
+    /// start of the segment it asks for): WAL it flushed before is still on its disk, so the
+    /// highest position seen on this timeline is what it holds. Reported lower, the witness
+    /// would think it lacks acknowledged commits and refuse to promote it.
+    fn keep_flush_monotonic(&mut self, seen: &mut Observed) {
+        if seen.role != Role::Standby || !seen.answering {
+            self.flush_high = None;
+            return;
+        }
+        match self.flush_high {
+            Some((tli, high)) if Some(tli) == seen.timeline && high > seen.flush_lsn => {
+                seen.flush_lsn = high;
+            }
+            _ => {}
+        }
+        if let Some(tli) = seen.timeline {
+            self.flush_high = Some((tli, seen.flush_lsn));
+        }
     }
 
     fn fence_due(&self) -> bool {

@@ -183,13 +183,19 @@ impl LocalPg {
                 client,
                 "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
                  (SELECT received_tli FROM pg_stat_wal_receiver), \
-                 (SELECT timeline_id FROM pg_control_checkpoint())",
+                 (SELECT timeline_id FROM pg_control_checkpoint()), \
+                 (SELECT min_recovery_end_timeline FROM pg_control_recovery())",
             )
             .await?;
             let replay = lsn_at(&row, 1).unwrap_or(Lsn(0));
             seen.replay_lsn = replay;
             seen.flush_lsn = lsn_at(&row, 0).unwrap_or(replay).max(replay);
-            seen.timeline = tli_at(&row, 2).or_else(|| tli_at(&row, 3));
+            // The walreceiver's timeline while it streams; else the newest the control
+            // file knows (a restartpoint's, or the minimum recovery point's).
+            seen.timeline = [tli_at(&row, 2), tli_at(&row, 3), tli_at(&row, 4)]
+                .into_iter()
+                .flatten()
+                .max();
         } else {
             seen.role = Role::Primary;
             let sql = format!(
