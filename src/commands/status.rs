@@ -16,10 +16,10 @@ pub const AFTER_HELP: &str = "\
 Asks the witness (`walferry witness`) for the cluster's state, with the shared secret.
 
 --json prints the witness's status answer as one JSON object: epoch, primary, timeline,
-promotion_pending, sync_acked_lsn, synchronous, failover_timeout_ms, primary_silent_ms, nodes
-(name, role, stale, timeline, epoch, flush_lsn, replay_lsn, lag_bytes, health,
-primary_visible, priority, synchronous, last_report_ms_ago) and candidates (node, flush_lsn,
-priority, eligible, note), best first.
+promotion_pending, switchover_pending, sync_acked_lsn, synchronous, failover_timeout_ms,
+primary_silent_ms, nodes (name, role, stale, timeline, epoch, flush_lsn, replay_lsn,
+lag_bytes, health, primary_visible, priority, synchronous, last_report_ms_ago, down, address,
+problem) and candidates (node, flush_lsn, priority, eligible, note), best first.
 
 Exit status:
   0  the witness answered
@@ -168,6 +168,14 @@ fn table(v: &StatusView) -> String {
             n.priority,
             n.last_report_ms_ago as f64 / 1000.0
         );
+    }
+    for n in &v.nodes {
+        if n.down {
+            let _ = writeln!(out, "{}: PostgreSQL is down", n.name);
+        }
+        if let Some(problem) = &n.problem {
+            let _ = writeln!(out, "{}: {problem}", n.name);
+        }
     }
     let _ = writeln!(out, "\npromotable if the primary is lost (best first):");
     if v.candidates.is_empty() {
