@@ -8,15 +8,7 @@ mod ha_support;
 use std::time::{Duration, Instant};
 
 use common::{PgCluster, StandbyOptions};
-use ha_support::{eligible, epoch_of, node, primary_of, Lab, LAB_CONF};
-
-fn lab_primary() -> PgCluster {
-    let mut b = PgCluster::builder();
-    for line in LAB_CONF {
-        b = b.conf(line);
-    }
-    b.start()
-}
+use ha_support::{eligible, epoch_of, lab_primary, node, primary_of, Lab};
 
 fn count(cluster: &PgCluster) -> i64 {
     cluster
@@ -41,7 +33,7 @@ fn two_nodes(a: &PgCluster, b: &PgCluster) -> Lab {
 
 #[test]
 fn a_primary_killed_with_kill_9_is_failed_over_and_comes_back_as_a_standby() {
-    let mut a = lab_primary();
+    let mut a = lab_primary(&[]);
     a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 1000) g");
     let b = PgCluster::standby_of(&a, StandbyOptions::new());
@@ -119,7 +111,7 @@ fn a_primary_killed_with_kill_9_is_failed_over_and_comes_back_as_a_standby() {
 
 #[test]
 fn with_the_witness_down_nothing_fails_over_and_writes_continue() {
-    let a = lab_primary();
+    let a = lab_primary(&[]);
     a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     let b = PgCluster::standby_of(&a, StandbyOptions::new());
     let mut lab = two_nodes(&a, &b);
@@ -167,7 +159,7 @@ fn switchover(lab: &Lab, to: &str) -> std::process::Output {
 
 #[test]
 fn a_switchover_and_back_loses_nothing_and_leaves_one_writer() {
-    let a = lab_primary();
+    let a = lab_primary(&[]);
     a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 500) g");
     let b = PgCluster::standby_of(&a, StandbyOptions::new());
@@ -230,11 +222,7 @@ fn a_primary_whose_pgdata_is_deleted_is_rebuilt_from_the_repository_and_rejoins(
         common::walferry_bin().display(),
         repo.path().display()
     );
-    let mut builder = PgCluster::builder().conf("archive_mode = on").conf(push);
-    for line in LAB_CONF {
-        builder = builder.conf(line);
-    }
-    let a = builder.start();
+    let a = lab_primary(&["archive_mode = on".to_string(), push]);
     a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 300) g");
     let out = walferry(&[

@@ -14,9 +14,9 @@ mod ha_support;
 
 use std::time::{Duration, Instant};
 
-use common::{PgCluster, StandbyOptions, HOST};
+use common::{PgCluster, HOST};
 use ha_support::{
-    eligible, epoch_of, missing, node, primary_of, server_pids, Lab, Proxy, Writer, LAB_CONF,
+    eligible, epoch_of, missing, node, primary_of, server_pids, writer_pair, Lab, Proxy, Writer,
 };
 
 struct Net {
@@ -41,21 +41,9 @@ impl Net {
 /// Primary a with b as its synchronous standby, a synchronous witness, both agents behind
 /// proxies; steady (a primary at epoch 1, b a promotable sync standby).
 fn sync_pair() -> (PgCluster, PgCluster, Net, Lab) {
-    let mut builder = PgCluster::builder();
-    for line in LAB_CONF {
-        builder = builder.conf(line);
-    }
-    let a = builder.start();
-    a.psql("CREATE TABLE t (session int, seq int, PRIMARY KEY (session, seq))");
-    let b = PgCluster::standby_of(&a, StandbyOptions::new());
+    let (a, b) = writer_pair();
     let mut lab = Lab::new_synchronous(4.0);
-    let witness_port: u16 = lab
-        .witness
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("witness port");
+    let witness_port = lab.witness_port();
     let net = Net {
         a_pg: Proxy::start(a.port()),
         a_witness: Proxy::start(witness_port),

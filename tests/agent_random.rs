@@ -11,24 +11,10 @@ mod ha_support;
 
 use std::time::{Duration, Instant};
 
-use common::{PgCluster, StandbyOptions, HOST};
-use ha_support::{epoch_of, missing, node, primary_of, server_pids, Lab, Proxy, Writer, LAB_CONF};
-
-/// xorshift64*: a small, seeded, reproducible generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use common::{PgCluster, HOST};
+use ha_support::{
+    epoch_of, missing, node, primary_of, server_pids, writer_pair, Lab, Proxy, Writer,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -79,40 +65,17 @@ fn writable(c: &PgCluster) -> bool {
 
 #[test]
 fn random_faults_never_make_two_writers_nor_lose_an_acknowledged_commit() {
-    let seed: u64 = std::env::var("WALFERRY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-        | 1;
+    let mut rng = common::Rng::from_env_or_time("WALFERRY_SEED");
+    let seed = rng.seed();
     let trials: usize = std::env::var("WALFERRY_TRIALS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    eprintln!(
-        "random faults: seed {seed} (WALFERRY_SEED={seed} repeats this run), {trials} trials"
-    );
-    let mut rng = Rng(seed);
+    eprintln!("random faults: {trials} trials (WALFERRY_SEED={seed} repeats this run)");
 
-    let mut builder = PgCluster::builder();
-    for line in LAB_CONF {
-        builder = builder.conf(line);
-    }
-    let a = builder.start();
-    a.psql("CREATE TABLE t (session int, seq int, PRIMARY KEY (session, seq))");
-    let b = PgCluster::standby_of(&a, StandbyOptions::new());
+    let (a, b) = writer_pair();
     let mut lab = Lab::new_synchronous(4.0);
-    let witness_port: u16 = lab
-        .witness
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("witness port");
+    let witness_port = lab.witness_port();
     let nodes = [
         Node {
             name: "a",
@@ -172,7 +135,7 @@ fn random_faults_never_make_two_writers_nor_lose_an_acknowledged_commit() {
     let mut primary = steady(&mut lab, "the cluster to settle", 1);
     let mut log = Vec::new();
     for trial in 1..=trials {
-        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        let fault = FAULTS[rng.range(0, FAULTS.len() as u64) as usize];
         let (p, s) = if primary == "a" {
             (&nodes[0], &nodes[1])
         } else {

@@ -18,7 +18,7 @@ fn kills_then_resume(compress: &str) {
     let pg = PgCluster::primary();
     let slot_lsn = pg.create_physical_slot("wf");
     let dir = tempdir();
-    let mut rng = Rng::from_env_or_time("WALFERRY_RESUME_SEED");
+    let mut rng = common::Rng::from_env_or_time("WALFERRY_RESUME_SEED");
 
     // Background WAL: 2 MiB commits with short pauses, bounded in count.
     let stop = Arc::new(AtomicBool::new(false));

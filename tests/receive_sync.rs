@@ -171,7 +171,7 @@ fn sync_standby_kill9(compress: &str) {
 
     const CLIENTS: usize = 3;
     let burst = Burst::start(&pg, CLIENTS);
-    let mut rng = Rng::from_env_or_time("WALFERRY_SYNC_SEED");
+    let mut rng = common::Rng::from_env_or_time("WALFERRY_SYNC_SEED");
     burst.wait_for(200, Duration::from_secs(60));
     // A random kill point in the burst (the schedule under test, not a wait).
     std::thread::sleep(Duration::from_millis(rng.range(0, 400)));

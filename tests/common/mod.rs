@@ -1462,3 +1462,42 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+/// A seeded xorshift generator: random-but-replayable schedules (the seed is printed).
+pub struct Rng(u64, u64);
+
+impl Rng {
+    pub fn from_env_or_time(var: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            })
+            | 1;
+        eprintln!("random schedule seed: {var}={seed}");
+        Rng(seed, seed)
+    }
+
+    /// The seed the schedule started from (to quote in a failure).
+    pub fn seed(&self) -> u64 {
+        self.1
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}

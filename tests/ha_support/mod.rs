@@ -22,6 +22,28 @@ pub const SECRET: &str = "a-shared-secret-for-the-agent-tests";
 /// every second (the primary's fence check counts them).
 pub const LAB_CONF: [&str; 2] = ["wal_log_hints = on", "wal_receiver_status_interval = 1s"];
 
+/// A running primary with [`LAB_CONF`] and `extra` settings.
+pub fn lab_primary(extra: &[String]) -> PgCluster {
+    let mut builder = PgCluster::builder();
+    for line in LAB_CONF
+        .iter()
+        .map(|l| l.to_string())
+        .chain(extra.iter().cloned())
+    {
+        builder = builder.conf(line);
+    }
+    builder.start()
+}
+
+/// A primary with [`LAB_CONF`], table `t(session, seq)` for a [`Writer`], and its streaming
+/// standby.
+pub fn writer_pair() -> (PgCluster, PgCluster) {
+    let a = lab_primary(&[]);
+    a.psql("CREATE TABLE t (session int, seq int, PRIMARY KEY (session, seq))");
+    let b = PgCluster::standby_of(&a, crate::common::StandbyOptions::new());
+    (a, b)
+}
+
 pub struct AgentProc {
     pub name: String,
     child: Option<Child>,
@@ -120,6 +142,16 @@ impl Lab {
             dir,
             failover_timeout,
         }
+    }
+
+    /// The witness's port (to put a [`Proxy`] in front of it).
+    pub fn witness_port(&self) -> u16 {
+        self.witness
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the witness's port")
     }
 
     /// Stop the witness (kill -9); `restart_witness` brings it back on the same address.

@@ -555,40 +555,6 @@ pub fn pg_waldump(dir: &Path, tli: u32, start: u64, extra: &[&str]) -> (String, 
     )
 }
 
-/// A seeded xorshift generator: random-but-replayable schedules (the seed is printed).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn from_env_or_time(var: &str) -> Rng {
-        let seed = std::env::var(var)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
-            | 1;
-        eprintln!("random schedule seed: {var}={seed}");
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `[lo, hi)`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
 /// `walferry receive -D <fresh dir> -d <conninfo> -E <endpos> -w`, HOME an empty directory
 /// (no ~/.postgresql files) unless `setup` says otherwise.
 pub fn probe_to(endpos: u64, conninfo: &str, setup: impl FnOnce(&mut Command)) -> Output {
