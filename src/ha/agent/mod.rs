@@ -455,7 +455,19 @@ impl Agent {
             } => {
                 self.failover_timeout = Duration::from_millis(failover_timeout_ms);
                 if let Err(e) = self.cfg.timeouts.validate(self.failover_timeout) {
-                    self.problem = Some(format!("configuration: {e} ({})", e.hint()));
+                    // Never run with a fence that could come after a promote: shorten it.
+                    let safe = self
+                        .failover_timeout
+                        .saturating_sub(self.cfg.timeouts.report_interval);
+                    if safe < self.cfg.timeouts.fence_timeout && !safe.is_zero() {
+                        tracing::error!(
+                            "configuration: {e}; fencing after {safe:?} instead ({})",
+                            e.hint()
+                        );
+                        self.cfg.timeouts.fence_timeout = safe;
+                    } else {
+                        self.problem = Some(format!("configuration: {e} ({})", e.hint()));
+                    }
                 }
                 self.primary_address = primary_address;
                 (primary, directive)
