@@ -275,3 +275,67 @@ fn a_primary_whose_pgdata_is_deleted_is_rebuilt_from_the_repository_and_rejoins(
         lab.logs()
     );
 }
+
+/// A standby with priority 0 is never promoted by itself: when the primary's node dies (its
+/// agent too), nothing fails over until an operator chooses it with `walferry failover`.
+#[test]
+fn an_operator_fails_over_to_a_node_the_rules_would_not_promote() {
+    let mut a = lab_primary(&[]);
+    a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 100) g");
+    let b = PgCluster::standby_of(&a, StandbyOptions::new());
+    let mut lab = Lab::new(4.0);
+    lab.agent("a", &a, &[]);
+    lab.agent("b", &b, &["--priority", "0"]);
+    lab.wait_status("a primary, b known", Duration::from_secs(30), |s| {
+        primary_of(s) == Some("a") && node(s, "b").is_some_and(|n| n["health"] == "ok")
+    });
+    b.wait_for_replay(a.current_wal_lsn());
+    let failover = |lab: &Lab| {
+        walferry(&[
+            "failover",
+            "--to",
+            "b",
+            "--witness",
+            &lab.witness.addr,
+            "--secret-file",
+            lab.secret.to_str().unwrap(),
+            "--wait",
+            "30",
+        ])
+    };
+    // While the primary is alive, an operator's failover is refused: that is a switchover.
+    let out = failover(&lab);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reported itself healthy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The node dies: its agent first, then its server.
+    lab.agent_mut("a").kill();
+    a.kill9();
+    std::thread::sleep(Duration::from_secs(7));
+    let status = lab.status().expect("status");
+    assert_eq!(
+        primary_of(&status),
+        Some("a"),
+        "priority 0: no automatic promote"
+    );
+    assert_eq!(b.psql("SELECT pg_is_in_recovery()"), "t");
+    let out = failover(&lab);
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        lab.logs()
+    );
+    common::wait_until("b to take writes", Duration::from_secs(20), || {
+        b.try_psql("INSERT INTO t (id) VALUES (101)").is_ok()
+    });
+    assert_eq!(count(&b), 101);
+    lab.wait_status("b primary at epoch 2", Duration::from_secs(10), |s| {
+        primary_of(s) == Some("b") && epoch_of(s) == 2
+    });
+}

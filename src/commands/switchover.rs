@@ -33,7 +33,8 @@ Exit status:
 pub const FAILOVER_AFTER_HELP: &str = "\
 Forces the promotion of NODE when the primary is lost (its agent silent for the failover
 timeout, or reporting PostgreSQL down) but the automatic rules will not pick NODE: because
-another standby is more advanced or preferred, or still reaches the primary. It is refused
+another standby is more advanced or preferred, still reaches the primary, or NODE has
+priority 0 (never promoted automatically). It is refused
 while the primary is alive (use walferry switchover). In synchronous mode NODE must hold every
 acknowledged commit unless --allow-data-loss is given.
 

@@ -452,7 +452,8 @@ pub fn decide_switchover(
 
 /// Whether an operator may force a failover to `to`: the primary must be lost exactly as for
 /// an automatic promote (silent for the failover timeout, or reported down), but `to` need
-/// not be the most advanced standby, nor see the primary lost itself. In synchronous mode it
+/// not be the most advanced standby, nor see the primary lost itself, and may have priority 0
+/// (never promoted automatically). In synchronous mode it
 /// must hold every acknowledged commit unless data loss is allowed.
 pub fn decide_forced_failover(
     state: &ClusterState,
@@ -471,7 +472,11 @@ pub fn decide_forced_failover(
         });
     }
     let node = &state.nodes[to];
-    eligibility(state, policy, now, to, node).map_err(|why| Refusal::Ineligible { why })?;
+    // Priority 0 means "never promote by itself": the operator may still choose it.
+    match eligibility(state, policy, now, to, node) {
+        Ok(()) | Err(Ineligible::NeverPromote) => {}
+        Err(why) => return Err(Refusal::Ineligible { why }),
+    }
     let waived = policy.allow_data_loss || allow_data_loss;
     if policy.synchronous && !waived && node.flush_lsn < state.sync_acked_lsn {
         return Err(Refusal::MissingAckedCommits {
