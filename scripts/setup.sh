@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent machine set-up for a fresh Debian bookworm (or a machine that already has it all):
-# PostgreSQL 15 server + client programs, openssl, and cargo-nextest. Safe to run repeatedly.
+# PostgreSQL 15 server + client programs, openssl, etcd (the failover state's other backend,
+# for its tests), and cargo-nextest. Safe to run repeatedly.
 # Tests start their own clusters; the Debian-managed cluster is neither needed nor touched.
 set -euo pipefail
 
@@ -21,13 +22,19 @@ need_packages=0
 [ -x "$PG_BIN/postgres" ] || need_packages=1
 [ -x "$PG_BIN/psql" ] || command -v psql >/dev/null 2>&1 || need_packages=1
 command -v openssl >/dev/null 2>&1 || need_packages=1
+command -v etcd >/dev/null 2>&1 || [ "${WALFERRY_SETUP_NO_ETCD:-}" = 1 ] || need_packages=1
 
 if [ "$need_packages" -eq 1 ]; then
-    echo "setup.sh: installing postgresql-15, postgresql-client-15, openssl"
+    echo "setup.sh: installing postgresql-15, postgresql-client-15, openssl, etcd-server"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -q
     as_root apt-get install -y -q --no-install-recommends \
         postgresql-15 postgresql-client-15 openssl
+    if [ "${WALFERRY_SETUP_NO_ETCD:-}" != 1 ]; then
+        as_root apt-get install -y -q --no-install-recommends etcd-server
+        # The package starts a system etcd on the default ports; the tests run their own.
+        as_root systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! getent passwd postgres >/dev/null 2>&1; then

@@ -20,7 +20,10 @@ fn count(cluster: &PgCluster) -> i64 {
 /// Starts the witness and the agents of `a` (primary) and `b` (standby), and waits until the
 /// witness names a the primary at epoch 1 and b a promotable standby.
 fn two_nodes(a: &PgCluster, b: &PgCluster) -> Lab {
-    let mut lab = Lab::new(4.0);
+    two_nodes_in(Lab::new(4.0), a, b)
+}
+
+fn two_nodes_in(mut lab: Lab, a: &PgCluster, b: &PgCluster) -> Lab {
     lab.agent("a", a, &[]);
     lab.agent("b", b, &[]);
     lab.wait_status(
@@ -33,12 +36,22 @@ fn two_nodes(a: &PgCluster, b: &PgCluster) -> Lab {
 
 #[test]
 fn a_primary_killed_with_kill_9_is_failed_over_and_comes_back_as_a_standby() {
+    kill_9_of_the_primary(|| Lab::new(4.0));
+}
+
+/// The same with the failover state in etcd (the primary's liveness a lease).
+#[test]
+fn etcd_a_primary_killed_with_kill_9_is_failed_over_and_comes_back_as_a_standby() {
+    kill_9_of_the_primary(|| Lab::new_etcd(4.0));
+}
+
+fn kill_9_of_the_primary(new_lab: impl FnOnce() -> Lab) {
     let mut a = lab_primary(&[]);
     a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 1000) g");
     let b = PgCluster::standby_of(&a, StandbyOptions::new());
     b.wait_for_replay(a.current_wal_lsn());
-    let mut lab = two_nodes(&a, &b);
+    let mut lab = two_nodes_in(new_lab(), &a, &b);
 
     // The standby's agent manages its upstream and its reply interval.
     common::wait_until(
@@ -144,26 +157,34 @@ fn walferry(args: &[&str]) -> std::process::Output {
 }
 
 fn switchover(lab: &Lab, to: &str) -> std::process::Output {
-    walferry(&[
-        "switchover",
-        "--to",
-        to,
-        "--witness",
-        &lab.witness.addr,
-        "--secret-file",
-        lab.secret.to_str().unwrap(),
-        "--wait",
-        "60",
-    ])
+    let mut args = vec![
+        "switchover".to_string(),
+        "--to".into(),
+        to.into(),
+        "--wait".into(),
+        "60".into(),
+    ];
+    args.extend(lab.coord_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    walferry(&args)
 }
 
 #[test]
 fn a_switchover_and_back_loses_nothing_and_leaves_one_writer() {
+    switchover_and_back(|| Lab::new(4.0));
+}
+
+#[test]
+fn etcd_a_switchover_and_back_loses_nothing_and_leaves_one_writer() {
+    switchover_and_back(|| Lab::new_etcd(4.0));
+}
+
+fn switchover_and_back(new_lab: impl FnOnce() -> Lab) {
     let a = lab_primary(&[]);
     a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
     a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 500) g");
     let b = PgCluster::standby_of(&a, StandbyOptions::new());
-    let mut lab = two_nodes(&a, &b);
+    let mut lab = two_nodes_in(new_lab(), &a, &b);
 
     let started = Instant::now();
     let out = switchover(&lab, "b");
@@ -292,17 +313,16 @@ fn an_operator_fails_over_to_a_node_the_rules_would_not_promote() {
     });
     b.wait_for_replay(a.current_wal_lsn());
     let failover = |lab: &Lab| {
-        walferry(&[
-            "failover",
-            "--to",
-            "b",
-            "--witness",
-            &lab.witness.addr,
-            "--secret-file",
-            lab.secret.to_str().unwrap(),
-            "--wait",
-            "30",
-        ])
+        let mut args = vec![
+            "failover".to_string(),
+            "--to".into(),
+            "b".into(),
+            "--wait".into(),
+            "30".into(),
+        ];
+        args.extend(lab.coord_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        walferry(&args)
     };
     // While the primary is alive, an operator's failover is refused: that is a switchover.
     let out = failover(&lab);

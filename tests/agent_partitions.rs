@@ -41,9 +41,14 @@ impl Net {
 /// Primary a with b as its synchronous standby, a synchronous witness, both agents behind
 /// proxies; steady (a primary at epoch 1, b a promotable sync standby).
 fn sync_pair() -> (PgCluster, PgCluster, Net, Lab) {
+    sync_pair_in(|| Lab::new_synchronous(4.0))
+}
+
+/// [`sync_pair`] in the lab `new_lab` makes (the witness's or etcd's links proxied).
+fn sync_pair_in(new_lab: impl FnOnce() -> Lab) -> (PgCluster, PgCluster, Net, Lab) {
     let (a, b) = writer_pair();
-    let mut lab = Lab::new_synchronous(4.0);
-    let witness_port = lab.witness_port();
+    let mut lab = new_lab();
+    let witness_port = lab.coordinator_port();
     let net = Net {
         a_pg: Proxy::start(a.port()),
         a_witness: Proxy::start(witness_port),
@@ -116,7 +121,16 @@ fn check_after_failover(a: &PgCluster, b: &PgCluster, lab: &mut Lab, acked: &[i6
 
 #[test]
 fn an_isolated_primary_fences_itself_before_the_standby_is_promoted_and_loses_nothing() {
-    let (a, b, net, mut lab) = sync_pair();
+    isolated_primary(sync_pair());
+}
+
+/// The same with the state in etcd: the isolated primary's lease runs out.
+#[test]
+fn etcd_an_isolated_primary_fences_itself_before_the_standby_is_promoted_and_loses_nothing() {
+    isolated_primary(sync_pair_in(|| Lab::new_etcd_synchronous(4.0)));
+}
+
+fn isolated_primary((a, b, net, mut lab): (PgCluster, PgCluster, Net, Lab)) {
     let writer = Writer::start(1, writer_conninfo(&a, &b));
     common::wait_until("some commits", Duration::from_secs(20), || {
         writer.count() >= 20

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use walferry::ha::agent::{Agent, AgentConfig};
-use walferry::ha::auth::Secret;
 use walferry::ha::rules::{AgentTimeouts, DEFAULT_FAILOVER_TIMEOUT};
 use walferry::ha::wire::DEFAULT_PRIORITY;
 
@@ -30,6 +29,10 @@ carries out what the witness's answer and the rules say:
             rejoins as a standby of the new primary: pg_rewind (needs wal_log_hints = on or
             data checksums), else walferry restore --delta --standby from --repo. A failed
             rejoin is shown in walferry status and retried; the server stays stopped.
+
+The failover state lives in a walferry witness (--witness, --secret-file) or in etcd
+(--etcd http://HOST:PORT, with --failover-timeout and --synchronous the same on every agent;
+the primary's liveness is then an etcd lease).
 
 The agent needs: a superuser connection to its own server (--local-conninfo), the other
 nodes' agents need --address to reach this server, and --replication-conninfo must let this
@@ -90,13 +93,8 @@ pub struct Args {
     #[arg(long = "upstream", value_name = "CONNINFO")]
     pub upstream: Option<String>,
 
-    /// The witness's address
-    #[arg(long = "witness", value_name = "HOST:PORT")]
-    pub witness: Option<String>,
-
-    /// File holding the shared secret (mode 0600; the witness's)
-    #[arg(long = "secret-file", value_name = "FILE")]
-    pub secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub coord: super::coord_args::CoordArgs,
 
     /// Repository to rebuild this node from when pg_rewind cannot (walferry restore --delta)
     #[arg(long = "repo", value_name = "REPO")]
@@ -160,8 +158,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let node = required(args.node, "node")?;
     let pgdata = required(args.pgdata, "pgdata")?;
     let address = required(args.address, "address")?;
-    let witness = required(args.witness, "witness")?;
-    let secret_file = required(args.secret_file, "secret-file")?;
+    let coordinator = args.coord.config("agent")?;
     let timeouts = AgentTimeouts {
         report_interval: seconds("report-interval", args.report_interval)?,
         fence_timeout: seconds("fence-timeout", args.fence_timeout)?,
@@ -171,8 +168,6 @@ pub fn run(args: Args) -> Result<(), Failure> {
     timeouts
         .validate(DEFAULT_FAILOVER_TIMEOUT.max(timeouts.fence_timeout + timeouts.report_interval))
         .map_err(|e| Failure::usage(e.to_string(), "agent").with_hint(e.hint()))?;
-    let secret =
-        Secret::load(&secret_file).map_err(|e| Failure::new(e.to_string()).with_hint(e.hint()))?;
     let parent = pgdata
         .parent()
         .map(PathBuf::from)
@@ -193,8 +188,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         address,
         replication_conninfo: args.replication_conninfo,
         upstream: args.upstream,
-        witness,
-        secret,
+        coordinator,
         repo: args.repo,
         priority: args.priority,
         synchronous_standby_names: args.synchronous_standby_names,

@@ -6,6 +6,7 @@ pub mod archive_push;
 pub mod auth_verifier;
 pub mod backup;
 pub mod config;
+pub mod coord_args;
 pub mod list;
 pub mod receive;
 pub mod relay;

@@ -2,11 +2,9 @@
 //! promoted), as a table or JSON.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use walferry::ha::auth::Secret;
-use walferry::ha::client::WitnessClient;
+use walferry::ha::coordinator::{Coordination, Coordinator, CoordinatorConfig};
 use walferry::ha::wire::{Answer, Request, StatusView};
 use walferry::ha::Epoch;
 
@@ -28,13 +26,8 @@ Exit status:
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The witness's address
-    #[arg(long = "witness", value_name = "HOST:PORT")]
-    pub witness: String,
-
-    /// File holding the shared secret (mode 0600)
-    #[arg(long = "secret-file", value_name = "FILE")]
-    pub secret_file: PathBuf,
+    #[command(flatten)]
+    pub coord: super::coord_args::CoordArgs,
 
     /// Print JSON instead of a table
     #[arg(long = "json")]
@@ -50,11 +43,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let secret = Secret::load(&args.secret_file)
-        .map_err(|e| Failure::new(e.to_string()).with_hint(e.hint()))?;
+    let coord = args.coord.config("status")?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let runtime = super::current_thread_runtime()?;
-    let view = runtime.block_on(status_view(&args.witness, &secret, timeout))?;
+    let view = runtime.block_on(status_view(&coord, timeout))?;
     if args.json {
         let text = serde_json::to_string_pretty(&view)
             .map_err(|e| Failure::new(format!("could not print the status: {e}")))?;
@@ -65,48 +57,37 @@ pub fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The witness's status answer.
+/// The status answer of the witness (or etcd).
 pub async fn status_view(
-    witness: &str,
-    secret: &Secret,
+    coord: &CoordinatorConfig,
     timeout: Duration,
 ) -> Result<Box<StatusView>, Failure> {
-    match ask(witness, secret, timeout, Request::Status).await? {
+    match ask(coord, timeout, Request::Status).await? {
         (_, Answer::Status(view)) => Ok(view),
         (_, other) => Err(Failure::new(format!(
-            "unexpected answer from the witness: {other:?}"
+            "unexpected answer from the {coord}: {other:?}"
         ))),
     }
 }
 
-/// One request to the witness; its errors (unreachable, refused with an error) as failures.
+/// One request to the witness (or etcd); its errors (unreachable, refused with an error) as
+/// failures.
 pub async fn ask(
-    witness: &str,
-    secret: &Secret,
+    coord: &CoordinatorConfig,
     timeout: Duration,
     request: Request,
 ) -> Result<(Epoch, Answer), Failure> {
-    let answer = async {
-        let mut client = WitnessClient::connect(witness, secret.clone(), timeout).await?;
-        client.call(request).await
-    }
-    .await;
-    match answer {
+    let mut coordinator = Coordinator::new(coord).map_err(Failure::new)?;
+    match coordinator.call(request, timeout).await {
         Ok((_, Answer::Error { message, hint })) => {
-            let f = Failure::new(format!("the witness refused: {message}"));
+            let f = Failure::new(format!("the {coord} refused: {message}"));
             Err(match hint {
                 Some(h) => f.with_hint(h),
                 None => f,
             })
         }
         Ok(answer) => Ok(answer),
-        Err(e) => {
-            let f = Failure::new(e.to_string());
-            Err(match e.hint() {
-                Some(h) => f.with_hint(h),
-                None => f,
-            })
-        }
+        Err(e) => Err(Failure::new(e)),
     }
 }
 

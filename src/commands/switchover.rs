@@ -1,10 +1,8 @@
 //! `walferry switchover` and `walferry failover`: an operator changes the primary through the
 //! witness, and watches it happen.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use walferry::ha::auth::Secret;
 use walferry::ha::state::Role;
 use walferry::ha::wire::{Answer, OperatorRequest, Request, StatusView};
 
@@ -49,13 +47,8 @@ pub struct Args {
     #[arg(long = "to", value_name = "NODE")]
     pub to: String,
 
-    /// The witness's address
-    #[arg(long = "witness", value_name = "HOST:PORT")]
-    pub witness: String,
-
-    /// File holding the shared secret (mode 0600)
-    #[arg(long = "secret-file", value_name = "FILE")]
-    pub secret_file: PathBuf,
+    #[command(flatten)]
+    pub coord: super::coord_args::CoordArgs,
 
     /// Seconds to wait for the change to complete
     #[arg(long = "wait", value_name = "SECONDS", default_value = "90")]
@@ -91,11 +84,11 @@ pub fn run_failover(args: FailoverArgs) -> Result<(), Failure> {
 }
 
 fn run(args: Args, forced: bool, allow_data_loss: bool) -> Result<(), Failure> {
-    let secret = Secret::load(&args.secret_file)
-        .map_err(|e| Failure::new(e.to_string()).with_hint(e.hint()))?;
+    let command = if forced { "failover" } else { "switchover" };
+    let coord = args.coord.config(command)?;
     let runtime = super::current_thread_runtime()?;
     runtime.block_on(async {
-        let before = status_view(&args.witness, &secret, CALL_TIMEOUT).await?;
+        let before = status_view(&coord, CALL_TIMEOUT).await?;
         let old = before.primary.clone();
         let request = OperatorRequest {
             to: args.to.clone(),
@@ -106,7 +99,7 @@ fn run(args: Args, forced: bool, allow_data_loss: bool) -> Result<(), Failure> {
         } else {
             Request::Switchover(request)
         };
-        match ask(&args.witness, &secret, CALL_TIMEOUT, request).await? {
+        match ask(&coord, CALL_TIMEOUT, request).await? {
             (_, Answer::Accepted { message }) => println!("{message}"),
             (epoch, Answer::Granted { node }) => {
                 println!("failover to \"{node}\" granted for epoch {epoch}")
@@ -129,7 +122,7 @@ fn run(args: Args, forced: bool, allow_data_loss: bool) -> Result<(), Failure> {
         let mut promoted = false;
         let mut said = String::new();
         loop {
-            if let Ok(view) = status_view(&args.witness, &secret, CALL_TIMEOUT).await {
+            if let Ok(view) = status_view(&coord, CALL_TIMEOUT).await {
                 let step = progress(&view, &args.to, old.as_deref(), before.epoch.0);
                 if step.text != said {
                     println!("{:>6.1} s  {}", started.elapsed().as_secs_f64(), step.text);

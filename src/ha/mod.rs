@@ -68,6 +68,8 @@
 pub mod agent;
 pub mod auth;
 pub mod client;
+pub mod coordinator;
+pub mod etcd;
 pub mod rules;
 pub mod server;
 pub mod state;

@@ -107,11 +107,111 @@ pub struct Lab {
     pub dir: TempDir,
     pub failover_timeout: f64,
     witness_options: Vec<String>,
+    /// With an etcd backend: the etcd server the agents keep the state in (the witness then
+    /// runs but nobody talks to it).
+    pub etcd: Option<EtcdProc>,
+}
+
+/// A single-member etcd 3.4 on loopback ports, in the lab's directory; killed when dropped.
+pub struct EtcdProc {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for EtcdProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Lab {
     pub fn new(failover_timeout: f64) -> Lab {
         Lab::with_witness_options(failover_timeout, &[])
+    }
+
+    /// A lab whose agents keep the failover state in etcd (with a lease for the primary's
+    /// liveness) instead of the witness.
+    pub fn new_etcd(failover_timeout: f64) -> Lab {
+        Lab::etcd_with(Lab::new(failover_timeout))
+    }
+
+    /// [`Lab::new_etcd`] in synchronous mode.
+    pub fn new_etcd_synchronous(failover_timeout: f64) -> Lab {
+        Lab::etcd_with(Lab::new_synchronous(failover_timeout))
+    }
+
+    fn etcd_with(mut lab: Lab) -> Lab {
+        let (client, peer) = (crate::common::free_port(), crate::common::free_port());
+        let url = format!("http://{HOST}:{client}");
+        let peer_url = format!("http://{HOST}:{peer}");
+        let child = std::process::Command::new("etcd")
+            .arg("--data-dir")
+            .arg(lab.dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start etcd (scripts/setup.sh installs etcd-server)");
+        lab.etcd = Some(EtcdProc { child, url });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lab.status().is_none() {
+            assert!(Instant::now() < deadline, "etcd did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab
+    }
+
+    /// The flags that point a walferry command at this lab's failover state.
+    pub fn coord_args(&self) -> Vec<String> {
+        self.coord_args_via(&format!("{HOST}:{}", self.coordinator_port()))
+    }
+
+    /// The port of the failover state's server: etcd's, or the witness's.
+    pub fn coordinator_port(&self) -> u16 {
+        match &self.etcd {
+            Some(e) => e
+                .url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("etcd's port"),
+            None => self.witness_port(),
+        }
+    }
+
+    /// `coordinator`: the witness's or etcd's HOST:PORT (or a proxy's in front of it).
+    fn coord_args_via(&self, coordinator: &str) -> Vec<String> {
+        match &self.etcd {
+            Some(_) => {
+                let mut args = vec![
+                    "--etcd".into(),
+                    format!("http://{coordinator}"),
+                    "--etcd-prefix".into(),
+                    "/walferry-test".into(),
+                    "--failover-timeout".into(),
+                    self.failover_timeout.to_string(),
+                ];
+                if self.witness_options.iter().any(|o| o == "--synchronous") {
+                    args.push("--synchronous".into());
+                }
+                args
+            }
+            None => vec![
+                "--witness".into(),
+                coordinator.to_string(),
+                "--secret-file".into(),
+                self.secret.to_string_lossy().into_owned(),
+            ],
+        }
     }
 
     /// A lab whose witness runs in `--synchronous` mode.
@@ -134,6 +234,7 @@ impl Lab {
             &options,
         );
         Lab {
+            etcd: None,
             witness_options: options,
             agents: Vec::new(),
             reaper: Reaper::start(),
@@ -182,8 +283,8 @@ impl Lab {
 
     /// Start `walferry -v agent` for `cluster` as node `name`, with `extra` options.
     pub fn agent(&mut self, name: &str, cluster: &PgCluster, extra: &[&str]) {
-        let witness = self.witness.addr.clone();
-        self.agent_via(name, cluster, cluster.port(), &witness, extra);
+        let coordinator = format!("{HOST}:{}", self.coordinator_port());
+        self.agent_via(name, cluster, cluster.port(), &coordinator, extra);
     }
 
     /// [`Lab::agent`], the other nodes reaching its server at `pg_port` and its agent reaching
@@ -212,8 +313,7 @@ impl Lab {
             ))
             .arg("--address")
             .arg(format!("host={HOST} port={pg_port}"))
-            .args(["--witness", witness, "--secret-file"])
-            .arg(&self.secret)
+            .args(self.coord_args_via(witness))
             .arg("--state-file")
             .arg(self.dir.path().join(format!("agent-{name}.json")))
             .arg("--log-file")
@@ -239,14 +339,8 @@ impl Lab {
     /// `walferry status --json`, parsed.
     pub fn status(&self) -> Option<Value> {
         let out = postgres_command(walferry_bin())
-            .args([
-                "status",
-                "--json",
-                "--witness",
-                &self.witness.addr,
-                "--secret-file",
-            ])
-            .arg(&self.secret)
+            .args(["status", "--json"])
+            .args(self.coord_args())
             .output()
             .ok()?;
         if !out.status.success() {

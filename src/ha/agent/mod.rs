@@ -28,8 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use self::postgres::{quote_literal, set_auto_conf, LocalPg, Observed, PROBE_PREFIX};
-use super::auth::Secret;
-use super::client::WitnessClient;
+use super::coordinator::{Coordination, Coordinator, CoordinatorConfig};
 use super::rules::{must_fence, AgentTimeouts};
 use super::state::{Health, Role};
 use super::wire::{AckPromoted, Answer, Directive, PromoteRequest, Report, Request};
@@ -51,8 +50,8 @@ pub struct AgentConfig {
     pub replication_conninfo: String,
     /// Stream from here (a `walferry relay`) instead of from the primary.
     pub upstream: Option<String>,
-    pub witness: String,
-    pub secret: Secret,
+    /// The witness, or etcd.
+    pub coordinator: CoordinatorConfig,
     /// The repository for a rejoin that pg_rewind cannot do.
     pub repo: Option<PathBuf>,
     pub priority: u32,
@@ -86,7 +85,7 @@ const REJOIN_RETRY: Duration = Duration::from_secs(5);
 pub struct Agent {
     cfg: AgentConfig,
     pg: LocalPg,
-    witness: Option<WitnessClient>,
+    coord: Coordinator,
     epoch: Epoch,
     /// Last answer from the witness, and when.
     last_witness: Option<UnixMillis>,
@@ -141,7 +140,7 @@ impl Agent {
         );
         Ok(Agent {
             pg,
-            witness: None,
+            coord: Coordinator::new(&cfg.coordinator)?,
             epoch: persisted.epoch,
             last_witness: None,
             last_standby: None,
@@ -179,10 +178,10 @@ impl Agent {
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         tracing::info!(
-            "agent {}: PGDATA {}, witness {}, epoch {}",
+            "agent {}: PGDATA {}, {}, epoch {}",
             self.cfg.node,
             self.cfg.pgdata.display(),
-            self.cfg.witness,
+            self.cfg.coordinator,
             self.epoch
         );
         loop {
@@ -381,42 +380,15 @@ impl Agent {
         }
     }
 
-    async fn witness(&mut self, budget: Duration) -> Option<&mut WitnessClient> {
-        if self.witness.is_none() {
-            match WitnessClient::connect(&self.cfg.witness, self.cfg.secret.clone(), budget).await {
-                Ok(c) => self.witness = Some(c),
-                Err(e) => {
-                    tracing::debug!("{e}");
-                    return None;
-                }
-            }
-        }
-        self.witness.as_mut()
-    }
-
     async fn call(&mut self, request: Request) -> Option<(Epoch, Answer)> {
         let budget = self.call_budget();
-        let started = Instant::now();
-        let client = self.witness(budget).await?;
-        let left = budget
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(50));
-        match tokio::time::timeout(left, client.call(request)).await {
-            Ok(Ok(answer)) => {
+        match self.coord.call(request, budget).await {
+            Ok(answer) => {
                 self.last_witness = Some(wall_clock_now());
                 Some(answer)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!("{e}");
-                self.witness = None;
-                None
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "the witness at {} did not answer within {left:?}",
-                    self.cfg.witness
-                );
-                self.witness = None;
                 None
             }
         }
