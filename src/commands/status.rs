@@ -87,7 +87,13 @@ pub async fn ask(
             })
         }
         Ok(answer) => Ok(answer),
-        Err(e) => Err(Failure::new(e)),
+        Err(e) => {
+            let f = Failure::new(e.message);
+            Err(match e.hint {
+                Some(h) => f.with_hint(h),
+                None => f,
+            })
+        }
     }
 }
 

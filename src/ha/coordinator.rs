@@ -27,13 +27,38 @@ pub enum CoordinatorConfig {
     },
 }
 
+/// Why a request got no answer, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for CoordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.hint {
+            Some(h) => write!(f, "{} ({h})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl CoordError {
+    fn new(message: String, hint: Option<&str>) -> Self {
+        CoordError {
+            message,
+            hint: hint.map(str::to_string),
+        }
+    }
+}
+
 /// One connection to the failover state: a request in, the epoch and the answer out.
 pub trait Coordination {
     fn call(
         &mut self,
         request: Request,
         budget: Duration,
-    ) -> impl std::future::Future<Output = Result<(Epoch, Answer), String>>;
+    ) -> impl std::future::Future<Output = Result<(Epoch, Answer), CoordError>>;
 }
 
 pub enum Coordinator {
@@ -83,7 +108,7 @@ impl Coordination for Coordinator {
         &mut self,
         request: Request,
         budget: Duration,
-    ) -> Result<(Epoch, Answer), String> {
+    ) -> Result<(Epoch, Answer), CoordError> {
         match self {
             Coordinator::Witness {
                 addr,
@@ -94,7 +119,7 @@ impl Coordination for Coordinator {
                 if client.is_none() {
                     let c = WitnessClient::connect(addr, secret.clone(), budget)
                         .await
-                        .map_err(|e| with_hint(e.to_string(), e.hint()))?;
+                        .map_err(|e| CoordError::new(e.to_string(), e.hint()))?;
                     *client = Some(Box::new(c));
                 }
                 let left = budget
@@ -105,27 +130,23 @@ impl Coordination for Coordinator {
                     Ok(Ok(answer)) => Ok(answer),
                     Ok(Err(e)) => {
                         *client = None;
-                        Err(with_hint(e.to_string(), e.hint()))
+                        Err(CoordError::new(e.to_string(), e.hint()))
                     }
                     Err(_) => {
                         *client = None;
-                        Err(format!(
-                            "the witness at {addr} did not answer within {left:?}"
+                        Err(CoordError::new(
+                            format!("the witness at {addr} did not answer within {left:?}"),
+                            Some("is `walferry witness` running there, and reachable?"),
                         ))
                     }
                 }
             }
             Coordinator::Etcd(etcd) => {
                 etcd.set_timeout(budget);
-                etcd.call(request).await.map_err(|e| e.to_string())
+                etcd.call(request).await.map_err(|e| {
+                    CoordError::new(e.to_string(), Some("is etcd running there, and reachable?"))
+                })
             }
         }
-    }
-}
-
-fn with_hint(message: String, hint: Option<&str>) -> String {
-    match hint {
-        Some(h) => format!("{message} ({h})"),
-        None => message,
     }
 }
