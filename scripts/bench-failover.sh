@@ -48,6 +48,9 @@ TOOLS=${TOOLS:-walferry pg_auto_failover patroni}
 FAULTS=${FAULTS:-postgres-kill9 node-death sigstop blip}
 # Seconds to wait for the first write after a fault, and for a tool to be ready again.
 RTO_TIMEOUT=${RTO_TIMEOUT:-180}
+# A tool may never fail a frozen primary over (pg_auto_failover does not while its keeper
+# lives): sigstop trials wait less, then resume the primary.
+SIGSTOP_RTO_TIMEOUT=${SIGSTOP_RTO_TIMEOUT:-60}
 READY_TIMEOUT=${READY_TIMEOUT:-240}
 # Seconds of writes before the fault, and after the first write once the fault is over.
 WARMUP=${WARMUP:-2}
@@ -615,8 +618,10 @@ run_trial() {
         # shellcheck disable=SC2086
         kill -CONT $pids 2>/dev/null || true
     fi
+    local wait_max=$RTO_TIMEOUT
+    [ "$fault" = sigstop ] && wait_max=$SIGSTOP_RTO_TIMEOUT
     res=
-    for ((i = 0; i < RTO_TIMEOUT * 10; i++)); do
+    for ((i = 0; i < wait_max * 10; i++)); do
         res=$(first_ack_after "$t0")
         [ -n "$res" ] && break
         sleep 0.1
@@ -634,6 +639,15 @@ run_trial() {
     fi
     stop_load
 
+    # sigstop without a failover: the primary resumes, then its rows are counted.
+    local other
+    other=$(other_node "$primary")
+    if [ "$fault" = sigstop ] && [ "$took" != "$other" ]; then
+        # shellcheck disable=SC2086
+        kill -CONT $pids 2>/dev/null || true
+        wait_for 60 "a writer after SIGCONT" bash -c "[ -n \"\$(PGCONNECT_TIMEOUT=2 timeout 3 $PG_BIN/psql -X -A -t -q 'host=127.0.0.1,127.0.0.1 port=${NODE_PORT[n1]},${NODE_PORT[n2]} user=postgres dbname=postgres target_session_attrs=read-write' -c 'SELECT 1' 2>/dev/null)\" ]" || true
+    fi
+
     # Every acknowledged id, on the node that takes writes now.
     local writer lost=0 lost_ids="" got
     writer=$(writer_node)
@@ -646,25 +660,25 @@ run_trial() {
         else
             echo "    could not read the rows back from $writer" >&2
         fi
+    else
+        echo "    no node takes writes after the trial: lost commits not counted" >&2
     fi
 
-    # sigstop: the old primary comes back; does it acknowledge writes of its own?
+    # sigstop with a failover: the old primary comes back; does it acknowledge writes?
     local oldw=0
-    if [ "$fault" = sigstop ]; then
+    if [ "$fault" = sigstop ] && [ "$took" = "$other" ]; then
         # shellcheck disable=SC2086
         kill -CONT $pids 2>/dev/null || true
-        if [ "$took" != "$primary" ]; then
-            local end=$((SECONDS + SIGSTOP_WATCH)) k=0
-            while ((SECONDS < end)); do
-                k=$((k + 1))
-                sql_port "${NODE_PORT[$primary]}" "INSERT INTO rto_probe (id) VALUES ($((base + 900000 + k)))" >/dev/null 2>&1 && oldw=$((oldw + 1))
-                sleep 0.2
-            done
-        fi
+        local end=$((SECONDS + SIGSTOP_WATCH)) k=0
+        while ((SECONDS < end)); do
+            k=$((k + 1))
+            sql_port "${NODE_PORT[$primary]}" "INSERT INTO rto_probe (id) VALUES ($((base + 900000 + k)))" >/dev/null 2>&1 && oldw=$((oldw + 1))
+            sleep 0.2
+        done
     fi
     local failed_over=0
-    [ -n "$writer" ] && [ "$writer" != "$primary" ] && failed_over=1
-    [ "$fault" = node-death ] && "${tool}_restart_node" "$primary"
+    if [ -n "$writer" ] && [ "$writer" != "$primary" ]; then failed_over=1; fi
+    if [ "$fault" = node-death ]; then "${tool}_restart_node" "$primary"; fi
 
     record "$tool" "$fault" "$rto" "$lost" "${lost_ids% }" "$took" "$oldw" "$failed_over"
     local extra=
@@ -702,7 +716,7 @@ run_tool() {
             if ((ok)) && settle && wait_for 30 "$tool to be ready" "${tool}_ready" &&
                 run_trial "$tool" "$fault"; then continue; fi
             echo "    $tool $fault trial $trial failed" >&2
-            record "$tool" "$fault" - 0 "" none 0 0
+            record "$tool" "$fault" fail 0 "" none 0 0
         done
     done
     "${tool}_teardown"
@@ -711,38 +725,47 @@ run_tool() {
 for tool in $TOOLS; do run_tool "$tool"; done
 
 # ================================= summary ==================================================
-stats() { # "rto rto - ..." -> "n median worst min timeouts" (timeouts: "-" entries)
-    tr ' ' '\n' | grep -v '^$' | awk '
-        $1 == "-" { to++; next }
-        { v[++n] = $1 }
+# stats LIMIT < "rto rto - fail ...": "n median worst min" over the trials that ran; a trial
+# with no write within LIMIT ("-") counts as slower than any other (">LIMIT").
+stats() {
+    tr ' ' '\n' | grep -v -e '^$' -e '^fail$' | awk -v lim="$1" '
+        { n++; v[n] = ($1 == "-") ? 1e9 : $1 }
+        function show(x) { return x >= 1e9 ? ">" lim : sprintf("%.2f", x) }
         END {
-            if (n == 0) { printf "0 - - - %d\n", to; exit }
+            if (n == 0) { print "0 - - -"; exit }
             for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-            m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-            printf "%d %.2f %.2f %.2f %d\n", n, m, v[n], v[1], to }'
+            if (n % 2) m = show(v[(n + 1) / 2])
+            else if (v[n / 2 + 1] >= 1e9) m = ">" lim
+            else m = sprintf("%.2f", (v[n / 2] + v[n / 2 + 1]) / 2)
+            printf "%d %s %s %s\n", n, m, show(v[n]), show(v[1]) }'
 }
 tally() { tr ' ' '\n' | grep -v '^$' | sort | uniq -c | awk '{printf "%s%s x%d", (NR > 1 ? ", " : ""), $2, $1}'; }
+count_of() { tr ' ' '\n' | grep -c -x -e "$1" || true; }
+limit_of() { if [ "$1" = sigstop ]; then echo "$SIGSTOP_RTO_TIMEOUT"; else echo "$RTO_TIMEOUT"; fi; }
 
 echo
-echo "failover RTO, fault -> first acknowledged INSERT (s); $(nproc) cores, clusters on $(df --output=fstype "$WORK" | tail -1); TRIALS=$TRIALS, default timings"
+echo "failover RTO: from the fault to the first acknowledged INSERT started after it, seconds"
+echo "($(nproc) cores, clusters on $(df --output=fstype "$WORK" | tail -1), TRIALS=$TRIALS, every tool with its default timings, asynchronous"
+echo " walferry, pg_auto_failover's default synchronous standby, Patroni asynchronous)"
 for t in "${!SKIPPED[@]}"; do echo "  $t NOT MEASURED: ${SKIPPED[$t]}"; done
-printf '  %-15s %-17s %6s %8s %8s %8s %5s %5s  %s\n' fault tool trials median worst min lost extra "writes taken by"
+printf '  %-15s %-17s %6s %8s %8s %8s %5s  %-18s %s\n' fault tool trials median worst min lost "writes taken by" notes
 declare -A MED
 for fault in $FAULTS; do
+    limit=$(limit_of "$fault")
     for tool in $TOOLS; do
         k="$tool/$fault"
         [ -n "${TRIALS_DONE[$k]:-}" ] || continue
-        read -r n med worst min to <<<"$(echo "${RTOS[$k]}" | stats)"
+        read -r n med worst min <<<"$(echo "${RTOS[$k]}" | stats "$limit")"
         MED[$k]=$med
-        [ "$to" -gt 0 ] && worst=">$RTO_TIMEOUT"
-        extra=
-        case "$fault" in
-        sigstop) extra="old-primary-writes=${OLDW[$k]}" ;;
-        blip) extra="failovers=${FAILOVERS[$k]}" ;;
-        esac
-        [ "$to" -gt 0 ] && extra+=" no-write-within-${RTO_TIMEOUT}s=$to"
-        printf '  %-15s %-17s %6s %8s %8s %8s %5s %s  %s\n' "$fault" "$tool" "${TRIALS_DONE[$k]}" "$med" "$worst" "$min" \
-            "${LOST[$k]}" "${extra:--}" "$(echo "${NODES_TOOK[$k]}" | tally)"
+        notes=()
+        to=$(echo "${RTOS[$k]}" | count_of -)
+        failed=$(echo "${RTOS[$k]}" | count_of fail)
+        [ "$to" -eq 0 ] || notes+=("no write within ${limit} s: $to")
+        [ "$failed" -eq 0 ] || notes+=("trials that could not run: $failed")
+        [ "$fault" != sigstop ] || notes+=("old primary acked ${OLDW[$k]} direct writes")
+        [ "$fault" != blip ] || notes+=("failovers: ${FAILOVERS[$k]}")
+        printf '  %-15s %-17s %6s %8s %8s %8s %5s  %-18s %s\n' "$fault" "$tool" "$n" "$med" "$worst" "$min" \
+            "${LOST[$k]}" "$(echo "${NODES_TOOK[$k]}" | tally)" "$(IFS=';'; echo "${notes[*]:-}" | sed 's/;/; /g')"
         [ -z "${LOST_IDS[$k]:-}" ] || echo "      lost acknowledged ids: ${LOST_IDS[$k]}"
     done
 done
@@ -757,7 +780,10 @@ for fault in $FAULTS; do
         [ -n "$p" ] && [ "$p" != - ] || continue
         name=$tool
         [ "$tool" = patroni ] && name=Patroni
-        line+=$(awk -v a="$wf" -v b="$p" -v n="$name" 'BEGIN { printf ", %s %.2f s (%.2fx)", n, b, (b > 0 ? a / b : 0) }')
+        line+=$(awk -v a="$wf" -v b="$p" -v n="$name" 'BEGIN {
+            if (b ~ /^>/) { printf ", %s %s s (<%.2fx)", n, b, a / substr(b, 2) }
+            else if (a ~ /^>/) printf ", %s %s s (>%.2fx)", n, b, substr(a, 2) / b
+            else printf ", %s %s s (%.2fx)", n, b, (b > 0 ? a / b : 0) }')
     done
     echo "$line"
 done
