@@ -56,6 +56,8 @@ READY_TIMEOUT=${READY_TIMEOUT:-240}
 WARMUP=${WARMUP:-2}
 AFTER=${AFTER:-1}
 SIGSTOP_WATCH=${SIGSTOP_WATCH:-5}
+# 0: no CHECKPOINT on both nodes before each trial (see settle; shows a walferry bug).
+SETTLE=${SETTLE:-1}
 BLIP_SECONDS=${BLIP_SECONDS:-2}
 # Every tool's nodes keep this much WAL after a checkpoint. pg_rewind of a primary killed
 # with kill -9 first runs its crash recovery, whose checkpoint otherwise recycles the segment
@@ -146,7 +148,7 @@ postgres_pids() { # PGDATA: its postmaster and the postmaster's children
     pm=$(postmaster_of "$1")
     [ -n "$pm" ] || return 0
     echo "$pm"
-    ps -o pid= --ppid "$pm" | tr -d ' '
+    ps -o pid= --ppid "$pm" | tr -d ' ' || true
 }
 stop_postgres_dir() { # PGDATA: stop whatever postgres runs there, at once
     local pids
@@ -680,7 +682,10 @@ run_trial() {
     if [ -n "$writer" ] && [ "$writer" != "$primary" ]; then failed_over=1; fi
     if [ "$fault" = node-death ]; then "${tool}_restart_node" "$primary"; fi
 
-    record "$tool" "$fault" "$rto" "$lost" "${lost_ids% }" "$took" "$oldw" "$failed_over"
+    local who=none
+    [ "$took" = "$primary" ] && who=old-primary
+    [ "$took" = "$other" ] && who=standby
+    record "$tool" "$fault" "$rto" "$lost" "${lost_ids% }" "$who" "$oldw" "$failed_over"
     local extra=
     [ "$fault" = sigstop ] && extra=", old primary acknowledged $oldw direct write(s) after SIGCONT"
     [ "$fault" = blip ] && extra=", writer afterwards: ${writer:-none}"
@@ -713,13 +718,13 @@ run_tool() {
                 ok=0
                 if "${tool}_setup" && wait_for "$READY_TIMEOUT" "$tool to be ready" "${tool}_ready"; then ok=1; fi
             fi
-            if ((ok)) && settle && wait_for 30 "$tool to be ready" "${tool}_ready" &&
+            if ((ok)) && { [ "$SETTLE" = 0 ] || settle; } && wait_for 30 "$tool to be ready" "${tool}_ready" &&
                 run_trial "$tool" "$fault"; then continue; fi
             echo "    $tool $fault trial $trial failed" >&2
             record "$tool" "$fault" fail 0 "" none 0 0
         done
     done
-    "${tool}_teardown"
+    "${tool}_teardown" || true
 }
 
 for tool in $TOOLS; do run_tool "$tool"; done
@@ -748,7 +753,7 @@ echo "failover RTO: from the fault to the first acknowledged INSERT started afte
 echo "($(nproc) cores, clusters on $(df --output=fstype "$WORK" | tail -1), TRIALS=$TRIALS, every tool with its default timings, asynchronous"
 echo " walferry, pg_auto_failover's default synchronous standby, Patroni asynchronous)"
 for t in "${!SKIPPED[@]}"; do echo "  $t NOT MEASURED: ${SKIPPED[$t]}"; done
-printf '  %-15s %-17s %6s %8s %8s %8s %5s  %-18s %s\n' fault tool trials median worst min lost "writes taken by" notes
+printf '  %-15s %-17s %6s %8s %8s %8s %5s  %-28s %s\n' fault tool trials median worst min lost "first write taken by" notes
 declare -A MED
 for fault in $FAULTS; do
     limit=$(limit_of "$fault")
@@ -764,7 +769,7 @@ for fault in $FAULTS; do
         [ "$failed" -eq 0 ] || notes+=("trials that could not run: $failed")
         [ "$fault" != sigstop ] || notes+=("old primary acked ${OLDW[$k]} direct writes")
         [ "$fault" != blip ] || notes+=("failovers: ${FAILOVERS[$k]}")
-        printf '  %-15s %-17s %6s %8s %8s %8s %5s  %-18s %s\n' "$fault" "$tool" "$n" "$med" "$worst" "$min" \
+        printf '  %-15s %-17s %6s %8s %8s %8s %5s  %-28s %s\n' "$fault" "$tool" "$n" "$med" "$worst" "$min" \
             "${LOST[$k]}" "$(echo "${NODES_TOOK[$k]}" | tally)" "$(IFS=';'; echo "${notes[*]:-}" | sed 's/;/; /g')"
         [ -z "${LOST_IDS[$k]:-}" ] || echo "      lost acknowledged ids: ${LOST_IDS[$k]}"
     done
