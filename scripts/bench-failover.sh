@@ -50,10 +50,10 @@ FAULTS=${FAULTS:-postgres-kill9 node-death sigstop blip}
 RTO_TIMEOUT=${RTO_TIMEOUT:-180}
 # A tool may never fail a frozen primary over (pg_auto_failover does not while its keeper
 # lives): sigstop trials wait less, then resume the primary.
-SIGSTOP_RTO_TIMEOUT=${SIGSTOP_RTO_TIMEOUT:-60}
+SIGSTOP_RTO_TIMEOUT=${SIGSTOP_RTO_TIMEOUT:-45}
 READY_TIMEOUT=${READY_TIMEOUT:-240}
 # Seconds of writes before the fault, and after the first write once the fault is over.
-WARMUP=${WARMUP:-2}
+WARMUP=${WARMUP:-1}
 AFTER=${AFTER:-1}
 SIGSTOP_WATCH=${SIGSTOP_WATCH:-5}
 # 0: no CHECKPOINT on both nodes before each trial (see settle; shows a walferry bug).
