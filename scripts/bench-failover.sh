@@ -7,9 +7,11 @@
 # monitor, Patroni a single-member etcd, walferry its witness). Two load clients each try one
 # INSERT every ~50 ms through libpq's multi-host conninfo
 #   host=127.0.0.1,127.0.0.1 port=P1,P2 target_session_attrs=read-write connect_timeout=1
-# (one lists the nodes in each order, so a frozen first host costs no client its whole
-# connect timeout), and note every acknowledged id with the port that took it. Then a fault
-# hits the node that takes the writes:
+# (one lists the nodes in each order, so that once a node is promoted one client asks it
+# first), and note every acknowledged id with the port that took it. libpq 15 rounds
+# connect_timeout=1 up to 2 s, and a frozen server accepts the TCP connection: while one node
+# is frozen every attempt waits those 2 s, so sigstop RTOs include up to ~2 s of it (the same
+# for every tool). Then a fault hits the node that takes the writes:
 #
 #  postgres-kill9  kill -9 of every postgres process of the primary; the tool's own process
 #                  (walferry agent, pg_autoctl, patroni) lives on. pg_autoctl and Patroni
@@ -19,9 +21,10 @@
 #                  at once: the stand-in for a host's death. After the trial the node's tool
 #                  process is started again (the host comes back) and the tool rejoins it.
 #  sigstop         SIGSTOP of every postgres process of the primary (the tool's process runs
-#                  on). After the failover they get SIGCONT, and the old primary is offered
-#                  writes directly for SIGSTOP_WATCH seconds: any it acknowledges is counted
-#                  ("old primary writes"; for walferry it must stay 0).
+#                  on). A trial waits SIGSTOP_RTO_TIMEOUT (45 s) for a write; then the
+#                  processes get SIGCONT, and after a failover the old primary is offered
+#                  writes directly (its own port) for SIGSTOP_WATCH seconds: any it
+#                  acknowledges is counted ("old primary acked"; for walferry it must stay 0).
 #  blip            SIGSTOP of the primary's tool process and postgres for 2 s, then SIGCONT:
 #                  a short stall that should fail nothing over. "failovers" counts the trials
 #                  after which another node takes the writes.
@@ -31,11 +34,15 @@
 # node that takes writes; missing ones are "lost". The cluster of a tool is reused from trial
 # to trial (the primary alternates); before each trial the script waits until the tool again
 # has a primary and a streaming standby it could promote, and builds a fresh one if it does
-# not get there in READY_TIMEOUT seconds.
+# not get there in READY_TIMEOUT seconds; then both nodes are checkpointed (see settle).
+# Every process of a tool runs as the postgres user; the peers' packages are installed with
+# apt-get at the start, and a peer that cannot be installed or set up is reported and skipped.
 #
 #   bash scripts/bench-failover.sh                                  # TRIALS=10, all tools
 #   TRIALS=2 bash scripts/bench-failover.sh                         # smoke run
 #   TOOLS=walferry FAULTS="node-death blip" bash scripts/bench-failover.sh
+#   TOOLS=walferry-sync FAULTS=postgres-kill9 bash scripts/bench-failover.sh   # lost commits, sync
+#   LOGS_TO=/tmp/x                                                  # keep the tools' logs
 #   BENCH_DIR=/dev/shm/x                                            # clusters off the disk
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -65,6 +72,8 @@ BLIP_SECONDS=${BLIP_SECONDS:-2}
 # walferry agent). It changes nothing about when a failover happens.
 WAL_KEEP=${WAL_KEEP:-512MB}
 BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
+# A directory to copy the tools' logs into at the end (they go with the work directory).
+LOGS_TO=${LOGS_TO:-}
 
 for f in $FAULTS; do
     case "$f" in postgres-kill9 | node-death | sigstop | blip) ;; *)
@@ -74,13 +83,15 @@ for f in $FAULTS; do
     esac
 done
 for t in $TOOLS; do
-    case "$t" in walferry | pg_auto_failover | patroni) ;; *)
-        echo "TOOLS: unknown tool '$t' (walferry, pg_auto_failover, patroni)" >&2
+    case "$t" in walferry | walferry-sync | pg_auto_failover | patroni) ;; *)
+        echo "TOOLS: unknown tool '$t' (walferry, walferry-sync, pg_auto_failover, patroni)" >&2
         exit 2
         ;;
     esac
 done
 want_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
+# The shell functions of a tool: walferry-sync -> walferry_sync_setup, ...
+fn() { echo "${1//-/_}_$2"; }
 
 bash scripts/setup.sh >/dev/null
 echo "==> building walferry (release)"
@@ -143,12 +154,19 @@ postmaster_of() { # PGDATA: the running postmaster's pid, or nothing
     [ -n "$pid" ] && [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = postgres ] && echo "$pid"
     return 0
 }
-postgres_pids() { # PGDATA: its postmaster and the postmaster's children
-    local pm
-    pm=$(postmaster_of "$1")
-    [ -n "$pm" ] || return 0
-    echo "$pm"
-    ps -o pid= --ppid "$pm" | tr -d ' ' || true
+# PGDATA: every postgres process working in it (postgres runs in its data directory): the postmaster,
+# its children, and any orphan of an earlier postmaster (a backend killed postmasters leave
+# waiting on a lock holds the shared memory, and no new postmaster starts there).
+postgres_pids() {
+    local d p comm
+    d=$(realpath "$1" 2>/dev/null) || return 0
+    while read -r p; do
+        p=${p%/cwd}
+        comm=
+        read -r comm <"$p/comm" 2>/dev/null || true
+        [ "$comm" = postgres ] && echo "${p#/proc/}"
+    done < <(find /proc -mindepth 2 -maxdepth 2 -name cwd -lname "$d" 2>/dev/null)
+    return 0
 }
 stop_postgres_dir() { # PGDATA: stop whatever postgres runs there, at once
     local pids
@@ -181,7 +199,8 @@ cleanup() {
     set +e
     [ -d "$WORK" ] && touch "$WORK/load.stop"
     for pid in "${LOAD_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for t in walferry pg_auto_failover patroni; do "${t//-/_}_teardown" 2>/dev/null || true; done
+    for t in walferry pg_auto_failover patroni; do "$(fn "$t" teardown)" 2>/dev/null || true; done
+    [ -z "$LOGS_TO" ] || { mkdir -p "$LOGS_TO" && cp -r "$LOGS"/. "$LOGS_TO"/; }
     [ ${#STARTED[@]} -eq 0 ] || kill_tree "${STARTED[@]}"
     for d in "${ALL_PGDATA[@]}"; do stop_postgres_dir "$d"; done
     wait 2>/dev/null || true
@@ -297,6 +316,10 @@ record() { # TOOL FAULT RTO|- LOSTCOUNT LOSTIDS NODE OLDWRITES FAILEDOVER
 WF=$WORK/walferry
 WF_WITNESS_PID=
 WF_WITNESS_ADDR=
+# walferry-sync: the witness --synchronous, and every node's synchronous_standby_names names
+# the other one (ANY 1 of both: a primary is not its own standby).
+WF_SYNC=0
+WF_SYNC_NAMES="ANY 1 (n1, n2)"
 wf_node_start_pg() { # NODE
     as_pg "$PG_BIN/pg_ctl" -D "${NODE_PGDATA[$1]}" -l "$WF/$1/server.log" -w -t 60 start >/dev/null
 }
@@ -307,12 +330,18 @@ wf_agent() { # NODE: start its agent
         --address "host=127.0.0.1 port=${NODE_PORT[$n]}" \
         --witness "$WF_WITNESS_ADDR" --secret-file "$WF/secret" \
         --state-file "$WF/$n/agent.json" --log-file "$WF/$n/server.log" \
-        >>"$LOGS/walferry-agent-$n.log" 2>&1 &
+        "${WF_AGENT_FLAGS[@]}" >>"$LOGS/walferry-agent-$n.log" 2>&1 &
     SUP_PID[$n]=$!
     STARTED+=($!)
     disown $!
 }
 walferry_setup() {
+    local witness_flags=()
+    WF_AGENT_FLAGS=()
+    if [ "$WF_SYNC" = 1 ]; then
+        witness_flags=(--synchronous)
+        WF_AGENT_FLAGS=(--synchronous-standby-names "$WF_SYNC_NAMES")
+    fi
     rm -rf "$WF"
     mkdir -p "$WF/n1" "$WF/n2" "$WF/witness"
     chown -R postgres: "$WF"
@@ -320,7 +349,7 @@ walferry_setup() {
     chmod 0600 "$WF/secret"
     chown postgres: "$WF/secret"
     as_pg_exec "$WALFERRY" witness --listen 127.0.0.1:0 --data "$WF/witness/data" \
-        --secret-file "$WF/secret" >"$WF/witness/out" 2>>"$LOGS/walferry-witness.log" &
+        --secret-file "$WF/secret" "${witness_flags[@]}" >"$WF/witness/out" 2>>"$LOGS/walferry-witness.log" &
     WF_WITNESS_PID=$!
     STARTED+=($!)
     disown $!
@@ -348,6 +377,7 @@ wal_receiver_status_interval = 1s
 wal_keep_size = '$WAL_KEEP'
 logging_collector = off
 CONF
+    [ "$WF_SYNC" = 0 ] || echo "synchronous_standby_names = '$WF_SYNC_NAMES'" >>"$WF/n1/data/postgresql.conf"
     wf_node_start_pg n1
     sql_port "${NODE_PORT[n1]}" "CREATE TABLE rto_probe (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())" >/dev/null
     as_pg "$PG_BIN/pg_basebackup" -D "$WF/n2/data" -h "$WF/n1" -p "${NODE_PORT[n1]}" -U postgres \
@@ -370,6 +400,10 @@ walferry_ready() {
         and ([.candidates[] | select(.node != $p and .eligible)] | length) >= 1' >/dev/null 2>&1
 }
 walferry_restart_node() { wf_agent "$1"; }
+walferry_sync_setup() { WF_SYNC=1 && walferry_setup; }
+walferry_sync_ready() { walferry_ready; }
+walferry_sync_restart_node() { walferry_restart_node "$1"; }
+walferry_sync_teardown() { walferry_teardown; }
 walferry_teardown() {
     local n
     for n in n1 n2; do
@@ -609,12 +643,17 @@ run_trial() {
     postgres-kill9 | sigstop) pids=$(postgres_pids "$pgdata" | tr '\n' ' ') ;;
     node-death | blip) pids="$(descendants "$sup" | tr '\n' ' ') $(postgres_pids "$pgdata" | tr '\n' ' ')" ;;
     esac
+    local sig=-9
+    [ "$fault" = sigstop ] || [ "$fault" = blip ] && sig=-STOP
     t0=$EPOCHREALTIME
     # shellcheck disable=SC2086
-    case "$fault" in
-    postgres-kill9 | node-death) kill -9 $pids 2>/dev/null || true ;;
-    sigstop | blip) kill -STOP $pids 2>/dev/null || true ;;
-    esac
+    kill $sig $pids 2>/dev/null || true
+    # A second pass: a backend forked for a client between the listing and the signal.
+    local late
+    late=$(postgres_pids "$pgdata" | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    [ -z "${late// /}" ] || kill $sig $late 2>/dev/null || true
+    pids+=" $late"
     if [ "$fault" = blip ]; then
         sleep "$BLIP_SECONDS"
         # shellcheck disable=SC2086
@@ -680,7 +719,7 @@ run_trial() {
     fi
     local failed_over=0
     if [ -n "$writer" ] && [ "$writer" != "$primary" ]; then failed_over=1; fi
-    if [ "$fault" = node-death ]; then "${tool}_restart_node" "$primary"; fi
+    if [ "$fault" = node-death ]; then "$(fn "$tool" restart_node)" "$primary"; fi
 
     local who=none
     [ "$took" = "$primary" ] && who=old-primary
@@ -701,30 +740,30 @@ run_tool() {
         return 0
     fi
     local t_setup=$SECONDS
-    if ! "${tool}_setup" || ! wait_for "$READY_TIMEOUT" "$tool to be ready" "${tool}_ready"; then
+    if ! "$(fn "$tool" setup)" || ! wait_for "$READY_TIMEOUT" "$tool to be ready" "$(fn "$tool" ready)"; then
         SKIPPED[$tool]="its set-up failed (logs: $LOGS)"
         echo "    $tool: set-up failed; last lines of its logs:" >&2
         tail -n 15 "$LOGS"/*"${tool%%_*}"* >&2 2>/dev/null || true
-        "${tool}_teardown" || true
+        "$(fn "$tool" teardown)" || true
         return 0
     fi
     echo "    set up in $((SECONDS - t_setup)) s: n1 on port ${NODE_PORT[n1]}, n2 on port ${NODE_PORT[n2]}"
     for fault in $FAULTS; do
         for ((trial = 1; trial <= TRIALS; trial++)); do
             ok=1
-            if ! wait_for "$READY_TIMEOUT" "$tool to be ready again" "${tool}_ready"; then
+            if ! wait_for "$READY_TIMEOUT" "$tool to be ready again" "$(fn "$tool" ready)"; then
                 echo "    $tool did not get ready again: building a fresh set-up" >&2
-                "${tool}_teardown" || true
+                "$(fn "$tool" teardown)" || true
                 ok=0
-                if "${tool}_setup" && wait_for "$READY_TIMEOUT" "$tool to be ready" "${tool}_ready"; then ok=1; fi
+                if "$(fn "$tool" setup)" && wait_for "$READY_TIMEOUT" "$tool to be ready" "$(fn "$tool" ready)"; then ok=1; fi
             fi
-            if ((ok)) && { [ "$SETTLE" = 0 ] || settle; } && wait_for 30 "$tool to be ready" "${tool}_ready" &&
+            if ((ok)) && { [ "$SETTLE" = 0 ] || settle; } && wait_for 30 "$tool to be ready" "$(fn "$tool" ready)" &&
                 run_trial "$tool" "$fault"; then continue; fi
             echo "    $tool $fault trial $trial failed" >&2
             record "$tool" "$fault" fail 0 "" none 0 0
         done
     done
-    "${tool}_teardown" || true
+    "$(fn "$tool" teardown)" || true
 }
 
 for tool in $TOOLS; do run_tool "$tool"; done
@@ -751,7 +790,8 @@ limit_of() { if [ "$1" = sigstop ]; then echo "$SIGSTOP_RTO_TIMEOUT"; else echo 
 echo
 echo "failover RTO: from the fault to the first acknowledged INSERT started after it, seconds"
 echo "($(nproc) cores, clusters on $(df --output=fstype "$WORK" | tail -1), TRIALS=$TRIALS, every tool with its default timings, asynchronous"
-echo " walferry, pg_auto_failover's default synchronous standby, Patroni asynchronous)"
+echo " walferry, pg_auto_failover's default synchronous standby, Patroni asynchronous; walferry-sync: witness"
+echo " --synchronous, synchronous_standby_names = '$WF_SYNC_NAMES' on both nodes)"
 for t in "${!SKIPPED[@]}"; do echo "  $t NOT MEASURED: ${SKIPPED[$t]}"; done
 printf '  %-15s %-17s %6s %8s %8s %8s %5s  %-28s %s\n' fault tool trials median worst min lost "first write taken by" notes
 declare -A MED
@@ -793,4 +833,4 @@ for fault in $FAULTS; do
     echo "$line"
 done
 echo
-echo "walferry targets: median <= 5 s, worst <= 10 s, no failover from the ${BLIP_SECONDS} s blip, no acknowledged commit lost in synchronous mode (this run is asynchronous)"
+echo "walferry targets: median <= 5 s, worst <= 10 s, no failover from the ${BLIP_SECONDS} s blip, no acknowledged commit lost in synchronous mode (walferry-sync)"
