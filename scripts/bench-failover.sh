@@ -31,7 +31,7 @@
 #
 # RTO = from the fault (taken just before the kill) to the first acknowledged INSERT that a
 # client started after the fault. After each trial every acknowledged id is looked up on the
-# node that takes writes; missing ones are "lost". The cluster of a tool is reused from trial
+# node that takes writes, and again once the tool has settled; missing ones are "lost". The cluster of a tool is reused from trial
 # to trial (the primary alternates); before each trial the script waits until the tool again
 # has a primary and a streaming standby it could promote, and builds a fresh one if it does
 # not get there in READY_TIMEOUT seconds; then both nodes are checkpointed (see settle).
@@ -163,7 +163,7 @@ postgres_pids() {
     while read -r p; do
         p=${p%/cwd}
         comm=
-        read -r comm <"$p/comm" 2>/dev/null || true
+        { read -r comm <"$p/comm"; } 2>/dev/null || true
         [ "$comm" = postgres ] && echo "${p#/proc/}"
     done < <(find /proc -mindepth 2 -maxdepth 2 -name cwd -lname "$d" 2>/dev/null)
     return 0
@@ -624,6 +624,17 @@ settle() {
 sql_true() { [ "$(sql_port "$1" "$2")" = t ]; }
 
 TRIAL_SEQ=0
+# missing_ids NODE BASE: the acknowledged ids of this trial that NODE does not have.
+missing_ids() {
+    local got
+    cat "$WORK"/acked.* | awk '{print $1}' | sort -n >"$WORK/ids.acked"
+    if ! got=$(sql_port "${NODE_PORT[$1]}" "SELECT id FROM rto_probe WHERE id >= $2 AND id < $(($2 + 1000000)) ORDER BY id"); then
+        echo "    could not read the rows back from $1" >&2
+        return 1
+    fi
+    echo "$got" | sort -n >"$WORK/ids.present"
+    comm -23 "$WORK/ids.acked" "$WORK/ids.present" | tr '\n' ' '
+}
 # run_trial TOOL FAULT: one fault on the node that takes writes; records the outcome.
 run_trial() {
     local tool=$1 fault=$2 base primary pids t0 res rto port took i
@@ -690,19 +701,13 @@ run_trial() {
     fi
 
     # Every acknowledged id, on the node that takes writes now.
-    local writer lost=0 lost_ids="" got
+    local writer lost=0 lost_ids=""
     writer=$(writer_node)
     if [ -n "$writer" ]; then
-        cat "$WORK"/acked.* | awk '{print $1}' | sort -n >"$WORK/acked.ids"
-        if got=$(sql_port "${NODE_PORT[$writer]}" "SELECT id FROM rto_probe WHERE id >= $base AND id < $((base + 1000000)) ORDER BY id"); then
-            echo "$got" | sort -n >"$WORK/present.ids"
-            lost_ids=$(comm -23 "$WORK/acked.ids" "$WORK/present.ids" | tr '\n' ' ')
-            lost=$(wc -w <<<"$lost_ids")
-        else
-            echo "    could not read the rows back from $writer" >&2
-        fi
+        lost_ids=$(missing_ids "$writer" "$base")
+        lost=$(wc -w <<<"$lost_ids")
     else
-        echo "    no node takes writes after the trial: lost commits not counted" >&2
+        echo "    no node takes writes after the trial: lost commits not counted yet" >&2
     fi
 
     # sigstop with a failover: the old primary comes back; does it acknowledge writes?
@@ -720,6 +725,18 @@ run_trial() {
     local failed_over=0
     if [ -n "$writer" ] && [ "$writer" != "$primary" ]; then failed_over=1; fi
     if [ "$fault" = node-death ]; then "$(fn "$tool" restart_node)" "$primary"; fi
+
+    # Once the tool has settled (the old primary back as a standby, or back as the primary:
+    # Patroni's resumed old primary can take the leader key back), the same count again:
+    # writes the interim primary acknowledged may have gone with its demotion.
+    local settled_ids
+    if wait_for "$READY_TIMEOUT" "$tool to settle after the trial" "$(fn "$tool" ready)"; then
+        writer=$(writer_node)
+        if [ -n "$writer" ] && settled_ids=$(missing_ids "$writer" "$base"); then
+            lost_ids=$(tr ' ' '\n' <<<"$lost_ids $settled_ids" | grep -v '^$' | sort -nu | tr '\n' ' ' || true)
+            lost=$(wc -w <<<"$lost_ids")
+        fi
+    fi
 
     local who=none
     [ "$took" = "$primary" ] && who=old-primary
