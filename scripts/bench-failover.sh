@@ -732,8 +732,9 @@ run_trial() {
     local settled_ids
     if wait_for "$READY_TIMEOUT" "$tool to settle after the trial" "$(fn "$tool" ready)"; then
         writer=$(writer_node)
+        # What is missing now is lost for good (an id the interim primary lacked may be back).
         if [ -n "$writer" ] && settled_ids=$(missing_ids "$writer" "$base"); then
-            lost_ids=$(tr ' ' '\n' <<<"$lost_ids $settled_ids" | grep -v '^$' | sort -nu | tr '\n' ' ' || true)
+            lost_ids=$settled_ids
             lost=$(wc -w <<<"$lost_ids")
         fi
     fi
@@ -746,7 +747,7 @@ run_trial() {
     [ "$fault" = sigstop ] && extra=", old primary acknowledged $oldw direct write(s) after SIGCONT"
     [ "$fault" = blip ] && extra=", writer afterwards: ${writer:-none}"
     printf '    %s on %s: first write after %s s on %s, lost %d%s%s\n' "$fault" "$primary" "$rto" "$took" \
-        "$lost" "${lost_ids:+ (ids ${lost_ids% })}" "$extra"
+        "$lost" "${lost_ids:+ (ids $(cut -d' ' -f1-8 <<<"${lost_ids% }")$([ "$lost" -le 8 ] || echo " ..."))}" "$extra"
 }
 
 run_tool() {
@@ -828,7 +829,7 @@ for fault in $FAULTS; do
         [ "$fault" != blip ] || notes+=("failovers: ${FAILOVERS[$k]}")
         printf '  %-15s %-17s %6s %8s %8s %8s %5s  %-28s %s\n' "$fault" "$tool" "$n" "$med" "$worst" "$min" \
             "${LOST[$k]}" "$(echo "${NODES_TOOK[$k]}" | tally)" "$(IFS=';'; echo "${notes[*]:-}" | sed 's/;/; /g')"
-        [ -z "${LOST_IDS[$k]:-}" ] || echo "      lost acknowledged ids: ${LOST_IDS[$k]}"
+        [ -z "${LOST_IDS[$k]:-}" ] || echo "      lost acknowledged ids: $(cut -d' ' -f1-16 <<<"${LOST_IDS[$k]}")$([ "${LOST[$k]}" -le 16 ] || echo " ...")"
     done
 done
 echo
