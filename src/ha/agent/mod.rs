@@ -225,8 +225,12 @@ impl Agent {
         if seen.running && seen.role == Role::Primary {
             let hung_too_long = match (seen.hung, self.hung_since) {
                 (true, None) => {
-                    self.hung_since = Some(Instant::now());
-                    false
+                    // Unresponsive since the look began, a query timeout ago.
+                    let since = Instant::now()
+                        .checked_sub(self.pg.query_timeout)
+                        .unwrap_or_else(Instant::now);
+                    self.hung_since = Some(since);
+                    since.elapsed() >= self.cfg.timeouts.fence_timeout
                 }
                 (true, Some(t)) => t.elapsed() >= self.cfg.timeouts.fence_timeout,
                 (false, _) => {
