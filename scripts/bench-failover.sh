@@ -613,13 +613,13 @@ patroni_teardown() {
 settle() {
     local w s lsn
     w=$(writer_node)
-    [ -n "$w" ] || return 1
+    [ -n "$w" ] || { echo "    settle: no node takes writes" >&2; return 1; }
     s=$(other_node "$w")
-    sql_port "${NODE_PORT[$w]}" "CHECKPOINT" >/dev/null || return 1
+    sql_port "${NODE_PORT[$w]}" "CHECKPOINT" >/dev/null || { echo "    settle: CHECKPOINT on $w failed or took over 3 s" >&2; return 1; }
     lsn=$(sql_port "${NODE_PORT[$w]}" "SELECT pg_current_wal_lsn()") || return 1
     wait_for 30 "the standby to replay the checkpoint" \
         sql_true "${NODE_PORT[$s]}" "SELECT pg_last_wal_replay_lsn() >= '$lsn'" || return 1
-    sql_port "${NODE_PORT[$s]}" "CHECKPOINT" >/dev/null
+    sql_port "${NODE_PORT[$s]}" "CHECKPOINT" >/dev/null || { echo "    settle: CHECKPOINT on $s failed or took over 3 s" >&2; return 1; }
 }
 sql_true() { [ "$(sql_port "$1" "$2")" = t ]; }
 
