@@ -1,7 +1,6 @@
 //! `walferry agent`: the failover agent of one database node (see `walferry::ha::agent`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use walferry::ha::agent::{Agent, AgentConfig};
 use walferry::ha::rules::{AgentTimeouts, DEFAULT_FAILOVER_TIMEOUT};
@@ -133,17 +132,6 @@ pub struct Args {
     help: Option<bool>,
 }
 
-fn seconds(name: &str, secs: f64) -> Result<Duration, Failure> {
-    if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(Failure::usage(
-            format!("invalid --{name} {secs}: expected seconds, more than 0"),
-            "agent",
-        ))
-    }
-}
-
 /// A flag the agent cannot run without (clap does not require it: it may come from --config).
 fn required<T>(value: Option<T>, flag: &str) -> Result<T, Failure> {
     value.ok_or_else(|| {
@@ -160,8 +148,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let address = required(args.address, "address")?;
     let coordinator = args.coord.config("agent")?;
     let timeouts = AgentTimeouts {
-        report_interval: seconds("report-interval", args.report_interval)?,
-        fence_timeout: seconds("fence-timeout", args.fence_timeout)?,
+        report_interval: super::seconds_flag("report-interval", args.report_interval, "agent")?,
+        fence_timeout: super::seconds_flag("fence-timeout", args.fence_timeout, "agent")?,
     };
     // Checked against the default failover timeout now, and against the witness's own in
     // every answer.

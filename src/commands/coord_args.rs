@@ -51,10 +51,14 @@ pub struct CoordArgs {
 impl CoordArgs {
     pub fn config(&self, command: &str) -> Result<CoordinatorConfig, Failure> {
         if let Some(endpoint) = &self.etcd {
-            let secs = self.failover_timeout;
-            if !(secs.is_finite() && (1.0..86_400.0).contains(&secs)) {
+            let failover_timeout =
+                super::seconds_flag("failover-timeout", self.failover_timeout, command)?;
+            if failover_timeout < Duration::from_secs(1) {
                 return Err(Failure::usage(
-                    format!("invalid --failover-timeout {secs}: expected seconds, at least 1 (an etcd lease)"),
+                    format!(
+                        "invalid --failover-timeout {}: at least 1 s with --etcd (an etcd lease)",
+                        self.failover_timeout
+                    ),
                     command,
                 ));
             }
@@ -63,7 +67,7 @@ impl CoordArgs {
                 endpoint: endpoint.clone(),
                 prefix: self.etcd_prefix.clone(),
                 policy: Policy {
-                    failover_timeout: Duration::from_secs_f64(secs),
+                    failover_timeout,
                     synchronous: self.synchronous,
                     allow_data_loss: false,
                 },

@@ -132,6 +132,18 @@ impl ConnArgs {
     }
 }
 
+/// A `--NAME SECONDS` flag of `command`: more than 0, less than a day.
+pub fn seconds_flag(name: &str, secs: f64, command: &str) -> Result<std::time::Duration, Failure> {
+    if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
+        Ok(std::time::Duration::from_secs_f64(secs))
+    } else {
+        Err(Failure::usage(
+            format!("invalid --{name} {secs}: expected seconds, more than 0"),
+            command,
+        ))
+    }
+}
+
 /// A single-threaded tokio runtime, for commands whose network work is one connection
 /// (`receive`): blocking file work runs in place or on its own thread, and no worker ever
 /// has to be woken to take over another's tasks.

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use walferry::ha::auth::Secret;
 use walferry::ha::rules::Policy;
@@ -104,13 +103,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn policy(args: &Args) -> Result<Policy, Failure> {
-    let secs = args.failover_timeout;
-    if !(secs.is_finite() && secs > 0.0 && secs < 86_400.0) {
-        return Err(Failure::usage(
-            format!("invalid --failover-timeout {secs}: expected seconds, more than 0"),
-            "witness",
-        ));
-    }
+    let failover_timeout =
+        super::seconds_flag("failover-timeout", args.failover_timeout, "witness")?;
     if args.allow_data_loss && !args.synchronous {
         return Err(Failure::usage(
             "--allow-data-loss only applies with --synchronous",
@@ -118,7 +112,7 @@ fn policy(args: &Args) -> Result<Policy, Failure> {
         ));
     }
     let policy = Policy {
-        failover_timeout: Duration::from_secs_f64(secs),
+        failover_timeout,
         synchronous: args.synchronous,
         allow_data_loss: args.allow_data_loss,
     };
