@@ -11,6 +11,7 @@ pub mod backup;
 pub mod conninfo;
 pub mod ha;
 pub mod inspect;
+pub mod objstore;
 pub mod protocol;
 pub mod receiver;
 pub mod relay;

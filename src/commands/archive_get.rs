@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use walferry::archive::get::{self, Fetched, GetError, Getter, Served, Wanted};
 use walferry::archive::spool::Spool;
+use walferry::objstore::Location;
 use walferry::repo::WAL_DIR;
 use walferry::wal::page::{is_valid_seg_size, SegmentHeader, LONG_PAGE_HEADER};
 
@@ -50,9 +51,9 @@ Exit status:
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Repository (the archive is its wal/ directory)
+    /// Repository (the archive is its wal/ directory): a directory or s3://BUCKET/PREFIX
     #[arg(long = "repo", value_name = "REPO")]
-    pub repo: PathBuf,
+    pub repo: String,
 
     /// File name the server asks for (%f): a segment, %08X.history or .backup file
     #[arg(value_name = "FILE")]
@@ -108,10 +109,69 @@ fn failure(e: GetError) -> Failure {
     f
 }
 
+/// Where the archive is read: the repository's wal/ directory, or for a repository in
+/// object storage the window of it fetched into the spool's `remote` directory.
+enum Source {
+    Local,
+    Remote(walferry::objstore::Remote),
+}
+
+fn source_of(args: &Args, spool_dir: &Path) -> Result<(Source, PathBuf), Failure> {
+    match Location::parse(&args.repo) {
+        Err(e) => Err(fatal(e.to_string())),
+        Ok(Location::Local(repo)) => Ok((Source::Local, repo.join(WAL_DIR))),
+        Ok(Location::S3(url)) => {
+            let remote = walferry::objstore::Remote::new(&url.join(WAL_DIR))
+                .map_err(|e| fatal(e.to_string()))?;
+            Ok((Source::Remote(remote), spool_dir.join("remote")))
+        }
+    }
+}
+
+/// For an object store: brings what answering for `name` (and prefetching `ahead`)
+/// reads into the window directory.
+fn fetch_window(source: &Source, dir: &Path, name: &str, ahead: &[String]) -> Result<(), Failure> {
+    let Source::Remote(remote) = source else {
+        return Ok(());
+    };
+    let rt = walferry::objstore::runtime()
+        .map_err(|e| fatal(format!("could not start a runtime: {e}")))?;
+    rt.block_on(walferry::objstore::mirror::fetch_window(
+        remote, dir, name, ahead,
+    ))
+    .map_err(|e| {
+        let hint = e.hint();
+        let f = fatal(format!("cannot read the archive in the object store: {e}"));
+        match hint {
+            Some(h) => f.with_hint(h),
+            None => f,
+        }
+    })
+}
+
+fn default_spool(args: &Args, dest: Option<&Path>) -> PathBuf {
+    match (&args.spool, dest) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dest)) => dest
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .join(SPOOL_NAME),
+        (None, None) => PathBuf::from(SPOOL_NAME),
+    }
+}
+
 pub fn run(args: Args) -> Result<(), Failure> {
-    let wal_dir = args.repo.join(WAL_DIR);
+    let spool_dir = default_spool(&args, args.dest.as_deref());
+    let (source, wal_dir) = source_of(&args, &spool_dir)?;
     if args.prefetch_worker {
-        run_worker(&args, &wal_dir);
+        run_worker(&args, &source, &wal_dir);
         return Ok(());
     }
     let Some(dest) = args.dest.as_deref() else {
@@ -125,10 +185,22 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .with_hint("the restore_command takes the file name before the path: archive-get --repo REPO %f %p")
     })?;
     let started = Instant::now();
+    if let Source::Remote(_) = &source {
+        fetch_window(&source, &wal_dir, &args.file, &[])?;
+        // The next segment's start completes the record crossing into it; its name needs
+        // the segment size, which the segment just fetched tells.
+        if let Some(next) = matches!(wanted, Wanted::Segment(_))
+            .then(|| seg_size_in_window(&wal_dir, &args.file))
+            .flatten()
+            .and_then(|s| get::next_segment(&args.file, s, 1))
+        {
+            fetch_window(&source, &wal_dir, &args.file, &[next])?;
+        }
+    }
     let getter = Getter::new(&wal_dir, get::pg_control_system_id(Path::new("."))).map_err(|e| {
         fatal(format!(
             "cannot read the archive of repository \"{}\": {e}",
-            args.repo.display()
+            args.repo
         ))
     })?;
     let spool = match (&wanted, args.prefetch) {
@@ -180,20 +252,7 @@ fn report(name: &str, fetched: &Fetched, started: Instant) {
 }
 
 fn open_spool(args: &Args, dest: &Path, wal_dir: &Path) -> Option<Spool> {
-    let dir = match &args.spool {
-        Some(dir) => dir.clone(),
-        None => dest
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Path::new("."))
-            .join(SPOOL_NAME),
-    };
+    let dir = default_spool(args, Some(dest));
     // The spool only saves time: any trouble with it falls back to reading the archive.
     match Spool::open(&dir).and_then(|s| s.adopt(wal_dir).map(|()| s)) {
         Ok(s) => Some(s),
@@ -256,13 +315,24 @@ fn spawn_worker(args: &Args, spool_dir: &Path) -> std::io::Result<()> {
     cmd.spawn().map(drop)
 }
 
-fn run_worker(args: &Args, wal_dir: &Path) {
+fn run_worker(args: &Args, source: &Source, wal_dir: &Path) {
     let Some(dir) = &args.spool else { return };
     let Ok(spool) = Spool::open(dir) else { return };
     // A worker that is finishing may miss the newest wish: wait for it briefly.
     let Ok(Some(lock)) = spool.lock(Duration::from_secs(2)) else {
         return;
     };
+    if let (Source::Remote(_), Some((name, seg_size))) = (source, spool.wanted()) {
+        let ahead: Vec<String> = (1..=args.prefetch + 1)
+            .filter_map(|k| get::next_segment(&name, seg_size, k))
+            .collect();
+        if let Some((first, rest)) = ahead.split_first() {
+            if let Err(e) = fetch_window(source, wal_dir, first, rest) {
+                tracing::info!("prefetching stopped: {}", e.message);
+                return;
+            }
+        }
+    }
     let Ok(getter) = Getter::new(wal_dir, get::pg_control_system_id(Path::new("."))) else {
         return;
     };
@@ -275,6 +345,33 @@ fn run_worker(args: &Args, wal_dir: &Path) {
             .map(|s| format!("; stopped: {s}"))
             .unwrap_or_default()
     );
+}
+
+/// The segment size in the header of any stored form of segment `name` in `dir`.
+fn seg_size_in_window(dir: &Path, name: &str) -> Option<u64> {
+    use std::io::Read;
+    use walferry::wal::{page::MIN_SEG_SIZE, WalFileName};
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(w) = file
+            .starts_with(name)
+            .then(|| WalFileName::parse(&file, MIN_SEG_SIZE))
+            .flatten()
+        else {
+            continue;
+        };
+        let mut head = [0u8; LONG_PAGE_HEADER];
+        let ok = walferry::archive::SegmentReader::open(&entry.path(), w.compression)
+            .and_then(|mut r| r.read_exact(&mut head))
+            .is_ok();
+        if let (true, SegmentHeader::Valid { seg_size, .. }) = (ok, SegmentHeader::parse(&head)) {
+            if is_valid_seg_size(u64::from(seg_size)) {
+                return Some(u64::from(seg_size));
+            }
+        }
+    }
+    None
 }
 
 /// The segment size in the long page header of the segment file at `path`.

@@ -6,6 +6,8 @@ use walferry::archive::push::{self, PushError, Pushed};
 use walferry::archive::CompressionSpec;
 use walferry::repo::Repo;
 
+use super::remote_repo::RepoArg;
+
 use super::Failure;
 
 pub const AFTER_HELP: &str = "\
@@ -30,7 +32,7 @@ Exit status:
 pub struct Args {
     /// Repository (the archive is its wal/ directory; made when missing)
     #[arg(long = "repo", value_name = "REPO")]
-    pub repo: PathBuf,
+    pub repo: String,
 
     /// File to archive (%p)
     #[arg(value_name = "PATH")]
@@ -62,10 +64,61 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .map_err(|e: walferry::archive::CompressSpecError| {
                 Failure::usage(e.to_string(), "archive-push")
             })?;
-    let repo = Repo::open(&args.repo).map_err(|e| {
-        Failure::new(e.to_string()).with_hint("create the repository directory, or fix --repo")
-    })?;
-    match push::push(&repo.wal_dir(), &args.path, compression, args.no_sync) {
+    let remote = match RepoArg::open(&args.repo, "archive-push")? {
+        RepoArg::Local(p) => {
+            let repo = Repo::open(&p).map_err(|e| {
+                Failure::new(e.to_string())
+                    .with_hint("create the repository directory, or fix --repo")
+            })?;
+            return push_into(&repo.wal_dir(), &args, compression);
+        }
+        RepoArg::Remote(r) => r,
+    };
+    // Checked and compressed as into a local archive, in a directory of its own, then
+    // uploaded under the same name (never over different contents).
+    let staging = remote.cache.join(format!(".push.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| Failure::new(format!("could not create \"{}\": {e}", staging.display())))?;
+    let result = push::push(&staging, &args.path, compression, true)
+        .map_err(push_failure)
+        .and_then(|pushed| {
+            let (Pushed::Stored { name } | Pushed::AlreadyArchived { name }) = pushed;
+            let wal = remote.remote.join(walferry::repo::WAL_DIR);
+            let put = remote
+                .block_on(wal.put_file_new(&name, &staging.join(&name)))
+                .map_err(|e| {
+                    let f = super::remote_repo::remote_failure(&e);
+                    match e {
+                        walferry::objstore::RemoteError::Conflict { .. } => f.with_hint(
+                            "two clusters archive into one repository, or this cluster's WAL \
+                             history diverged from the archived one; give each cluster its own \
+                             repository",
+                        ),
+                        _ => f,
+                    }
+                })?;
+            tracing::info!(
+                "{} \"{}\" as {name} in {}",
+                match put {
+                    walferry::objstore::Put::Stored => "archived",
+                    walferry::objstore::Put::AlreadyThere => "already archived (identical)",
+                },
+                args.path.display(),
+                remote.url
+            );
+            Ok(())
+        });
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+fn push_into(
+    wal_dir: &std::path::Path,
+    args: &Args,
+    compression: CompressionSpec,
+) -> Result<(), Failure> {
+    match push::push(wal_dir, &args.path, compression, args.no_sync) {
         Ok(Pushed::Stored { name }) => {
             tracing::info!("archived \"{}\" as {name}", args.path.display());
             Ok(())

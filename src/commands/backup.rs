@@ -1,7 +1,7 @@
 //! `walferry backup`: take a base backup into a repository (see `walferry::backup`).
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use walferry::archive::CompressionSpec;
@@ -9,6 +9,7 @@ use walferry::backup::{self, BackupOptions, Checkpoint, Phase, Progress};
 use walferry::repo::Repo;
 
 use super::receive::{connection_params, wait_for_stop_signal};
+use super::remote_repo::{RemoteRepo, RepoArg};
 use super::{current_thread_runtime, ConnArgs, Failure};
 
 pub const AFTER_HELP: &str = "\
@@ -43,7 +44,7 @@ invalid command line.";
 pub struct Args {
     /// Repository directory (must exist; its wal/ and backups/ are made when missing)
     #[arg(long = "repo", value_name = "REPO")]
-    repo: PathBuf,
+    repo: String,
 
     /// Checkpoint to start from: fast (at once) or spread (as a scheduled one)
     #[arg(
@@ -118,7 +119,48 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
     };
-    let repo = Repo::open(&args.repo).map_err(|e| Failure::new(e.to_string()))?;
+    let remote = match RepoArg::open(&args.repo, "backup")? {
+        RepoArg::Local(p) => {
+            let repo = Repo::open(&p).map_err(|e| Failure::new(e.to_string()))?;
+            return take(
+                &repo,
+                None,
+                args,
+                checkpoint,
+                compression,
+                max_rate_kb,
+                threads,
+                verbose,
+            );
+        }
+        RepoArg::Remote(r) => r,
+    };
+    let repo = Repo::open(&remote.cache).map_err(|e| Failure::new(e.to_string()))?;
+    take(
+        &repo,
+        Some(&remote),
+        args,
+        checkpoint,
+        compression,
+        max_rate_kb,
+        threads,
+        verbose,
+    )
+}
+
+/// Takes the backup into `repo`: the repository, or for one in object storage (`remote`)
+/// its local copy, from which the complete backup is uploaded and then removed.
+#[allow(clippy::too_many_arguments)]
+fn take(
+    repo: &Repo,
+    remote: Option<&RemoteRepo>,
+    args: Args,
+    checkpoint: Checkpoint,
+    compression: CompressionSpec,
+    max_rate_kb: Option<u32>,
+    threads: usize,
+    verbose: u8,
+) -> Result<(), Failure> {
     let opts = BackupOptions {
         params: connection_params(&args.conn)?,
         label: args.label,
@@ -132,9 +174,18 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     let rt = current_thread_runtime()?;
     let result = rt.block_on(async {
         let mut show = |p| line.show(p);
+        // The checks of the WAL archive (is it fed, does it reach the stop position) read
+        // the local copy, kept up with the store's newest WAL meanwhile.
+        let follow = async {
+            match remote {
+                Some(r) => follow_remote_wal(r, repo).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            r = backup::take(&repo, &opts, &mut show) => Some(r),
+            r = backup::take(repo, &opts, &mut show) => Some(r),
             _ = wait_for_stop_signal() => None,
+            e = follow => Some(Err(e)),
         }
     });
     line.clear();
@@ -149,6 +200,18 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
             Err(f)
         }
         Some(Ok(info)) => {
+            if let Some(remote) = remote {
+                let uploaded = rt.block_on(upload_backup(remote, repo, &info.id));
+                remote.drop_backup_copy(&info.id);
+                let _ = std::fs::remove_dir_all(repo.backup_dir(&info.id));
+                uploaded.map_err(|e| {
+                    super::remote_repo::remote_failure(&e).with_hint(format!(
+                        "backup {} was taken but is not in {}: nothing was kept (the files \
+                         uploaded are not a backup without their backup.json); take it again",
+                        info.id, remote.url
+                    ))
+                })?;
+            }
             tracing::info!(
                 "backup {} complete: {} files, {} bytes stored as {} ({}), WAL {} to {}",
                 info.id,
@@ -163,6 +226,106 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Keeps the local copy's `wal/` holding the store's newest WAL (the history files and
+/// the last few segments), once a second, until the backup ends. Returns only on an error.
+async fn follow_remote_wal(remote: &RemoteRepo, repo: &Repo) -> backup::BackupError {
+    use walferry::objstore::mirror;
+    let wal = remote.remote.join(walferry::repo::WAL_DIR);
+    let dir = repo.wal_dir();
+    let mut floor: Option<String> = None;
+    loop {
+        let listed = match &floor {
+            None => wal.list("").await,
+            Some(f) => wal.list_from("", f, usize::MAX).await,
+        };
+        let objects = match listed {
+            Ok(o) => o,
+            Err(e) => return backup::BackupError::Stream(e.to_string()),
+        };
+        // Segments sort by timeline first; the newest is the highest log/segment part.
+        let newest = objects
+            .iter()
+            .filter(|o| o.name.len() >= 24 && !o.name.contains(".history"))
+            .map(|o| o.name[8..24].to_string())
+            .max();
+        let from = newest.map(|n| {
+            let segno = u64::from_str_radix(&n, 16).unwrap_or(0).saturating_sub(2);
+            format!("{segno:016X}")
+        });
+        let keep = |n: &str| {
+            n.ends_with(".history")
+                || (n.len() >= 24 && from.as_deref().is_some_and(|f| n[8..24] >= *f))
+        };
+        let wanted: Vec<_> = objects.into_iter().filter(|o| keep(&o.name)).collect();
+        if floor.is_none() {
+            floor = wanted
+                .iter()
+                .filter(|o| !o.name.ends_with(".history"))
+                .map(|o| o.name.clone())
+                .min();
+        }
+        if let Err(e) = mirror::sync_objects(&wal, "", &dir, &wanted, &keep).await {
+            return backup::BackupError::Stream(e.to_string());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Uploads backup `id` from the local copy: every file, then its `backup.json` last, so
+/// that the backup exists in the store only once it is whole.
+async fn upload_backup(
+    remote: &RemoteRepo,
+    repo: &Repo,
+    id: &str,
+) -> Result<(), walferry::objstore::RemoteError> {
+    use futures_util::StreamExt;
+    let root = repo.backup_dir(id);
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| walferry::objstore::RemoteError::local("read directory", &dir, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                Ok(t) if t.is_file() => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    let catalog = root.join(walferry::repo::CATALOG_FILE);
+    files.retain(|p| *p != catalog);
+    let total = files.len();
+    let started = std::time::Instant::now();
+    let backups = remote.remote.join(walferry::repo::BACKUPS_DIR);
+    let rel = |p: &Path| {
+        format!(
+            "{id}/{}",
+            p.strip_prefix(&root).unwrap_or(p).to_string_lossy()
+        )
+    };
+    let results: Vec<_> = futures_util::stream::iter(files.iter().map(|p| {
+        let backups = backups.clone();
+        let key = rel(p);
+        async move { backups.put_file_new(&key, p).await }
+    }))
+    .buffer_unordered(4)
+    .collect()
+    .await;
+    for r in results {
+        r?;
+    }
+    backups.put_file_new(&rel(&catalog), &catalog).await?;
+    tracing::info!(
+        "backup {id}: {} files uploaded to {} in {:.1} s",
+        total + 1,
+        remote.url,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// `--max-rate` as pg_basebackup reads it: kB/s, or with a `k` or `M` suffix.

@@ -1,5 +1,6 @@
 //! `walferry list` and `walferry expire`: what a repository holds, and pruning it.
 
+use super::remote_repo::{RemoteRepo, RepoArg};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -62,6 +63,28 @@ pub struct ExpireArgs {
     help: Option<bool>,
 }
 
+/// Removes expired backups (catalog entry first, so that none is half listed) and WAL
+/// files from a repository in object storage.
+fn remove_remote(r: &RemoteRepo, backups: &[String], wal_files: &[String]) -> Result<(), Failure> {
+    use walferry::repo::{BACKUPS_DIR, CATALOG_FILE, WAL_DIR};
+    let fail = |e: walferry::objstore::RemoteError| super::remote_repo::remote_failure(&e);
+    let store = r.remote.join(BACKUPS_DIR);
+    for id in backups {
+        r.block_on(store.delete(&format!("{id}/{CATALOG_FILE}")))
+            .map_err(fail)?;
+        let objects = r.block_on(store.list(id)).map_err(fail)?;
+        for o in objects {
+            r.block_on(store.delete(&format!("{id}/{}", o.name)))
+                .map_err(fail)?;
+        }
+    }
+    let wal = r.remote.join(WAL_DIR);
+    for f in wal_files {
+        r.block_on(wal.delete(f)).map_err(fail)?;
+    }
+    Ok(())
+}
+
 fn open(repo: &std::path::Path) -> Result<Repo, Failure> {
     Repo::open(repo).map_err(|e| {
         Failure::new(e.to_string()).with_hint(
@@ -98,7 +121,14 @@ pub fn restorable_to(b: &BackupInfo, report: &Report) -> Option<Lsn> {
 }
 
 pub fn run_list(args: ListArgs, verbose: u8) -> Result<(), Failure> {
-    let repo = open(&args.repo)?;
+    let repo = match RepoArg::open(&args.repo.to_string_lossy(), "list")? {
+        RepoArg::Local(p) => open(&p)?,
+        RepoArg::Remote(r) => {
+            r.sync_catalogs()?;
+            r.sync_wal()?;
+            open(&r.cache)?
+        }
+    };
     let backups = repo.list().map_err(|e| Failure::new(e.to_string()))?;
     let report = inspect_dir(&repo.wal_dir(), &Options::default(), "list", verbose)?;
     if args.json {
@@ -181,8 +211,23 @@ pub fn run_expire(args: ExpireArgs) -> Result<(), Failure> {
             "expire",
         ));
     }
-    let repo = open(&args.repo)?;
-    let done = expire(&repo, args.keep, args.dry_run).map_err(|e| Failure::new(e.to_string()))?;
+    let (repo, remote) = match RepoArg::open(&args.repo.to_string_lossy(), "expire")? {
+        RepoArg::Local(p) => (open(&p)?, None),
+        RepoArg::Remote(r) => {
+            r.sync_catalogs()?;
+            r.sync_wal()?;
+            (open(&r.cache)?, Some(r))
+        }
+    };
+    // In object storage: what to remove is decided on the local copy, then removed from
+    // the store (backups first: a backup without its WAL must not stay listed), then from
+    // the copy.
+    let done = expire(&repo, args.keep, args.dry_run || remote.is_some())
+        .map_err(|e| Failure::new(e.to_string()))?;
+    if let (Some(r), false) = (&remote, args.dry_run) {
+        remove_remote(r, &done.backups, &done.wal_files)?;
+        expire(&repo, args.keep, false).map_err(|e| Failure::new(e.to_string()))?;
+    }
     let verb = if args.dry_run {
         "would remove"
     } else {

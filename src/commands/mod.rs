@@ -10,6 +10,7 @@ pub mod coord_args;
 pub mod list;
 pub mod receive;
 pub mod relay;
+pub mod remote_repo;
 pub mod restore;
 pub mod restore_points;
 pub mod service;

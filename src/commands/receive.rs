@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use walferry::archive::CompressionSpec;
 use walferry::conninfo::{self, ConnParams, Password, PasswordPrompt};
+use walferry::objstore::Location;
 use walferry::protocol::ReplicationConn;
 use walferry::receiver::{self, Outcome, ReceiveError, ReceiveOptions};
 use walferry::wal::Lsn;
@@ -60,6 +61,17 @@ Command line: as pg_receivewal's, a repeated flag's last value wins and a long f
 abbreviated while unambiguous. -E takes X/X with up to 8 hex digits each; pg_receivewal
 (sscanf) also takes trailing text, 0x prefixes, minus signs and longer numbers there.
 
+Object storage: -D s3://BUCKET/REPO/wal[?endpoint=URL&region=R&path_style=true&...] archives
+into S3-compatible storage (the wal/ of repository s3://BUCKET/REPO, as -D REPO/wal locally) (settings and keys: see the README; keys come from
+AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS credentials file, never from the command
+line). Segments are written and fsynced into --spool DIR exactly as into a local archive
+(the flush reported to the server means durable in the spool), and each completed segment
+and history file is uploaded in the background (4 at a time, retried while the store is
+away) and removed from the spool once the store has confirmed it. The store is checked
+before streaming starts: wrong keys or a missing bucket exit 1 at once. An empty spool is
+seeded from the store, so streaming resumes where the store's archive ends. On SIGINT or
+SIGTERM the remaining uploads finish (up to a minute) and the last .partial is uploaded.
+
 Examples:
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --create-slot
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --synchronous -v
@@ -91,6 +103,11 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     directory: Option<OsString>,
+
+    /// With -D s3://...: local directory where segments are written and fsynced before
+    /// they are uploaded (must exist; one receiver per spool)
+    #[arg(long = "spool", value_name = "DIR")]
+    spool: Option<PathBuf>,
 
     /// Use this physical replication slot (keeps the server from recycling WAL we still need)
     #[arg(
@@ -176,9 +193,16 @@ pub struct Args {
 
 /// What a valid command line asks for.
 enum Action {
-    Stream { directory: PathBuf },
-    CreateSlot { slot: String },
-    DropSlot { slot: String },
+    Stream {
+        directory: PathBuf,
+        upload_to: Option<walferry::objstore::S3Url>,
+    },
+    CreateSlot {
+        slot: String,
+    },
+    DropSlot {
+        slot: String,
+    },
 }
 
 /// The values [`Args::check`] parsed; the flags it only checked are read from [`Args`].
@@ -239,8 +263,29 @@ impl Args {
         let action = match (&self.slot, &self.directory) {
             (Some(slot), _) if self.create_slot => Action::CreateSlot { slot: slot.clone() },
             (Some(slot), _) if self.drop_slot => Action::DropSlot { slot: slot.clone() },
-            (_, Some(directory)) => Action::Stream {
-                directory: PathBuf::from(directory),
+            (_, Some(directory)) => match directory.to_str().map(Location::parse) {
+                Some(Err(e)) => return Err(usage(e.to_string())),
+                Some(Ok(Location::S3(url))) => match &self.spool {
+                    Some(spool) => Action::Stream {
+                        directory: spool.clone(),
+                        upload_to: Some(url),
+                    },
+                    None => {
+                        return Err(usage(format!(
+                            "an archive in object storage ({url}) needs --spool DIR, a local \
+                             directory where segments are made durable before they are uploaded"
+                        )))
+                    }
+                },
+                _ if self.spool.is_some() => {
+                    return Err(usage(
+                        "--spool is for an archive in object storage (-D s3://...)".into(),
+                    ))
+                }
+                _ => Action::Stream {
+                    directory: PathBuf::from(directory),
+                    upload_to: None,
+                },
             },
             (_, None) => return Err(usage("no target directory specified".into())),
         };
@@ -337,9 +382,18 @@ impl Plan {
                     service,
                 ))
             }
-            Action::Stream { directory } => directory,
+            Action::Stream {
+                directory,
+                upload_to,
+            } => (directory, upload_to),
         };
+        let (directory, upload_to) = directory;
         let mut opts = ReceiveOptions::new(params, directory);
+        if let Some(url) = upload_to {
+            let remote = walferry::objstore::Remote::new(&url)
+                .map_err(|e| super::remote_repo::remote_failure(&e))?;
+            opts.upload_to = Some(remote);
+        }
         opts.slot = args.slot;
         opts.endpos = checked.endpos;
         opts.no_loop = args.no_loop;

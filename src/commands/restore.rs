@@ -10,6 +10,7 @@ use walferry::restore::recovery::{self, Settings};
 use walferry::restore::{self as plan_mod, parse_time, Target, TargetAction, TargetTimeline};
 use walferry::wal::{Lsn, TimeLineId};
 
+use super::remote_repo::{RemoteRepo, RepoArg};
 use super::verify::inspect_dir;
 use super::Failure;
 
@@ -43,7 +44,7 @@ Examples:
 pub struct Args {
     /// The repository (REPO/wal, REPO/backups)
     #[arg(long = "repo", value_name = "REPO")]
-    repo: PathBuf,
+    repo: String,
     /// The data directory to lay out (created mode 0700)
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     pgdata: PathBuf,
@@ -151,16 +152,56 @@ fn vanished_partial(p: &walferry::inspect::Problem) -> bool {
 
 pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     let usage = |m: String| Failure::usage(m, "restore");
-    let target = args.target().map_err(usage)?;
-    let timeline = args.timeline().map_err(usage)?;
-    let action = args.action().map_err(usage)?;
+    // The command line is checked before anything slow (again where it is used).
+    args.target().map_err(usage)?;
+    args.timeline().map_err(usage)?;
+    args.action().map_err(usage)?;
     if args.jobs == 0 {
         return Err(usage("--jobs must be at least 1".into()));
     }
     let started = Instant::now();
-    let repo_path = absolute(&args.repo)?;
-    let repo = Repo::open(&repo_path).map_err(|e| Failure::new(e.to_string()))?;
     check_pgdata(&args.pgdata, args.delta)?;
+    let remote = match RepoArg::open(&args.repo, "restore")? {
+        RepoArg::Local(p) => {
+            let p = absolute(&p)?;
+            Repo::open(&p).map_err(|e| Failure::new(e.to_string()))?;
+            return restore_from(&args, &p, &p.to_string_lossy(), None, verbose, started);
+        }
+        RepoArg::Remote(r) => r,
+    };
+    eprintln!(
+        "walferry: reading {} through the local copy in \"{}\"",
+        remote.url,
+        remote.cache.display()
+    );
+    remote.sync_catalogs()?;
+    remote.sync_wal()?;
+    let cache = remote.cache.clone();
+    restore_from(
+        &args,
+        &cache,
+        &remote.url.full(),
+        Some(&remote),
+        verbose,
+        started,
+    )
+}
+
+/// The restore proper, from the repository (or local copy of one) at `repo_path`;
+/// `restore_command` reads `repo_arg`.
+fn restore_from(
+    args: &Args,
+    repo_path: &Path,
+    repo_arg: &str,
+    remote: Option<&RemoteRepo>,
+    verbose: u8,
+    started: Instant,
+) -> Result<(), Failure> {
+    let usage = |m: String| Failure::usage(m, "restore");
+    let target = args.target().map_err(usage)?;
+    let timeline = args.timeline().map_err(usage)?;
+    let action = args.action().map_err(usage)?;
+    let repo = Repo::open(repo_path).map_err(|e| Failure::new(e.to_string()))?;
 
     let backups = repo.list().map_err(|e| Failure::new(e.to_string()))?;
     let find_xid = match target {
@@ -194,6 +235,9 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     let plan = plan_mod::plan(&backups, &args.backup, &target, &report)
         .map_err(|e| Failure::new(e.to_string()))?;
     let backup = &plan.backup;
+    if let Some(remote) = remote {
+        remote.sync_backup(&backup.id)?;
+    }
     eprintln!(
         "walferry: restoring backup {} (ended at {}, {}) into \"{}\"",
         backup.id,
@@ -217,8 +261,11 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
             tablespace_map: tablespace_map.clone(),
             threads: args.jobs,
         },
-    )
-    .map_err(|e| {
+    );
+    if let Some(remote) = remote {
+        remote.drop_backup_copy(&backup.id);
+    }
+    let stats = stats.map_err(|e| {
         let failure = Failure::new(e.to_string());
         if fresh {
             let removed = std::fs::remove_dir_all(&args.pgdata).is_ok()
@@ -245,7 +292,7 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(format!("could not find the walferry program: {e}")))?;
     let settings = Settings {
-        restore_command: recovery::archive_get_command(&exe, &repo_path),
+        restore_command: recovery::archive_get_command(&exe, repo_arg),
         target: plan.target.clone(),
         timeline,
         action,

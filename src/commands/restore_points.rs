@@ -41,7 +41,8 @@ invalid command line.";
 pub use super::verify::Args;
 
 pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
-    let report = inspect_dir(&args.directory, &args.options(), "restore-points", verbose)?;
+    let dir = super::remote_repo::archive_view(&args.directory, "restore-points")?;
+    let report = inspect_dir(&dir, &args.options(), "restore-points", verbose)?;
     let text = if args.json {
         format!(
             "{}\n",
@@ -57,7 +58,8 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
 }
 
 pub fn run_wal_info(args: Args, verbose: u8) -> Result<(), Failure> {
-    let report = inspect_dir(&args.directory, &args.options(), "wal-info", verbose)?;
+    let dir = super::remote_repo::archive_view(&args.directory, "wal-info")?;
+    let report = inspect_dir(&dir, &args.options(), "wal-info", verbose)?;
     let text = if args.json {
         format!("{}\n", json::to_string(&json::wal_info(&report.timelines)))
     } else {

@@ -61,7 +61,8 @@ impl Args {
 }
 
 pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
-    let report = inspect_dir(&args.directory, &args.options(), "verify", verbose)?;
+    let dir = super::remote_repo::archive_view(&args.directory, "verify")?;
+    let report = inspect_dir(&dir, &args.options(), "verify", verbose)?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         writeln!(out, "{}", json::to_string(&json::verify(&report)))

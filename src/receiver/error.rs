@@ -18,6 +18,10 @@ pub enum ReceiveError {
     Disconnected(Lsn),
     #[error("{0}")]
     Internal(String),
+    /// The object store of an `s3://` archive, before streaming starts (afterwards its
+    /// trouble only delays uploads).
+    #[error(transparent)]
+    Remote(#[from] crate::objstore::RemoteError),
 }
 
 impl From<ProtocolError> for ReceiveError {
@@ -57,6 +61,7 @@ impl ReceiveError {
             ReceiveError::UnknownSlot(_) => true,
             ReceiveError::Protocol(_) | ReceiveError::Disconnected(_) => false,
             ReceiveError::Internal(_) => true,
+            ReceiveError::Remote(_) => true,
         }
     }
 
@@ -82,6 +87,7 @@ impl ReceiveError {
             ReceiveError::Protocol(_) => "protocol",
             ReceiveError::Disconnected(_) => "disconnected",
             ReceiveError::Internal(_) => "internal",
+            ReceiveError::Remote(_) => "object_store",
         }
     }
 
@@ -125,6 +131,7 @@ impl ReceiveError {
                 "check that the server is running and accepts TCP/IP connections on that host and port (-h/-p, or host/port in -d)".into(),
             ),
             ReceiveError::Client(c) => c.hint(),
+            ReceiveError::Remote(r) => r.hint(),
             ReceiveError::UnknownSlot(_) => {
                 Some("create the slot first with: walferry receive -S NAME --create-slot".into())
             }

@@ -79,6 +79,9 @@ pub struct ReceiveOptions {
     pub feedback: Option<watch::Receiver<Option<Feedback>>>,
     /// Where to report positions, errors and health (`--metrics`).
     pub metrics: Option<Arc<Metrics>>,
+    /// An `s3://` archive: `directory` is its spool, and completed files are uploaded here
+    /// (the archive's `wal/` prefix) in the background (see [`crate::objstore::upload`]).
+    pub upload_to: Option<crate::objstore::Remote>,
 }
 
 impl ReceiveOptions {
@@ -99,6 +102,7 @@ impl ReceiveOptions {
             ack_limit: None,
             feedback: None,
             metrics: None,
+            upload_to: None,
         }
     }
 }
@@ -191,12 +195,53 @@ impl Position {
 /// server at each connection.
 pub async fn receive_publishing(
     opts: &ReceiveOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     published: &Published,
 ) -> Result<Outcome, ReceiveError> {
     Archive::check_dir(&opts.directory)?;
     // Held until this returns: one writer per archive directory.
     let _lock = ArchiveLock::acquire(&opts.directory)?;
+    let uploader = match &opts.upload_to {
+        Some(remote) => Some(start_uploads(remote, opts).await?),
+        None => None,
+    };
+    let result = receive_sessions(opts, shutdown, published).await;
+    if let Some(uploader) = uploader {
+        uploader.finish();
+    }
+    result
+}
+
+/// Before the first session of an `s3://` archive: the store answers (wrong keys or a
+/// missing bucket are reported now, not as a silent backlog), an empty spool is seeded
+/// from it, and the uploader starts.
+async fn start_uploads(
+    remote: &crate::objstore::Remote,
+    opts: &ReceiveOptions,
+) -> Result<crate::objstore::upload::Uploader, ReceiveError> {
+    remote.check().await?;
+    let seeded = crate::objstore::upload::seed_spool(remote, &opts.directory).await?;
+    if !seeded.is_empty() {
+        tracing::info!(
+            "spool \"{}\" was empty: took {} from {} to resume where it ends",
+            opts.directory.display(),
+            seeded.join(", "),
+            remote.url()
+        );
+    }
+    let uploader = crate::objstore::upload::Uploader::spawn(remote.clone(), opts.directory.clone())
+        .map_err(|e| ReceiveError::Internal(format!("could not start the uploader: {e}")))?;
+    if let Some(m) = &opts.metrics {
+        m.set_upload_stats(uploader.stats.clone());
+    }
+    Ok(uploader)
+}
+
+async fn receive_sessions(
+    opts: &ReceiveOptions,
+    mut shutdown: watch::Receiver<bool>,
+    published: &Published,
+) -> Result<Outcome, ReceiveError> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut connected_once = false;
     loop {

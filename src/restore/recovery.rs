@@ -61,11 +61,11 @@ fn quote(v: &str) -> String {
 
 /// A word for a shell command line (restore_command runs through `sh -c`).
 /// The `restore_command` that fetches WAL from `repo` with the walferry at `exe`.
-pub fn archive_get_command(exe: &std::path::Path, repo: &std::path::Path) -> String {
+pub fn archive_get_command(exe: &std::path::Path, repo: &str) -> String {
     format!(
         "{} archive-get --repo {} %f %p",
         shell_word(&exe.to_string_lossy()),
-        shell_word(&repo.to_string_lossy())
+        shell_word(repo)
     )
 }
 

@@ -34,7 +34,65 @@ pub struct Metrics {
     registry: Registry,
     receiver: ReceiverMetrics,
     downstream: DownstreamFamilies,
+    upload: UploadGauges,
     health: Mutex<Health>,
+}
+
+/// The uploader of an `s3://` archive, read from its counters at each scrape.
+#[derive(Default)]
+struct UploadGauges {
+    stats: Mutex<Option<Arc<crate::objstore::upload::UploadStats>>>,
+    pending_bytes: Gauge,
+    pending_files: Gauge,
+    lag: SecondsGauge,
+    uploaded_bytes: Gauge,
+    failures: Gauge,
+}
+
+impl UploadGauges {
+    fn register(&self, r: &mut Registry) {
+        r.register_with_unit(
+            "upload_pending",
+            "Complete WAL files in the spool not yet confirmed by the object store",
+            Unit::Bytes,
+            self.pending_bytes.clone(),
+        );
+        r.register(
+            "upload_pending_files",
+            "Complete WAL files in the spool not yet confirmed by the object store",
+            self.pending_files.clone(),
+        );
+        r.register_with_unit(
+            "upload_lag",
+            "Age of the oldest complete WAL file not yet in the object store",
+            Unit::Seconds,
+            self.lag.clone(),
+        );
+        r.register_with_unit(
+            "uploaded",
+            "WAL uploaded to the object store since start (as stored)",
+            Unit::Bytes,
+            self.uploaded_bytes.clone(),
+        );
+        r.register(
+            "upload_failures",
+            "Failed upload attempts since start (each is retried)",
+            self.failures.clone(),
+        );
+    }
+
+    fn refresh(&self) {
+        let Some(s) = self.stats.lock().ok().and_then(|g| g.clone()) else {
+            return;
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
+        self.pending_bytes.set(get(&s.pending_bytes));
+        self.pending_files.set(get(&s.pending_files));
+        self.lag
+            .set(s.oldest_pending_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+        self.uploaded_bytes.set(get(&s.uploaded_bytes));
+        self.failures.set(get(&s.failures));
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,10 +181,13 @@ impl Metrics {
         let mut registry = Registry::with_prefix("walferry");
         receiver.register(&mut registry);
         downstream.register(&mut registry);
+        let upload = UploadGauges::default();
+        upload.register(&mut registry);
         Arc::new(Metrics {
             registry,
             receiver,
             downstream,
+            upload,
             health: Mutex::new(Health::Starting {
                 since: SystemTime::now(),
             }),
@@ -216,8 +277,16 @@ impl Metrics {
         });
     }
 
+    /// Expose an `s3://` archive's uploader in the metrics.
+    pub fn set_upload_stats(&self, stats: Arc<crate::objstore::upload::UploadStats>) {
+        if let Ok(mut g) = self.upload.stats.lock() {
+            *g = Some(stats);
+        }
+    }
+
     /// The Prometheus text exposition (OpenMetrics 1.0) of every series.
     pub fn encode(&self) -> String {
+        self.upload.refresh();
         let mut text = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);

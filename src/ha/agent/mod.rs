@@ -814,10 +814,12 @@ impl Agent {
         let own_conf = conf_files(&self.cfg.pgdata);
         // WAL the rewind or the recovery after it needs that the primary no longer holds
         // comes from the repository.
-        let restore_command =
-            self.cfg.repo.as_ref().map(|repo| {
-                crate::restore::recovery::archive_get_command(&self.cfg.walferry, repo)
-            });
+        let restore_command = self.cfg.repo.as_ref().map(|repo| {
+            crate::restore::recovery::archive_get_command(
+                &self.cfg.walferry,
+                &repo.to_string_lossy(),
+            )
+        });
         let mut how = "pg_rewind";
         let rewound = if skip_rewind {
             Err("the server did not start after a rewind".to_string())
