@@ -113,7 +113,8 @@ fn failure(e: GetError) -> Failure {
 /// object storage the window of it fetched into the spool's `remote` directory.
 enum Source {
     Local,
-    Remote(walferry::objstore::Remote),
+    /// The store's client and the one runtime all its requests run on.
+    Remote(walferry::objstore::Remote, tokio::runtime::Runtime),
 }
 
 fn source_of(args: &Args, spool_dir: &Path) -> Result<(Source, PathBuf), Failure> {
@@ -123,7 +124,9 @@ fn source_of(args: &Args, spool_dir: &Path) -> Result<(Source, PathBuf), Failure
         Ok(Location::S3(url)) => {
             let remote = walferry::objstore::Remote::new(&url.join(WAL_DIR))
                 .map_err(|e| fatal(e.to_string()))?;
-            Ok((Source::Remote(remote), spool_dir.join("remote")))
+            let rt = walferry::objstore::runtime()
+                .map_err(|e| fatal(format!("could not start a runtime: {e}")))?;
+            Ok((Source::Remote(remote, rt), spool_dir.join("remote")))
         }
     }
 }
@@ -131,11 +134,9 @@ fn source_of(args: &Args, spool_dir: &Path) -> Result<(Source, PathBuf), Failure
 /// For an object store: brings what answering for `name` (and prefetching `ahead`)
 /// reads into the window directory.
 fn fetch_window(source: &Source, dir: &Path, name: &str, ahead: &[String]) -> Result<(), Failure> {
-    let Source::Remote(remote) = source else {
+    let Source::Remote(remote, rt) = source else {
         return Ok(());
     };
-    let rt = walferry::objstore::runtime()
-        .map_err(|e| fatal(format!("could not start a runtime: {e}")))?;
     rt.block_on(walferry::objstore::mirror::fetch_window(
         remote, dir, name, ahead,
     ))
@@ -185,7 +186,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .with_hint("the restore_command takes the file name before the path: archive-get --repo REPO %f %p")
     })?;
     let started = Instant::now();
-    if let Source::Remote(_) = &source {
+    if let Source::Remote(..) = &source {
         fetch_window(&source, &wal_dir, &args.file, &[])?;
         // The next segment's start completes the record crossing into it; its name needs
         // the segment size, which the segment just fetched tells.
@@ -322,7 +323,7 @@ fn run_worker(args: &Args, source: &Source, wal_dir: &Path) {
     let Ok(Some(lock)) = spool.lock(Duration::from_secs(2)) else {
         return;
     };
-    if let (Source::Remote(_), Some((name, seg_size))) = (source, spool.wanted()) {
+    if let (Source::Remote(..), Some((name, seg_size))) = (source, spool.wanted()) {
         let ahead: Vec<String> = (1..=args.prefetch + 1)
             .filter_map(|k| get::next_segment(&name, seg_size, k))
             .collect();

@@ -171,7 +171,14 @@ fn take(
         threads,
     };
     let mut line = ProgressLine::new(std::io::stderr().is_terminal() && verbose == 0);
-    let rt = current_thread_runtime()?;
+    let own_rt;
+    let rt = match remote {
+        Some(r) => r.runtime(),
+        None => {
+            own_rt = current_thread_runtime()?;
+            &own_rt
+        }
+    };
     let result = rt.block_on(async {
         let mut show = |p| line.show(p);
         // The checks of the WAL archive (is it fed, does it reach the stop position) read
@@ -259,6 +266,7 @@ async fn follow_remote_wal(remote: &RemoteRepo, repo: &Repo) -> backup::BackupEr
                 || (n.len() >= 24 && from.as_deref().is_some_and(|f| n[8..24] >= *f))
         };
         let wanted: Vec<_> = objects.into_iter().filter(|o| keep(&o.name)).collect();
+        tracing::debug!("following {}: {wanted:?}", wal.url());
         if floor.is_none() {
             floor = wanted
                 .iter()

@@ -72,6 +72,12 @@ impl RemoteRepo {
         self.rt.block_on(f)
     }
 
+    /// The runtime every request to this store must run on (its client's connections
+    /// belong to it).
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
     fn sync(
         &self,
         sub: &str,

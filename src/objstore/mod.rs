@@ -176,6 +176,7 @@ pub enum Put {
 pub struct Remote {
     store: Arc<AmazonS3>,
     url: S3Url,
+    settings: Arc<Settings>,
 }
 
 impl Remote {
@@ -221,7 +222,15 @@ impl Remote {
         Ok(Remote {
             store: Arc::new(store),
             url: url.clone(),
+            settings: Arc::new(s.clone()),
         })
+    }
+
+    /// The same repository through a client of its own. A client's pooled connections
+    /// belong to the runtime that opened them: a thread with its own runtime (the
+    /// uploader) needs its own client.
+    pub fn fresh(&self) -> Result<Remote, RemoteError> {
+        Remote::with_settings(&self.url, &self.settings)
     }
 
     pub fn url(&self) -> &S3Url {
@@ -233,6 +242,7 @@ impl Remote {
         Remote {
             store: self.store.clone(),
             url: self.url.join(sub),
+            settings: self.settings.clone(),
         }
     }
 

@@ -10,9 +10,10 @@
 //! which the server checks). The newest complete segment and the history files stay, so the
 //! spool alone always knows where streaming resumes.
 //!
-//! On a clean stop the receiver's `.partial` is uploaded too (the only kind of object that is
-//! ever replaced), so a restore from the store reaches the last WAL received; it is deleted
-//! once the complete segment of that name is up.
+//! The receiver's `.partial` goes up too, every ten seconds while it changes and at a clean
+//! stop (the only kind of object that is ever replaced), so a restore from the store reaches
+//! WAL received seconds ago, and a backup's end (in the segment being written) is in the store
+//! soon after the backup; it is deleted once the complete segment of that name is up.
 //!
 //! A spool that starts empty is seeded from the store ([`seed_spool`]): its history files
 //! and its newest segment, so resuming after the spool is lost (a new host) neither leaves a
@@ -37,7 +38,9 @@ const PARALLEL: usize = 4;
 /// How often the spool is looked at when nothing wakes the uploader.
 const PASS_EVERY: Duration = Duration::from_millis(500);
 /// Longest wait between attempts while the store fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the growing `.partial` goes up when it changed.
+const PARTIAL_EVERY: Duration = Duration::from_secs(10);
 /// How long a stop waits for the last uploads.
 const DRAIN_FOR: Duration = Duration::from_secs(60);
 
@@ -63,7 +66,8 @@ pub struct Uploader {
 
 impl Uploader {
     /// Starts uploading the spool `spool` into `remote` (the archive's `wal/` prefix).
-    pub fn spawn(remote: Remote, spool: PathBuf) -> std::io::Result<Uploader> {
+    pub fn spawn(remote: Remote, spool: PathBuf) -> Result<Uploader, RemoteError> {
+        let remote = remote.fresh()?;
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(UploadStats::default());
         let shared = stats.clone();
@@ -78,7 +82,8 @@ impl Uploader {
                     }
                 };
                 rt.block_on(run(remote, spool, shared, stop_rx));
-            })?;
+            })
+            .map_err(|e| RemoteError::local("start a thread for", Path::new("the uploader"), e))?;
         Ok(Uploader {
             stop,
             thread: Some(thread),
@@ -113,6 +118,9 @@ struct State {
     backoff: Duration,
     retry_at: Option<Instant>,
     last_error: Option<String>,
+    /// The `.partial` last uploaded (name, size, modification time) and when.
+    partial_sent: Option<(String, u64, Option<SystemTime>)>,
+    partial_at: Instant,
 }
 
 async fn run(
@@ -138,10 +146,16 @@ async fn run(
         backoff: Duration::from_millis(500),
         retry_at: None,
         last_error: None,
+        partial_sent: None,
+        partial_at: Instant::now(),
     };
     loop {
         if st.retry_at.is_none_or(|t| Instant::now() >= t) {
             st.pass().await;
+            if st.partial_at.elapsed() >= PARTIAL_EVERY {
+                st.partial_at = Instant::now();
+                st.upload_partial().await;
+            }
         }
         if *stop.borrow() {
             break;
@@ -376,6 +390,11 @@ impl State {
             return;
         };
         let path = self.spool.join(&newest.name);
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let seen = Some((newest.name.clone(), newest.len, modified));
+        if self.partial_sent == seen {
+            return;
+        }
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {

@@ -1,0 +1,489 @@
+//! Repositories in S3-compatible object storage, end to end against a real S3 server
+//! (`s3s-fs`, installed by scripts/setup.sh) on 127.0.0.1 and real PostgreSQL 15: a primary
+//! whose data directory was deleted is rebuilt from a backup and the WAL streamed into the
+//! store; the store stopped mid-stream costs nothing (the spool holds the WAL, uploads catch
+//! up, no gap); wrong keys, a missing bucket and an unreachable store are clear errors.
+
+mod common;
+mod receive_support;
+
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{postgres_command, tempdir, walferry_bin, PgCluster};
+use receive_support::Proc;
+
+const BUCKET: &str = "walferry";
+const KEY_ID: &str = "walferry-test";
+const SECRET: &str = "s3cr3t-walferry-test-key";
+
+fn s3s_fs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WALFERRY_S3S_FS") {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let candidates = [
+        home.map(|h| h.join(".cargo/bin/s3s-fs")),
+        Some(PathBuf::from("/usr/local/bin/s3s-fs")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_file())
+}
+
+/// An s3s-fs server on 127.0.0.1 storing into a temporary directory, with one bucket.
+struct S3Server {
+    bin: PathBuf,
+    root: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    fn start() -> Option<S3Server> {
+        let Some(bin) = s3s_fs() else {
+            common::prerequisite::missing(
+                "s3s-fs",
+                "no s3s-fs in ~/.cargo/bin or WALFERRY_S3S_FS (scripts/setup.sh installs it)",
+            );
+            return None;
+        };
+        let root = tempdir();
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let mut server = S3Server {
+            bin,
+            root,
+            port: 0,
+            child: None,
+        };
+        // s3s-fs takes its port on the command line: retry on a taken one.
+        for _ in 0..5 {
+            server.port = common::free_port();
+            if server.spawn() {
+                return Some(server);
+            }
+        }
+        panic!("s3s-fs did not start");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        assert!(self.spawn(), "s3s-fs restarts on port {}", self.port);
+    }
+
+    /// Objects under `prefix` of the bucket, as the server stores them (one file each).
+    fn objects(&self, prefix: &str) -> Vec<String> {
+        let dir = self.root.path().join(BUCKET).join(prefix);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The keys in an AWS credentials file only the postgres user may read, and the URL of
+/// repository `repo` naming it (the URL holds no secret).
+struct Lab {
+    _dir: tempfile::TempDir,
+    creds: PathBuf,
+    cache: PathBuf,
+    port: u16,
+}
+
+impl Lab {
+    fn new(s3: &S3Server) -> Lab {
+        let dir = tempdir();
+        let creds = dir.path().join("s3.credentials");
+        std::fs::write(
+            &creds,
+            format!("[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        common::chown_to_postgres(dir.path());
+        common::chown_to_postgres(&creds);
+        common::chown_to_postgres(&cache);
+        Lab {
+            creds,
+            cache,
+            port: s3.port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "s3://{BUCKET}/{path}?endpoint=http://127.0.0.1:{}&credentials_file={}",
+            self.port,
+            self.creds.display()
+        )
+    }
+
+    /// `walferry ARGS` as the postgres user, with no keys in its environment.
+    fn walferry(&self, args: &[&str]) -> Command {
+        let mut cmd = postgres_command(walferry_bin());
+        cmd.args(args)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("WALFERRY_CACHE_DIR", &self.cache);
+        cmd
+    }
+}
+
+fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run walferry");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn spool_dir() -> tempfile::TempDir {
+    let d = tempdir();
+    common::chown_to_postgres(d.path());
+    d
+}
+
+fn receiver(lab: &Lab, pg: &PgCluster, spool: &Path) -> Proc {
+    Proc::spawn(&mut lab.walferry(&[
+        "receive",
+        "-D",
+        &lab.url("repo/wal"),
+        "--spool",
+        spool.to_str().unwrap(),
+        "-d",
+        &pg.conninfo(common::roles::SUPERUSER),
+        "-S",
+        "wf",
+        "--synchronous",
+        "-v",
+    ]))
+}
+
+fn segments(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .cloned()
+        .collect()
+}
+
+fn assert_no_gap(names: &[String]) {
+    let nums: Vec<u64> = segments(names)
+        .iter()
+        .map(|n| u64::from_str_radix(&n[8..], 16).unwrap())
+        .collect();
+    for w in nums.windows(2) {
+        // 16 MiB segments: 256 per log file.
+        let next = |n: u64| {
+            if n & 0xff == 0xff {
+                (n & !0xff) + 0x1_0000_0000
+            } else {
+                n + 1
+            }
+        };
+        assert_eq!(next(w[0]), w[1], "no gap in the store's archive: {names:?}");
+    }
+}
+
+#[test]
+fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let mut pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let spool = spool_dir();
+    let mut rx = receiver(&lab, &pg, spool.path());
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walferry'");
+    pg.psql("SELECT pg_reload_conf()");
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    pg.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
+    let repo = lab.url("repo");
+    let conninfo = pg.conninfo(common::roles::SUPERUSER);
+    let out = lab
+        .walferry(&["backup", "--repo", &repo, "-d", &conninfo, "-Z", "lz4"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "backup: {}\nreceiver: {}\nstore: {:?}",
+        String::from_utf8_lossy(&out.stderr),
+        rx.stderr(),
+        s3.objects("repo/wal")
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let backup_objects = s3.objects(&format!("repo/backups/{id}"));
+    assert!(
+        backup_objects.contains(&"backup.json".to_string())
+            && backup_objects.contains(&"backup_manifest".to_string()),
+        "the backup is in the store: {backup_objects:?}"
+    );
+    // Acknowledged after the backup (synchronous: durable in the spool first); a few
+    // segments complete and go up while streaming, the last one at the stop.
+    for i in 0..20 {
+        pg.psql(&format!(
+            "INSERT INTO t SELECT g, 'late' FROM generate_series({}, {}) g",
+            1001 + i * 100,
+            1000 + (i + 1) * 100
+        ));
+        if i % 7 == 0 {
+            pg.psql("SELECT pg_switch_wal()");
+        }
+    }
+    let expected = 3000;
+    pg.kill9();
+    std::fs::remove_dir_all(pg.data_dir()).unwrap();
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    let wal = s3.objects("repo/wal");
+    assert!(
+        wal.iter().any(|n| n.ends_with(".partial")),
+        "the last WAL went up at the stop: {wal:?}"
+    );
+    assert_no_gap(&wal);
+    // Uploaded segments left the spool; the newest complete one stays for resuming.
+    let spooled = segments(
+        &std::fs::read_dir(spool.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        spooled.len(),
+        1,
+        "spool keeps one complete segment: {spooled:?}"
+    );
+
+    let listing = ok(&mut lab.walferry(&["list", "--repo", &repo]));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains(&id), "{listing}");
+
+    let mut restored = PgCluster::restored_from(&pg, |data| {
+        ok(&mut lab.walferry(&[
+            "restore",
+            "--repo",
+            &repo,
+            "--pgdata",
+            data.to_str().unwrap(),
+        ]));
+    });
+    let auto = std::fs::read_to_string(restored.data_dir().join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains("archive-get --repo") && auto.contains("s3://walferry/repo?endpoint="),
+        "restore_command reads the store: {auto}"
+    );
+    assert!(!auto.contains(SECRET), "no secret in restore_command");
+    restored.start();
+    common::wait_until("recovery to end", Duration::from_secs(90), || {
+        restored.try_psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f")
+    });
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM t"),
+        expected.to_string(),
+        "every acknowledged commit is back"
+    );
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM t WHERE v = md5(id::text)"),
+        "1000"
+    );
+    restored.stop();
+
+    // The reading commands work on the store as on a directory.
+    let out = ok(&mut lab.walferry(&["verify", "-D", &lab.url("repo/wal")]));
+    assert!(out.status.success());
+}
+
+#[test]
+fn the_store_stopped_mid_stream_costs_nothing() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let spool = spool_dir();
+    let mut rx = receiver(&lab, &pg, spool.path());
+    pg.psql("CREATE TABLE t (id int)");
+    pg.psql("SELECT pg_switch_wal()");
+    common::wait_until(
+        "a first segment in the store",
+        Duration::from_secs(30),
+        || !segments(&s3.objects("repo/wal")).is_empty(),
+    );
+    s3.stop();
+    for _ in 0..4 {
+        pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+        pg.psql("SELECT pg_switch_wal()");
+    }
+    let end = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    // The receiver goes on into the spool while the store is away.
+    common::wait_until("the spool to fill", Duration::from_secs(30), || {
+        std::fs::read_dir(spool.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().len() == 24)
+            .count()
+            >= 4
+    });
+    assert!(
+        rx.is_running(),
+        "the receiver keeps streaming: {}",
+        rx.stderr()
+    );
+    common::wait_until("the outage to be reported", Duration::from_secs(60), || {
+        rx.stderr()
+            .contains("upload to s3://walferry/repo/wal failed")
+    });
+    assert!(
+        rx.is_running(),
+        "the receiver keeps streaming: {}",
+        rx.stderr()
+    );
+    s3.restart();
+    common::wait_until("the uploads to catch up", Duration::from_secs(60), || {
+        let wal = segments(&s3.objects("repo/wal"));
+        wal.len() >= 5 && wal.last().is_some_and(|last| *last >= prev_segment(&end))
+    });
+    assert_no_gap(&s3.objects("repo/wal"));
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    assert!(
+        rx.stderr()
+            .contains("uploads to s3://walferry/repo/wal work again"),
+        "the recovery was reported: {}",
+        rx.stderr()
+    );
+}
+
+fn prev_segment(name: &str) -> String {
+    let n = u64::from_str_radix(&name[8..], 16).unwrap();
+    let p = if n & 0xff == 0 {
+        ((n >> 32) - 1) << 32 | 0xff
+    } else {
+        n - 1
+    };
+    format!("{}{p:016X}", &name[..8])
+}
+
+#[test]
+fn wrong_keys_a_missing_bucket_and_no_store_are_clear_errors() {
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    let spool = spool_dir();
+    let conninfo = pg.conninfo(common::roles::SUPERUSER);
+    let receive = |url: &str| {
+        let mut cmd = lab.walferry(&[
+            "receive",
+            "-D",
+            url,
+            "--spool",
+            spool.path().to_str().unwrap(),
+            "-d",
+            &conninfo,
+            "--no-loop",
+        ]);
+        receive_support::run_bounded(&mut cmd, Duration::from_secs(60))
+    };
+
+    let bad_creds = lab.creds.with_file_name("bad.credentials");
+    std::fs::write(
+        &bad_creds,
+        format!("[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = nope\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bad_creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::chown_to_postgres(&bad_creds);
+    let url = format!(
+        "s3://{BUCKET}/repo/wal?endpoint=http://127.0.0.1:{}&credentials_file={}",
+        s3.port,
+        bad_creds.display()
+    );
+    let out = receive(&url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused the access keys"), "{err}");
+    assert!(!err.contains("nope"), "the secret is not printed: {err}");
+
+    let out = receive(
+        &lab.url("repo/wal")
+            .replace("s3://walferry/", "s3://no-such-bucket/"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("NoSuchBucket") && err.contains("create the bucket"),
+        "{err}"
+    );
+
+    let dead = lab.url("repo/wal").replace(
+        &format!(":{}", s3.port),
+        &format!(":{}", common::free_port()),
+    );
+    let out = receive(&dead);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("object store is up"), "{err}");
+
+    // A credentials file others can read is refused, as a .pgpass is.
+    std::fs::set_permissions(&lab.creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = receive(&lab.url("repo/wal"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+
+    // -D s3://... without --spool is a usage error.
+    let out = lab
+        .walferry(&["receive", "-D", &lab.url("repo/wal"), "-d", &conninfo])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --spool DIR"));
+}
