@@ -172,7 +172,7 @@ if [ "$FAULT" = isolate ]; then
 fi
 
 say "walferry demo: fault '$FAULT'$([ "$KEEP" = 1 ] && echo ', --keep')"
-WALFERRY_SETUP_NO_NEXTEST=1 WALFERRY_SETUP_NO_ETCD=1 bash scripts/setup.sh >/dev/null
+WALFERRY_SETUP_NO_NEXTEST=1 WALFERRY_SETUP_NO_ETCD=1 WALFERRY_SETUP_NO_S3=1 bash scripts/setup.sh >/dev/null
 if [ -n "${WALFERRY_BIN:-}" ]; then
     WF=$WALFERRY_BIN
     [ -x "$WF" ] || { echo "demo.sh: WALFERRY_BIN=$WF is not an executable" >&2; exit 2; }

@@ -52,4 +52,15 @@ else
     fi
 fi
 
+# The S3-compatible server the object-storage tests run (tests/s3_repo.rs): s3s-fs, built
+# from crates.io into ~/.cargo/bin once and kept there. scripts/demo.sh sets
+# WALFERRY_SETUP_NO_S3=1.
+S3S_FS_VERSION=0.14.1
+if [ "${WALFERRY_SETUP_NO_S3:-}" = 1 ] || "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" --version 2>/dev/null | grep -q " $S3S_FS_VERSION"; then
+    :
+else
+    echo "setup.sh: installing s3s-fs $S3S_FS_VERSION (cargo install --locked; a few minutes, once)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
+fi
+
 echo "setup.sh: postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), $(openssl version | awk '{print $1, $2}'), $(cargo nextest --version 2>/dev/null | head -n1 || echo 'no cargo-nextest')"

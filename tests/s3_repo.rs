@@ -24,12 +24,21 @@ fn s3s_fs() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("WALFERRY_S3S_FS") {
         return Some(PathBuf::from(p));
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let candidates = [
-        home.map(|h| h.join(".cargo/bin/s3s-fs")),
-        Some(PathBuf::from("/usr/local/bin/s3s-fs")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("s3s-fs"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    cargo_home
+        .map(|h| h.join("bin/s3s-fs"))
+        .into_iter()
+        .chain(on_path)
+        .find(|p| p.is_file())
 }
 
 /// An s3s-fs server on 127.0.0.1 storing into a temporary directory, with one bucket.

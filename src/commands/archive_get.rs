@@ -114,7 +114,7 @@ fn failure(e: GetError) -> Failure {
 enum Source {
     Local,
     /// The store's client and the one runtime all its requests run on.
-    Remote(walferry::objstore::Remote, tokio::runtime::Runtime),
+    Remote(Box<(walferry::objstore::Remote, tokio::runtime::Runtime)>),
 }
 
 fn source_of(args: &Args, spool_dir: &Path) -> Result<(Source, PathBuf), Failure> {
@@ -126,7 +126,10 @@ fn source_of(args: &Args, spool_dir: &Path) -> Result<(Source, PathBuf), Failure
                 .map_err(|e| fatal(e.to_string()))?;
             let rt = walferry::objstore::runtime()
                 .map_err(|e| fatal(format!("could not start a runtime: {e}")))?;
-            Ok((Source::Remote(remote, rt), spool_dir.join("remote")))
+            Ok((
+                Source::Remote(Box::new((remote, rt))),
+                spool_dir.join("remote"),
+            ))
         }
     }
 }
@@ -134,9 +137,10 @@ fn source_of(args: &Args, spool_dir: &Path) -> Result<(Source, PathBuf), Failure
 /// For an object store: brings what answering for `name` (and prefetching `ahead`)
 /// reads into the window directory.
 fn fetch_window(source: &Source, dir: &Path, name: &str, ahead: &[String]) -> Result<(), Failure> {
-    let Source::Remote(remote, rt) = source else {
+    let Source::Remote(remote_rt) = source else {
         return Ok(());
     };
+    let (remote, rt) = remote_rt.as_ref();
     rt.block_on(walferry::objstore::mirror::fetch_window(
         remote, dir, name, ahead,
     ))

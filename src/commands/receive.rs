@@ -392,7 +392,7 @@ impl Plan {
         if let Some(url) = upload_to {
             let remote = walferry::objstore::Remote::new(&url)
                 .map_err(|e| super::remote_repo::remote_failure(&e))?;
-            opts.upload_to = Some(remote);
+            opts.upload_to = Some(Box::new(remote));
         }
         opts.slot = args.slot;
         opts.endpos = checked.endpos;
@@ -635,7 +635,7 @@ mod tests {
         assert!(matches!(checked.action, Action::DropSlot { slot } if slot == "s"));
         let checked = check(&["-D", "d", "-S", "s", "-s", "0", "-E", "1/2"]).unwrap();
         assert!(
-            matches!(checked.action, Action::Stream { directory } if directory == std::path::Path::new("d"))
+            matches!(checked.action, Action::Stream { directory, .. } if directory == std::path::Path::new("d"))
         );
         assert_eq!(checked.status_interval, None);
         assert_eq!(checked.endpos, Some(Lsn(0x1_0000_0002)));

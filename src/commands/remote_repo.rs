@@ -21,7 +21,7 @@ pub fn remote_failure(e: &RemoteError) -> Failure {
 /// A `--repo` (or archive) argument: a local path, or a repository in object storage.
 pub enum RepoArg {
     Local(PathBuf),
-    Remote(RemoteRepo),
+    Remote(Box<RemoteRepo>),
 }
 
 impl RepoArg {
@@ -30,7 +30,9 @@ impl RepoArg {
         match Location::parse(text) {
             Err(e) => Err(Failure::usage(e.to_string(), command)),
             Ok(Location::Local(p)) => Ok(RepoArg::Local(p)),
-            Ok(Location::S3(url)) => RemoteRepo::connect(&url).map(RepoArg::Remote),
+            Ok(Location::S3(url)) => {
+                RemoteRepo::connect(&url).map(|r| RepoArg::Remote(Box::new(r)))
+            }
         }
     }
 }

@@ -81,7 +81,7 @@ pub struct ReceiveOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// An `s3://` archive: `directory` is its spool, and completed files are uploaded here
     /// (the archive's `wal/` prefix) in the background (see [`crate::objstore::upload`]).
-    pub upload_to: Option<crate::objstore::Remote>,
+    pub upload_to: Option<Box<crate::objstore::Remote>>,
 }
 
 impl ReceiveOptions {
