@@ -26,8 +26,10 @@ carries out what the witness's answer and the rules say:
             when granted (with --upstream it first receives all the relay has flushed).
   old primary  a node whose server is a primary the witness does not name is stopped and
             rejoins as a standby of the new primary: pg_rewind (needs wal_log_hints = on or
-            data checksums), else walferry restore --delta --standby from --repo. A failed
-            rejoin is shown in walferry status and retried; the server stays stopped.
+            data checksums), else walferry restore --delta --standby from --repo, else a
+            fresh copy of the new primary (pg_basebackup into a directory beside PGDATA,
+            swapped in once complete). A failed rejoin is shown in walferry status and
+            retried (5 s, doubling up to 2 min); the server stays stopped.
 
 The failover state lives in a walferry witness (--witness, --secret-file) or in etcd
 (--etcd http://HOST:PORT, with --failover-timeout and --synchronous the same on every agent;
@@ -95,7 +97,8 @@ pub struct Args {
     #[command(flatten)]
     pub coord: super::coord_args::CoordArgs,
 
-    /// Repository to rebuild this node from when pg_rewind cannot (walferry restore --delta)
+    /// Repository to rebuild this node from when pg_rewind cannot (walferry restore --delta;
+    /// without it, or when that fails, the node is copied from the primary with pg_basebackup)
     #[arg(long = "repo", value_name = "REPO")]
     pub repo: Option<PathBuf>,
 
