@@ -903,8 +903,13 @@ impl Agent {
                 &conninfo,
                 restore_command.as_deref(),
             )?,
-            // Never a dead end: the primary itself is a source that is always there.
+            // Never a dead end: the primary itself is a source that is always there. But a
+            // rewind that failed because the new primary is not reachable or not yet out of
+            // recovery is tried again, not answered with a full copy.
             Err(why) => {
+                source_is_primary(&source)
+                    .await
+                    .map_err(|e| format!("{why}; and the new primary cannot be copied: {e}"))?;
                 tracing::warn!("copying the primary with pg_basebackup instead");
                 how = "pg_basebackup";
                 self.clone_primary(&source, &own_conf, &conninfo, restore_command.as_deref())
@@ -1019,6 +1024,29 @@ async fn checkpoint_source(source: &str) {
             }
         }
         Err(e) => tracing::warn!("cannot connect to the new primary for a checkpoint: {e}"),
+    }
+}
+
+/// Whether the server at `source` answers as a primary (out of recovery).
+async fn source_is_primary(source: &str) -> Result<(), String> {
+    let timeout = Duration::from_secs(5);
+    let client = postgres::connect(source, "walferry-agent rejoin", timeout)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    match tokio::time::timeout(timeout, client.simple_query("SELECT pg_is_in_recovery()")).await {
+        Ok(Ok(messages)) => {
+            let in_recovery = messages.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
+                _ => None,
+            });
+            match in_recovery {
+                Some(false) => Ok(()),
+                Some(true) => Err("it is still in recovery".into()),
+                None => Err("no answer to pg_is_in_recovery()".into()),
+            }
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 

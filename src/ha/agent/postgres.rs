@@ -272,6 +272,7 @@ impl LocalPg {
 
     /// `pg_ctl start -w`.
     pub async fn start(&mut self, timeout: Duration) -> Result<(), PgError> {
+        self.forget_dead_postmaster().await;
         let mut cmd = Command::new(self.bindir.join("pg_ctl"));
         cmd.arg("-D")
             .arg(&self.pgdata)
@@ -322,6 +323,26 @@ impl LocalPg {
         })
     }
 
+    /// A dead postmaster that its parent has not reaped yet (a zombie) still answers
+    /// kill(pid, 0), which the next postgres (a start, pg_rewind's single-user run) takes for
+    /// a live owner of `postmaster.pid` and refuses to run. Give the parent a moment to reap
+    /// it; then the pid file of the dead postmaster goes (only while it still names it).
+    async fn forget_dead_postmaster(&self) {
+        let Some(pid) = read_pid_file(&self.pgdata) else {
+            return;
+        };
+        for _ in 0..20 {
+            if !is_zombie(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if read_pid_file(&self.pgdata) == Some(pid) && is_zombie(pid) {
+            tracing::info!("postmaster {pid} is dead but not reaped: removing its postmaster.pid");
+            let _ = fs::remove_file(self.pgdata.join("postmaster.pid"));
+        }
+    }
+
     /// A clean stop (`pg_ctl stop -m fast`): sessions end, a shutdown checkpoint is written
     /// and the walsenders send it to the connected standbys before they exit.
     pub async fn stop_clean(&mut self, timeout: Duration) -> Result<(), PgError> {
@@ -354,6 +375,7 @@ impl LocalPg {
         restore_target_wal: bool,
         timeout: Duration,
     ) -> Result<String, PgError> {
+        self.forget_dead_postmaster().await;
         let mut cmd = Command::new(self.bindir.join("pg_rewind"));
         cmd.arg("-D")
             .arg(&self.pgdata)
@@ -550,14 +572,19 @@ fn is_postmaster(pid: i32) -> bool {
 }
 
 fn process_alive(pid: i32) -> bool {
-    // A zombie has no /proc/PID/stat state other than 'Z'.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    proc_state(pid).is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// Whether `pid` is dead but not yet reaped by its parent.
+fn is_zombie(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|s| s == "Z" || s == "X")
+}
+
+/// The state letter of `/proc/PID/stat` (R, S, D, T, Z, ...).
+fn proc_state(pid: i32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next().map(str::to_string)
 }
 
 /// Processes whose parent is `pid`.
