@@ -18,7 +18,9 @@ Every report interval the agent looks at its PostgreSQL and reports to the witne
 carries out what the witness's answer and the rules say:
   primary   keeps running while the witness names it the primary; fenced (stopped at once)
             when it has reached neither the witness nor any standby for --fence-timeout,
-            or when it hangs that long or loses its data directory. A stopped primary is
+            or when it hangs that long (no answer on the agent's connection, and its
+            postmaster stopped by a signal or no answer to a new connection either) or
+            loses its data directory. A stopped primary is
             started again only when the witness still names it the primary after two
             failover timeouts (no standby could take over).
   standby   streams from the epoch's primary (or from --upstream, a walferry relay), and

@@ -21,6 +21,7 @@
 //! from its own server (walsender replies, and the standby agents' probe connections).
 
 pub mod clone;
+pub mod hang;
 pub mod postgres;
 
 use std::path::PathBuf;
@@ -111,7 +112,8 @@ pub struct Agent {
     down_since: Option<Instant>,
     /// The next report asks to restart a fenced/crashed primary (see the module docs).
     resuming: bool,
-    hung_since: Option<Instant>,
+    /// Whether the local primary has stopped answering (see [`hang`]).
+    hang: hang::HangWatch,
     problem: Option<String>,
     next_rejoin: Option<Instant>,
     /// Failed rejoins or rebuilds in a row (the backoff).
@@ -164,7 +166,7 @@ impl Agent {
             timeline: None,
             down_since: None,
             resuming: false,
-            hung_since: None,
+            hang: hang::HangWatch::default(),
             problem: None,
             next_rejoin: None,
             rejoin_failures: 0,
@@ -205,10 +207,12 @@ impl Agent {
             let started = Instant::now();
             let fast = self.tick().await;
             let period = if fast {
+                // A standby that has lost the primary asks for a promote again soon: the
+                // witness may grant it as soon as the old primary reports itself stopped.
                 self.cfg
                     .timeouts
                     .report_interval
-                    .min(Duration::from_millis(250))
+                    .min(Duration::from_millis(100))
             } else {
                 self.cfg.timeouts.report_interval
             };
@@ -227,7 +231,11 @@ impl Agent {
     /// One round: look, report, act. True when the next round should come soon (a standby
     /// that has lost the primary).
     async fn tick(&mut self) -> bool {
-        let mut seen = self.pg.observe().await;
+        let hold = self.cfg.timeouts.fence_timeout;
+        let look = self
+            .hang
+            .next_look(Instant::now(), self.pg.query_timeout, hold);
+        let mut seen = self.pg.observe_within(look).await;
         match (seen.role, seen.timeline) {
             // A standby's timeline only moves forward; when its walreceiver is gone (the
             // primary died) the control file may still name an older one.
@@ -237,24 +245,25 @@ impl Agent {
         }
         seen.timeline = self.timeline;
         self.keep_flush_monotonic(&mut seen);
-        // A primary that lost its data directory, or hangs past the fence timeout, is
-        // stopped: it cannot be trusted with writes, and "down" lets the witness fail over.
+        // A primary that lost its data directory, or hangs for the fence timeout, is
+        // stopped: it cannot be trusted with writes, and "down" lets the witness fail over
+        // at once.
         if seen.running && seen.role == Role::Primary {
-            let hung_too_long = match (seen.hung, self.hung_since) {
-                (true, None) => {
-                    // Unresponsive since the look began, a query timeout ago.
-                    let since = Instant::now()
-                        .checked_sub(self.pg.query_timeout)
-                        .unwrap_or_else(Instant::now);
-                    self.hung_since = Some(since);
-                    since.elapsed() >= self.cfg.timeouts.fence_timeout
-                }
-                (true, Some(t)) => t.elapsed() >= self.cfg.timeouts.fence_timeout,
-                (false, _) => {
-                    self.hung_since = None;
-                    false
-                }
-            };
+            let was_suspected = self.hang.suspected();
+            let hung_too_long =
+                self.hang
+                    .look(seen.no_answer, seen.looked_at, Instant::now(), hold);
+            match seen.no_answer {
+                Some(how) if !was_suspected => tracing::warn!(
+                    "the local primary does not answer ({}): stopped if it still does not after {hold:?}",
+                    match how {
+                        hang::NoAnswer::Frozen => "its postmaster is stopped by a signal",
+                        hang::NoAnswer::Silent => "nor does it answer a new connection",
+                    }
+                ),
+                None if was_suspected => tracing::info!("the local primary answers again"),
+                _ => {}
+            }
             if !seen.pgdata_present || hung_too_long {
                 tracing::error!(
                     "the local primary {}: stopping it",
@@ -265,8 +274,11 @@ impl Agent {
                     }
                 );
                 self.stop_server().await;
+                self.hang = hang::HangWatch::default();
                 seen = self.pg.observe().await;
             }
+        } else {
+            self.hang = hang::HangWatch::default();
         }
         if let (Role::Primary, Some(ago)) = (seen.role, seen.standby_heard_ms_ago) {
             let heard = UnixMillis(wall_clock_now().0.saturating_sub(ago));
