@@ -122,6 +122,59 @@ fn kill_9_of_the_primary(new_lab: impl FnOnce() -> Lab) {
     );
 }
 
+/// Regression: a primary killed with kill -9 whose last checkpoint is in an older WAL segment
+/// than its end of WAL. pg_rewind first runs its crash recovery, whose checkpoint recycles that
+/// segment, and then cannot find the last checkpoint before the divergence: the rewind can
+/// never succeed, and with no repository the old primary stayed down, retried for ever. It is
+/// rebuilt from the new primary with pg_basebackup, keeping its own configuration files.
+#[test]
+fn an_old_primary_pg_rewind_cannot_rejoin_is_rebuilt_from_the_new_primary_without_a_repository() {
+    // PostgreSQL's default (the harness keeps 2 GB): a checkpoint removes the older segments.
+    let mut a = lab_primary(&["wal_keep_size = 0".to_string()]);
+    a.psql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+    a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1, 1000) g");
+    let b = PgCluster::standby_of(&a, StandbyOptions::new());
+    let mut lab = two_nodes(&a, &b);
+    a.psql("CHECKPOINT");
+    a.psql("SELECT pg_switch_wal()");
+    a.psql("INSERT INTO t (id) SELECT g FROM generate_series(1001, 2000) g");
+    b.wait_for_replay(a.current_wal_lsn());
+    a.kill9();
+    common::wait_until("b to take writes", Duration::from_secs(30), || {
+        b.try_psql("INSERT INTO t (id) VALUES (2001)").is_ok()
+    });
+    assert_eq!(count(&b), 2001);
+
+    lab.wait_status(
+        "a rebuilt and back as b's standby",
+        Duration::from_secs(90),
+        |s| {
+            primary_of(s) == Some("b")
+                && node(s, "a").is_some_and(|n| n["role"] == "standby" && n["health"] == "ok")
+        },
+    );
+    let logs = lab.logs();
+    assert!(logs.contains("WARN pg_rewind: "), "{logs}");
+    assert!(
+        logs.contains("rejoined as a standby (pg_basebackup)"),
+        "{logs}"
+    );
+    assert_eq!(a.psql("SELECT pg_is_in_recovery()"), "t");
+    b.psql("INSERT INTO t (id) VALUES (2002)");
+    a.wait_for_replay(b.current_wal_lsn());
+    assert_eq!(count(&a), 2002);
+    // Its own settings survived the rebuild (the base backup brought b's), and nothing of
+    // the rebuild is left beside its data directory.
+    assert_eq!(a.psql("SHOW port"), a.port().to_string());
+    let parent = a.data_dir().parent().unwrap();
+    let beside: Vec<String> = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains("walferry"))
+        .collect();
+    assert_eq!(beside, Vec::<String>::new(), "left beside PGDATA");
+}
+
 #[test]
 fn with_the_witness_down_nothing_fails_over_and_writes_continue() {
     let a = lab_primary(&[]);

@@ -18,7 +18,9 @@ Every report interval the agent looks at its PostgreSQL and reports to the witne
 carries out what the witness's answer and the rules say:
   primary   keeps running while the witness names it the primary; fenced (stopped at once)
             when it has reached neither the witness nor any standby for --fence-timeout,
-            or when it hangs that long or loses its data directory. A stopped primary is
+            or when it hangs that long (no answer on the agent's connection, and its
+            postmaster stopped by a signal or no answer to a new connection either) or
+            loses its data directory. A stopped primary is
             started again only when the witness still names it the primary after two
             failover timeouts (no standby could take over).
   standby   streams from the epoch's primary (or from --upstream, a walferry relay), and
@@ -26,8 +28,10 @@ carries out what the witness's answer and the rules say:
             when granted (with --upstream it first receives all the relay has flushed).
   old primary  a node whose server is a primary the witness does not name is stopped and
             rejoins as a standby of the new primary: pg_rewind (needs wal_log_hints = on or
-            data checksums), else walferry restore --delta --standby from --repo. A failed
-            rejoin is shown in walferry status and retried; the server stays stopped.
+            data checksums), else walferry restore --delta --standby from --repo, else a
+            fresh copy of the new primary (pg_basebackup into a directory beside PGDATA,
+            swapped in once complete). A failed rejoin is shown in walferry status and
+            retried (5 s, doubling up to 2 min); the server stays stopped.
 
 The failover state lives in a walferry witness (--witness, --secret-file) or in etcd
 (--etcd http://HOST:PORT, with --failover-timeout and --synchronous the same on every agent;
@@ -95,7 +99,8 @@ pub struct Args {
     #[command(flatten)]
     pub coord: super::coord_args::CoordArgs,
 
-    /// Repository to rebuild this node from when pg_rewind cannot (walferry restore --delta)
+    /// Repository to rebuild this node from when pg_rewind cannot (walferry restore --delta;
+    /// without it, or when that fails, the node is copied from the primary with pg_basebackup)
     #[arg(long = "repo", value_name = "REPO")]
     pub repo: Option<PathBuf>,
 

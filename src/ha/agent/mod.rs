@@ -2,7 +2,8 @@
 //! witness every report interval, and carries out what the rules decide: promote (only with
 //! the witness's grant), fence (a primary cut off from the witness and every standby stops
 //! its PostgreSQL), re-point (a standby follows the epoch's primary), rejoin (an old primary
-//! becomes a standby of the new one: `pg_rewind`, else `walferry restore --delta --standby`).
+//! becomes a standby of the new one: `pg_rewind`, else `walferry restore --delta --standby`
+//! from the repository, else a fresh copy of the new primary with `pg_basebackup`).
 //!
 //! What the agent reports and what it means:
 //! - `health: ok`: PostgreSQL answers SQL in its role, or the agent is restarting a fenced
@@ -19,6 +20,8 @@
 //! sealed (HMAC) and bound to the request's nonce. The primary's agent learns of the standbys
 //! from its own server (walsender replies, and the standby agents' probe connections).
 
+pub mod clone;
+pub mod hang;
 pub mod postgres;
 
 use std::path::PathBuf;
@@ -75,12 +78,21 @@ const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+const CLONE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// How long a standby's feed from a relay may take to catch up before it promotes.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failed starts of a standby before it is rebuilt from the repository.
+/// Failed starts of a standby before it is rebuilt.
 const START_ATTEMPTS: u32 = 3;
-/// Between attempts of a rejoin that failed.
+/// Between attempts of a rejoin that failed: the first wait, doubled after every failure up
+/// to the longest (a primary that is down, or a disk that is full, is not hammered).
 const REJOIN_RETRY: Duration = Duration::from_secs(5);
+const REJOIN_RETRY_MAX: Duration = Duration::from_secs(120);
+
+/// How long to wait after the `failures`-th failed rejoin or rebuild in a row.
+fn rejoin_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (REJOIN_RETRY * 2u32.pow(doublings)).min(REJOIN_RETRY_MAX)
+}
 
 pub struct Agent {
     cfg: AgentConfig,
@@ -100,9 +112,12 @@ pub struct Agent {
     down_since: Option<Instant>,
     /// The next report asks to restart a fenced/crashed primary (see the module docs).
     resuming: bool,
-    hung_since: Option<Instant>,
+    /// Whether the local primary has stopped answering (see [`hang`]).
+    hang: hang::HangWatch,
     problem: Option<String>,
     next_rejoin: Option<Instant>,
+    /// Failed rejoins or rebuilds in a row (the backoff).
+    rejoin_failures: u32,
     status_interval_set: bool,
     last_refusal: Option<String>,
     started: UnixMillis,
@@ -151,9 +166,10 @@ impl Agent {
             timeline: None,
             down_since: None,
             resuming: false,
-            hung_since: None,
+            hang: hang::HangWatch::default(),
             problem: None,
             next_rejoin: None,
+            rejoin_failures: 0,
             status_interval_set: false,
             last_refusal: None,
             started: wall_clock_now(),
@@ -184,14 +200,19 @@ impl Agent {
             self.cfg.coordinator,
             self.epoch
         );
+        if let Err(e) = clone::clean_leftovers(&self.cfg.pgdata) {
+            tracing::warn!("cannot remove what an interrupted rebuild left beside PGDATA: {e}");
+        }
         loop {
             let started = Instant::now();
             let fast = self.tick().await;
             let period = if fast {
+                // A standby that has lost the primary asks for a promote again soon: the
+                // witness may grant it as soon as the old primary reports itself stopped.
                 self.cfg
                     .timeouts
                     .report_interval
-                    .min(Duration::from_millis(250))
+                    .min(Duration::from_millis(100))
             } else {
                 self.cfg.timeouts.report_interval
             };
@@ -210,7 +231,11 @@ impl Agent {
     /// One round: look, report, act. True when the next round should come soon (a standby
     /// that has lost the primary).
     async fn tick(&mut self) -> bool {
-        let mut seen = self.pg.observe().await;
+        let hold = self.cfg.timeouts.fence_timeout;
+        let look = self
+            .hang
+            .next_look(Instant::now(), self.pg.query_timeout, hold);
+        let mut seen = self.pg.observe_within(look).await;
         match (seen.role, seen.timeline) {
             // A standby's timeline only moves forward; when its walreceiver is gone (the
             // primary died) the control file may still name an older one.
@@ -220,24 +245,25 @@ impl Agent {
         }
         seen.timeline = self.timeline;
         self.keep_flush_monotonic(&mut seen);
-        // A primary that lost its data directory, or hangs past the fence timeout, is
-        // stopped: it cannot be trusted with writes, and "down" lets the witness fail over.
+        // A primary that lost its data directory, or hangs for the fence timeout, is
+        // stopped: it cannot be trusted with writes, and "down" lets the witness fail over
+        // at once.
         if seen.running && seen.role == Role::Primary {
-            let hung_too_long = match (seen.hung, self.hung_since) {
-                (true, None) => {
-                    // Unresponsive since the look began, a query timeout ago.
-                    let since = Instant::now()
-                        .checked_sub(self.pg.query_timeout)
-                        .unwrap_or_else(Instant::now);
-                    self.hung_since = Some(since);
-                    since.elapsed() >= self.cfg.timeouts.fence_timeout
-                }
-                (true, Some(t)) => t.elapsed() >= self.cfg.timeouts.fence_timeout,
-                (false, _) => {
-                    self.hung_since = None;
-                    false
-                }
-            };
+            let was_suspected = self.hang.suspected();
+            let hung_too_long =
+                self.hang
+                    .look(seen.no_answer, seen.looked_at, Instant::now(), hold);
+            match seen.no_answer {
+                Some(how) if !was_suspected => tracing::warn!(
+                    "the local primary does not answer ({}): stopped if it still does not after {hold:?}",
+                    match how {
+                        hang::NoAnswer::Frozen => "its postmaster is stopped by a signal",
+                        hang::NoAnswer::Silent => "nor does it answer a new connection",
+                    }
+                ),
+                None if was_suspected => tracing::info!("the local primary answers again"),
+                _ => {}
+            }
             if !seen.pgdata_present || hung_too_long {
                 tracing::error!(
                     "the local primary {}: stopping it",
@@ -248,8 +274,11 @@ impl Agent {
                     }
                 );
                 self.stop_server().await;
+                self.hang = hang::HangWatch::default();
                 seen = self.pg.observe().await;
             }
+        } else {
+            self.hang = hang::HangWatch::default();
         }
         if let (Role::Primary, Some(ago)) = (seen.role, seen.standby_heard_ms_ago) {
             let heard = UnixMillis(wall_clock_now().0.saturating_sub(ago));
@@ -716,24 +745,24 @@ impl Agent {
                     }
                 }
             }
-            // A standby that will not start (a rewind gone wrong, damaged files) is rebuilt
-            // from the repository rather than retried for ever.
+            // A standby that will not start (a rewind gone wrong, damaged files) or has lost
+            // its data directory is rebuilt (from the repository, else from the primary)
+            // rather than retried for ever.
             if (self.start_failures >= START_ATTEMPTS || !seen.pgdata_present)
-                && self.cfg.repo.is_some()
                 && self.next_rejoin.is_none_or(|t| Instant::now() >= t)
             {
-                tracing::warn!("the local standby cannot start: rebuilding it from the repository");
+                tracing::warn!("the local standby cannot start: rebuilding it");
                 match self.rebuild(true).await {
                     Ok(how) => {
                         tracing::info!("rebuilt as a standby ({how})");
                         self.problem = None;
                         self.start_failures = 0;
-                        self.next_rejoin = None;
+                        self.rejoin_done();
                     }
                     Err(e) => {
-                        tracing::error!("rebuild failed (retried in {REJOIN_RETRY:?}): {e}");
+                        let wait = self.rejoin_failed();
+                        tracing::error!("rebuild failed (retried in {wait:?}): {e}");
                         self.problem = Some(format!("rebuild failed: {e}"));
-                        self.next_rejoin = Some(Instant::now() + REJOIN_RETRY);
                     }
                 }
             }
@@ -786,18 +815,34 @@ impl Agent {
             Ok(how) => {
                 tracing::info!("rejoined as a standby ({how})");
                 self.problem = None;
-                self.next_rejoin = None;
+                self.rejoin_done();
                 self.resuming = false;
                 self.save_epoch(epoch);
             }
             Err(e) => {
-                tracing::error!("rejoin failed (retried in {REJOIN_RETRY:?}): {e}");
+                let wait = self.rejoin_failed();
+                tracing::error!("rejoin failed (retried in {wait:?}): {e}");
                 self.problem = Some(format!("rejoin failed: {e}"));
-                self.next_rejoin = Some(Instant::now() + REJOIN_RETRY);
             }
         }
     }
 
+    fn rejoin_done(&mut self) {
+        self.next_rejoin = None;
+        self.rejoin_failures = 0;
+    }
+
+    /// Counts a failed rejoin or rebuild; how long until the next attempt.
+    fn rejoin_failed(&mut self) -> Duration {
+        self.rejoin_failures = self.rejoin_failures.saturating_add(1);
+        let wait = rejoin_backoff(self.rejoin_failures);
+        self.next_rejoin = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// Make this node a standby of the epoch's primary and start it: `pg_rewind` (unless
+    /// `skip_rewind`), else `walferry restore --delta --standby` from the repository, else a
+    /// fresh copy of the primary (`pg_basebackup`). The node keeps its own `*.conf` files.
     async fn rebuild(&mut self, skip_rewind: bool) -> Result<&'static str, String> {
         let Some(address) = self.primary_address.clone() else {
             return Err("the witness does not know the new primary's address yet".into());
@@ -809,8 +854,8 @@ impl Agent {
         let conninfo = self
             .desired_primary_conninfo()
             .ok_or("no primary to follow")?;
-        // pg_rewind and a restore bring the source's configuration files; this node keeps
-        // its own (port, paths, memory, ...).
+        // pg_rewind, a restore and a base backup bring the source's configuration files; this
+        // node keeps its own (port, paths, memory, ...).
         let own_conf = conf_files(&self.cfg.pgdata);
         // WAL the rewind or the recovery after it needs that the primary no longer holds
         // comes from the repository.
@@ -821,9 +866,11 @@ impl Agent {
             )
         });
         let mut how = "pg_rewind";
-        let rewound = if skip_rewind {
-            Err("the server did not start after a rewind".to_string())
-        } else if self.pg.pgdata_present() {
+        let rewound = if !self.pg.pgdata_present() {
+            Err("the data directory is gone".to_string())
+        } else if skip_rewind {
+            Err("the standby does not start".to_string())
+        } else {
             checkpoint_source(&source).await;
             if let Some(command) = &restore_command {
                 set_auto_conf(&self.cfg.pgdata, &[("restore_command", Some(command))])
@@ -840,50 +887,128 @@ impl Agent {
                     Err(e.to_string())
                 }
             }
-        } else {
-            Err("the data directory is gone".to_string())
         };
-        if let Err(why) = rewound {
-            let Some(repo) = self.cfg.repo.clone() else {
-                return Err(format!(
-                    "{why}; and no repository is configured to restore from"
-                ));
-            };
-            how = "walferry restore --delta";
-            let mut cmd = std::process::Command::new(&self.cfg.walferry);
-            cmd.arg("restore")
-                .arg("--repo")
-                .arg(&repo)
-                .arg("--pgdata")
-                .arg(&self.cfg.pgdata)
-                .args(["--delta", "--standby", "--primary-conninfo"])
-                .arg(&conninfo);
-            postgres::run("walferry restore", cmd, RESTORE_TIMEOUT)
-                .await
-                .map_err(|e| format!("{why}; then {e}"))?;
+        let restored = match (rewound, self.cfg.repo.clone()) {
+            (Ok(()), _) => Ok(()),
+            (Err(why), Some(repo)) => {
+                how = "walferry restore --delta";
+                let mut cmd = std::process::Command::new(&self.cfg.walferry);
+                cmd.arg("restore")
+                    .arg("--repo")
+                    .arg(&repo)
+                    .arg("--pgdata")
+                    .arg(&self.cfg.pgdata)
+                    .args(["--delta", "--standby", "--primary-conninfo"])
+                    .arg(&conninfo);
+                postgres::run("walferry restore", cmd, RESTORE_TIMEOUT)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        tracing::warn!("walferry restore: {e}");
+                        format!("{why}; then {e}")
+                    })
+            }
+            (Err(why), None) => Err(format!("{why}; and no repository is configured")),
+        };
+        match restored {
+            Ok(()) => make_standby(
+                &self.cfg.pgdata,
+                &own_conf,
+                &conninfo,
+                restore_command.as_deref(),
+            )?,
+            // Never a dead end: the primary itself is a source that is always there. But a
+            // rewind that failed because the new primary is not reachable or not yet out of
+            // recovery is tried again, not answered with a full copy.
+            Err(why) => {
+                source_is_primary(&source)
+                    .await
+                    .map_err(|e| format!("{why}; and the new primary cannot be copied: {e}"))?;
+                tracing::warn!("copying the primary with pg_basebackup instead");
+                how = "pg_basebackup";
+                self.clone_primary(&source, &own_conf, &conninfo, restore_command.as_deref())
+                    .await
+                    .map_err(|e| format!("{why}; then {e}"))?;
+            }
         }
-        for (path, bytes) in &own_conf {
-            crate::repo::write_durably(path, bytes)
-                .map_err(|e| format!("cannot put back {}: {e}", path.display()))?;
-        }
-        std::fs::write(self.cfg.pgdata.join("standby.signal"), b"")
-            .map_err(|e| format!("cannot write standby.signal: {e}"))?;
-        set_auto_conf(
-            &self.cfg.pgdata,
-            &[
-                ("primary_conninfo", Some(&conninfo)),
-                ("primary_slot_name", None),
-                ("recovery_target_timeline", Some("latest")),
-                ("restore_command", restore_command.as_deref()),
-            ],
-        )
-        .map_err(|e| format!("cannot write postgresql.auto.conf: {e}"))?;
         self.pg
             .start(START_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
         Ok(how)
     }
+
+    /// A fresh copy of the primary at `source`, made a standby beside PGDATA and then swapped
+    /// in for it (see [`clone`]); on failure PGDATA is as it was and nothing is left beside it.
+    async fn clone_primary(
+        &mut self,
+        source: &str,
+        own_conf: &[(PathBuf, Vec<u8>)],
+        conninfo: &str,
+        restore_command: Option<&str>,
+    ) -> Result<(), String> {
+        if let Some(pid) = self.pg.postmaster() {
+            return Err(format!(
+                "the local server (postmaster {pid}) still runs: its data directory is not replaced under it"
+            ));
+        }
+        let pgdata = self.cfg.pgdata.clone();
+        let tidy = |e: std::io::Error| format!("cannot clean up beside {}: {e}", pgdata.display());
+        clone::clean_leftovers(&pgdata).map_err(tidy)?;
+        let build = clone::build_dir(&pgdata);
+        let made = async {
+            clone::base_backup(&self.cfg.bindir, source, &build, CLONE_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            make_standby(&build, own_conf, conninfo, restore_command)?;
+            clone::swap_in(&pgdata, &build).map_err(|e| {
+                format!(
+                    "cannot put the copy {} in place of {}: {e}",
+                    build.display(),
+                    pgdata.display()
+                )
+            })
+        }
+        .await;
+        if made.is_err() {
+            if let Err(e) = clone::clean_leftovers(&pgdata) {
+                tracing::warn!("{}", tidy(e));
+            }
+        }
+        made
+    }
+}
+
+/// Make the data directory `dir` a standby following `conninfo`: this node's own
+/// configuration files (`own_conf`, taken from PGDATA before anything replaced them) back,
+/// `standby.signal`, and the recovery settings. Every file durable: a crash must not leave
+/// a data directory that would start as a primary.
+fn make_standby(
+    dir: &std::path::Path,
+    own_conf: &[(PathBuf, Vec<u8>)],
+    conninfo: &str,
+    restore_command: Option<&str>,
+) -> Result<(), String> {
+    for (path, bytes) in own_conf {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let path = dir.join(name);
+        crate::repo::write_durably(&path, bytes)
+            .map_err(|e| format!("cannot put back {}: {e}", path.display()))?;
+    }
+    crate::repo::write_durably(&dir.join("standby.signal"), b"")
+        .map_err(|e| format!("cannot write standby.signal: {e}"))?;
+    set_auto_conf(
+        dir,
+        &[
+            ("primary_conninfo", Some(conninfo)),
+            ("primary_slot_name", None),
+            ("recovery_target_timeline", Some("latest")),
+            ("restore_command", restore_command),
+        ],
+    )
+    .map_err(|e| format!("cannot write postgresql.auto.conf: {e}"))
 }
 
 /// The configuration files at the top of `pgdata` (`*.conf`), with their content.
@@ -913,5 +1038,40 @@ async fn checkpoint_source(source: &str) {
             }
         }
         Err(e) => tracing::warn!("cannot connect to the new primary for a checkpoint: {e}"),
+    }
+}
+
+/// Whether the server at `source` answers as a primary (out of recovery).
+async fn source_is_primary(source: &str) -> Result<(), String> {
+    let timeout = Duration::from_secs(5);
+    let client = postgres::connect(source, "walferry-agent rejoin", timeout)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    match tokio::time::timeout(timeout, client.simple_query("SELECT pg_is_in_recovery()")).await {
+        Ok(Ok(messages)) => {
+            let in_recovery = messages.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
+                _ => None,
+            });
+            match in_recovery {
+                Some(false) => Ok(()),
+                Some(true) => Err("it is still in recovery".into()),
+                None => Err("no answer to pg_is_in_recovery()".into()),
+            }
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_rejoin_is_retried_ever_less_often_up_to_a_bound() {
+        let waits: Vec<u64> = (1..=8).map(|n| rejoin_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 120, 120, 120]);
+        assert_eq!(rejoin_backoff(u32::MAX), REJOIN_RETRY_MAX);
     }
 }

@@ -7,10 +7,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
+use super::hang::NoAnswer;
 use crate::ha::state::Role;
 use crate::wal::{Lsn, TimeLineId};
 
@@ -21,9 +22,13 @@ pub struct Observed {
     pub running: bool,
     /// It answered SQL.
     pub answering: bool,
-    /// It did not answer within the query timeout although it runs: hung or frozen (a server
-    /// that answers with an error, "starting up" say, is not hung).
-    pub hung: bool,
+    /// It runs but did not answer (see [`super::hang`]): the query on the kept connection
+    /// timed out, and the postmaster is stopped by a signal or a fresh connection timed out
+    /// too. A server that answers with an error ("starting up", say), or answers a fresh
+    /// connection while the kept one is slow, is not in this state.
+    pub no_answer: Option<NoAnswer>,
+    /// When the look began.
+    pub looked_at: Instant,
     /// The data directory is there (`global/pg_control`).
     pub pgdata_present: bool,
     pub role: Role,
@@ -108,13 +113,21 @@ impl LocalPg {
         self.pgdata.join("standby.signal").exists()
     }
 
-    /// One look.
+    /// One look, its SQL bounded by the query timeout.
     pub async fn observe(&mut self) -> Observed {
-        let running = self.postmaster().is_some();
+        self.observe_within(self.query_timeout).await
+    }
+
+    /// One look, its SQL bounded by `timeout`.
+    pub async fn observe_within(&mut self, timeout: Duration) -> Observed {
+        let looked_at = Instant::now();
+        let postmaster = self.postmaster();
+        let running = postmaster.is_some();
         let mut seen = Observed {
             running,
             answering: false,
-            hung: false,
+            no_answer: None,
+            looked_at,
             pgdata_present: self.pgdata_present(),
             role: if self.standby_signal() {
                 Role::Standby
@@ -144,27 +157,63 @@ impl LocalPg {
             }
             return seen;
         }
-        match tokio::time::timeout(self.query_timeout, self.look(&mut seen)).await {
-            Ok(Ok(())) => seen.answering = true,
+        let timed_out = match tokio::time::timeout(timeout, self.look(&mut seen, timeout)).await {
+            Ok(Ok(())) => {
+                seen.answering = true;
+                false
+            }
             Ok(Err(LookError::Refused(e))) => {
                 tracing::debug!("local server does not answer yet: {e}");
                 self.client = None;
+                false
             }
             Ok(Err(LookError::Broken(e))) => {
                 tracing::debug!("local server: {e}");
                 self.client = None;
-                seen.hung = e.contains("timed out");
+                e.contains("timed out")
             }
             Err(_) => {
                 self.client = None;
-                seen.hung = true;
+                true
             }
+        };
+        if timed_out {
+            seen.no_answer = self.second_opinion(postmaster, timeout).await;
         }
         seen
     }
 
-    async fn look(&mut self, seen: &mut Observed) -> Result<(), LookError> {
-        let client = self.client().await?;
+    /// After a look that timed out: whether the server is really not answering (see
+    /// [`super::hang`]), or only slow on the kept connection.
+    async fn second_opinion(
+        &mut self,
+        postmaster: Option<i32>,
+        timeout: Duration,
+    ) -> Option<NoAnswer> {
+        if postmaster.is_some_and(is_stopped) {
+            return Some(NoAnswer::Frozen);
+        }
+        let fresh = async {
+            let client = connect(&self.conninfo, "walferry-agent", timeout).await?;
+            client.simple_query("SELECT 1").await.map(|_| client)
+        };
+        match tokio::time::timeout(timeout, fresh).await {
+            Ok(Ok(client)) => {
+                tracing::info!(
+                    "the local server was slow on the agent's connection but answered a new one"
+                );
+                self.client = Some(client);
+                None
+            }
+            // An error is an answer: alive (out of connection slots, shutting down, ...).
+            Ok(Err(e)) if e.as_db_error().is_some() => None,
+            Ok(Err(e)) if !e.to_string().contains("timed out") => None,
+            Ok(Err(_)) | Err(_) => Some(NoAnswer::Silent),
+        }
+    }
+
+    async fn look(&mut self, seen: &mut Observed, timeout: Duration) -> Result<(), LookError> {
+        let client = self.client(timeout).await?;
         let row = first_row(
             client,
             "SELECT pg_is_in_recovery(), current_setting('primary_conninfo'), \
@@ -226,9 +275,9 @@ impl LocalPg {
         Ok(())
     }
 
-    async fn client(&mut self) -> Result<&Client, LookError> {
+    async fn client(&mut self, timeout: Duration) -> Result<&Client, LookError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let client = connect(&self.conninfo, "walferry-agent", self.query_timeout)
+            let client = connect(&self.conninfo, "walferry-agent", timeout)
                 .await
                 .map_err(|e| match e.as_db_error() {
                     Some(db) => LookError::Refused(db.message().to_string()),
@@ -241,7 +290,7 @@ impl LocalPg {
 
     /// Run SQL that changes something (promote, ALTER SYSTEM), bounded by `timeout`.
     pub async fn execute(&mut self, sql: &str, timeout: Duration) -> Result<Vec<Row>, PgError> {
-        let client = match self.client().await {
+        let client = match self.client(self.query_timeout).await {
             Ok(c) => c,
             Err(LookError::Refused(e) | LookError::Broken(e)) => return Err(PgError::Sql(e)),
         };
@@ -272,6 +321,7 @@ impl LocalPg {
 
     /// `pg_ctl start -w`.
     pub async fn start(&mut self, timeout: Duration) -> Result<(), PgError> {
+        self.forget_dead_postmaster().await;
         let mut cmd = Command::new(self.bindir.join("pg_ctl"));
         cmd.arg("-D")
             .arg(&self.pgdata)
@@ -292,16 +342,27 @@ impl LocalPg {
         let Some(pid) = self.postmaster() else {
             return Ok(());
         };
-        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
-        cmd.arg("-D")
-            .arg(&self.pgdata)
-            .args(["-m", "immediate", "-w", "-t", "2", "stop"]);
-        if self.pgdata.join("postmaster.pid").is_file() {
+        let children = children_of(pid);
+        // A stopped (frozen) process acts on no signal but SIGKILL: waiting for it to shut
+        // down would only delay the failover.
+        let frozen = is_stopped(pid) || children.iter().any(|&c| is_stopped(c));
+        if frozen {
+            tracing::warn!(
+                "PostgreSQL (postmaster {pid}) is frozen (stopped by a signal): killing it"
+            );
+        } else if self.pgdata.join("postmaster.pid").is_file() {
+            let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+            cmd.arg("-D")
+                .arg(&self.pgdata)
+                .args(["-m", "immediate", "-w", "-t", "2", "stop"]);
             let _ = run("pg_ctl stop", cmd, Duration::from_secs(4)).await;
         }
-        let children = children_of(pid);
+        // Those forked meanwhile too.
+        let children: Vec<i32> = children.into_iter().chain(children_of(pid)).collect();
         if is_postmaster(pid) || children.iter().any(|&c| process_alive(c)) {
-            tracing::warn!("PostgreSQL (postmaster {pid}) did not stop: killing it");
+            if !frozen {
+                tracing::warn!("PostgreSQL (postmaster {pid}) did not stop: killing it");
+            }
             for p in children.iter().copied().chain([pid]) {
                 // SAFETY: kill(2) with a pid we read and a constant signal.
                 unsafe {
@@ -309,17 +370,38 @@ impl LocalPg {
                 }
             }
         }
-        for _ in 0..100 {
+        // Polled often: a failover waits for this.
+        for _ in 0..500 {
             if !process_alive(pid) && !children.iter().any(|&c| process_alive(c)) {
                 self.last_pid = None;
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(PgError::Command {
             what: "stopping PostgreSQL".into(),
             detail: format!("postmaster {pid} or its children survived SIGKILL"),
         })
+    }
+
+    /// A dead postmaster that its parent has not reaped yet (a zombie) still answers
+    /// kill(pid, 0), which the next postgres (a start, pg_rewind's single-user run) takes for
+    /// a live owner of `postmaster.pid` and refuses to run. Give the parent a moment to reap
+    /// it; then the pid file of the dead postmaster goes (only while it still names it).
+    async fn forget_dead_postmaster(&self) {
+        let Some(pid) = read_pid_file(&self.pgdata) else {
+            return;
+        };
+        for _ in 0..20 {
+            if !is_zombie(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if read_pid_file(&self.pgdata) == Some(pid) && is_zombie(pid) {
+            tracing::info!("postmaster {pid} is dead but not reaped: removing its postmaster.pid");
+            let _ = fs::remove_file(self.pgdata.join("postmaster.pid"));
+        }
     }
 
     /// A clean stop (`pg_ctl stop -m fast`): sessions end, a shutdown checkpoint is written
@@ -354,6 +436,7 @@ impl LocalPg {
         restore_target_wal: bool,
         timeout: Duration,
     ) -> Result<String, PgError> {
+        self.forget_dead_postmaster().await;
         let mut cmd = Command::new(self.bindir.join("pg_rewind"));
         cmd.arg("-D")
             .arg(&self.pgdata)
@@ -550,14 +633,24 @@ fn is_postmaster(pid: i32) -> bool {
 }
 
 fn process_alive(pid: i32) -> bool {
-    // A zombie has no /proc/PID/stat state other than 'Z'.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    proc_state(pid).is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// Whether `pid` is dead but not yet reaped by its parent.
+fn is_zombie(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|s| s == "Z" || s == "X")
+}
+
+fn proc_state(pid: i32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next().map(str::to_string)
+}
+
+/// Whether `pid` is stopped by a signal (SIGSTOP, SIGTSTP; or traced): `/proc/PID/stat`
+/// state `T` or `t`. Such a process runs no code until SIGCONT.
+fn is_stopped(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|s| s == "T" || s == "t")
 }
 
 /// Processes whose parent is `pid`.
@@ -672,6 +765,30 @@ mod tests {
             "# Do not edit this file manually!\nwork_mem = '8MB'\n\
              primary_conninfo = 'host=new user=''a b'''\n"
         );
+    }
+
+    #[test]
+    fn a_process_stopped_by_sigstop_is_seen_stopped_until_sigcont() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(!is_stopped(pid));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_stopped(pid) {
+            assert!(Instant::now() < deadline, "never seen stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_stopped(pid) {
+            assert!(Instant::now() < deadline, "still stopped after SIGCONT");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!is_stopped(i32::MAX));
     }
 
     #[test]
