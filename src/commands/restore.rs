@@ -180,7 +180,7 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     restore_from(
         &args,
         &cache,
-        &remote.url.full(),
+        &remote.remote.portable_url().full(),
         Some(&remote),
         verbose,
         started,

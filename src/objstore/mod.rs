@@ -237,6 +237,17 @@ impl Remote {
         &self.url
     }
 
+    /// The URL with the endpoint, region and addressing resolved (from the environment or
+    /// the AWS config file too), for another process that may not share this one's
+    /// environment: PostgreSQL running `restore_command`. Still no secret in it.
+    pub fn portable_url(&self) -> S3Url {
+        let mut url = self.url.clone();
+        url.endpoint = self.settings.endpoint.clone();
+        url.region = Some(self.settings.region.clone());
+        url.path_style = Some(self.settings.path_style);
+        url
+    }
+
     /// The same bucket, `sub` deeper (e.g. `wal`).
     pub fn join(&self, sub: &str) -> Remote {
         Remote {
