@@ -119,26 +119,14 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
     };
-    let remote = match RepoArg::open(&args.repo, "backup")? {
-        RepoArg::Local(p) => {
-            let repo = Repo::open(&p).map_err(|e| Failure::new(e.to_string()))?;
-            return take(
-                &repo,
-                None,
-                args,
-                checkpoint,
-                compression,
-                max_rate_kb,
-                threads,
-                verbose,
-            );
-        }
-        RepoArg::Remote(r) => r,
+    let (root, remote) = match RepoArg::open(&args.repo, "backup")? {
+        RepoArg::Local(p) => (p, None),
+        RepoArg::Remote(r) => (r.cache.clone(), Some(r)),
     };
-    let repo = Repo::open(&remote.cache).map_err(|e| Failure::new(e.to_string()))?;
+    let repo = Repo::open(&root).map_err(|e| Failure::new(e.to_string()))?;
     take(
         &repo,
-        Some(&remote),
+        remote.as_deref(),
         args,
         checkpoint,
         compression,
