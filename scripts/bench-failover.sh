@@ -68,8 +68,9 @@ SETTLE=${SETTLE:-1}
 BLIP_SECONDS=${BLIP_SECONDS:-2}
 # Every tool's nodes keep this much WAL after a checkpoint. pg_rewind of a primary killed
 # with kill -9 first runs its crash recovery, whose checkpoint otherwise recycles the segment
-# holding the last checkpoint before the divergence, and then cannot find it (seen with the
-# walferry agent). It changes nothing about when a failover happens.
+# holding the last checkpoint before the divergence, and then cannot find it (the walferry
+# agent then copies the node from the new primary with pg_basebackup: slower to get ready
+# again). It changes nothing about when a failover happens.
 WAL_KEEP=${WAL_KEEP:-512MB}
 BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
 # A directory to copy the tools' logs into at the end (they go with the work directory).

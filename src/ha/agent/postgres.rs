@@ -199,7 +199,7 @@ impl LocalPg {
         };
         match tokio::time::timeout(timeout, fresh).await {
             Ok(Ok(client)) => {
-                tracing::info!(
+                tracing::debug!(
                     "the local server was slow on the agent's connection but answered a new one"
                 );
                 self.client = Some(client);
