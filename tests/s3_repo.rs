@@ -496,3 +496,69 @@ fn wrong_keys_a_missing_bucket_and_no_store_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --spool DIR"));
 }
+
+#[test]
+fn synchronous_remote_acknowledges_only_what_the_store_holds() {
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let spool = spool_dir();
+    let mut rx = Proc::spawn(&mut lab.walferry(&[
+        "receive",
+        "-D",
+        &lab.url("repo/wal"),
+        "--spool",
+        spool.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(common::roles::SUPERUSER),
+        "-S",
+        "wf",
+        "--synchronous-remote",
+    ]));
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walferry'");
+    pg.psql("SELECT pg_reload_conf()");
+    common::wait_until(
+        "walferry to be the sync standby",
+        Duration::from_secs(30),
+        || pg.psql("SELECT sync_state FROM pg_stat_replication") == "sync",
+    );
+    pg.psql("CREATE TABLE t (id int)");
+    for i in 0..30 {
+        pg.psql(&format!("INSERT INTO t VALUES ({i})"));
+    }
+    // What the primary was told is durable; then the receiver dies without a word and its
+    // spool is lost: the store alone must hold all of it.
+    let flushed = common::parse_lsn(
+        &pg.psql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'walferry'"),
+    );
+    rx.kill9();
+    drop(spool);
+    let seg_size = 16u64 << 20;
+    let last = flushed - 1;
+    let name = common::segment_name(1, last);
+    let need = last % seg_size + 1;
+    let dir = s3.root.path().join(BUCKET).join("repo/wal");
+    let held = [name.clone(), format!("{name}.partial")]
+        .iter()
+        .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        held >= need,
+        "the store holds {held} bytes of {name}, the acknowledged flush {} needs {need}: {:?}",
+        common::format_lsn(flushed),
+        s3.objects("repo/wal")
+    );
+    // ... and what it holds is valid WAL up to there.
+    let out = lab
+        .walferry(&["wal-info", "-D", &lab.url("repo/wal")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

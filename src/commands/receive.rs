@@ -71,6 +71,10 @@ away) and removed from the spool once the store has confirmed it. The store is c
 before streaming starts: wrong keys or a missing bucket exit 1 at once. An empty spool is
 seeded from the store, so streaming resumes where the store's archive ends. On SIGINT or
 SIGTERM the remaining uploads finish (up to a minute) and the last .partial is uploaded.
+The segment being written goes up every 10 s while it grows (its flushed part). With
+--synchronous-remote the flush reported to the server is what the store holds: each flush
+uploads the flushed part of the current segment before it is acknowledged (RPO 0 off-host;
+see the README for what it costs in TPS).
 
 Examples:
   walferry receive -D /archive -d 'host=db1 user=replicator' -S walferry --create-slot
@@ -157,6 +161,11 @@ pub struct Args {
     #[arg(long = "synchronous")]
     synchronous: bool,
 
+    /// With -D s3://...: acknowledge WAL as flushed only once the object store holds it
+    /// (implies --synchronous; RPO 0 off-host, at a cost in commit latency)
+    #[arg(long = "synchronous-remote")]
+    synchronous_remote: bool,
+
     /// Do not fsync anything (fast, but a crash can lose acknowledged WAL)
     #[arg(long = "no-sync")]
     no_sync: bool,
@@ -217,6 +226,10 @@ impl Args {
     /// Checks the command line as pg_receivewal 15's main() does, in its order (-E and -s as
     /// they are parsed, then operands, slot actions, sync flags, the directory, -Z) and with
     /// its messages, so that what one refuses the other refuses too.
+    pub fn synchronous_remote(&self) -> bool {
+        self.synchronous_remote
+    }
+
     /// `--create-slot` or `--drop-slot`: the run manages a slot and streams nothing.
     pub fn slot_action(&self) -> bool {
         self.create_slot || self.drop_slot
@@ -293,6 +306,31 @@ impl Args {
             .compress
             .parse::<CompressionSpec>()
             .map_err(|e| usage(e.to_string()))?;
+        if self.synchronous_remote {
+            if !matches!(
+                &action,
+                Action::Stream {
+                    upload_to: Some(_),
+                    ..
+                }
+            ) {
+                return Err(usage(
+                    "--synchronous-remote is for an archive in object storage (-D s3://...)".into(),
+                ));
+            }
+            if self.no_sync {
+                return Err(usage(
+                    "cannot use --synchronous-remote together with --no-sync".into(),
+                ));
+            }
+            if compression != CompressionSpec::None {
+                return Err(usage(
+                    "--synchronous-remote sends the segment being written as it grows, which \
+                     only uncompressed segments allow: drop -Z"
+                        .into(),
+                ));
+            }
+        }
         if self.if_not_exists && !self.create_slot {
             // pg_receivewal ignores it silently; say so rather than do nothing unannounced.
             tracing::warn!("--if-not-exists has no effect without --create-slot");
@@ -398,7 +436,8 @@ impl Plan {
         opts.endpos = checked.endpos;
         opts.no_loop = args.no_loop;
         opts.status_interval = checked.status_interval;
-        opts.synchronous = args.synchronous;
+        opts.synchronous = args.synchronous || args.synchronous_remote;
+        opts.synchronous_remote = args.synchronous_remote;
         opts.no_sync = args.no_sync;
         opts.compression = checked.compression;
         opts.validate = !args.no_validate;

@@ -158,6 +158,13 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
             )))
         }
     };
+    if args.sync_downstream > 0 && args.receive.synchronous_remote() {
+        return Err(usage(
+            "--sync-downstream and --synchronous-remote cannot be combined (yet): choose which \
+             one the primary's commits wait for"
+                .into(),
+        ));
+    }
     let (plan, service) = Plan::from_args(args.receive, "relay")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

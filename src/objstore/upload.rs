@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use super::{Put, Remote, RemoteError};
 use crate::archive::list_dir;
 use crate::wal::page::MIN_SEG_SIZE;
-use crate::wal::{parse_history_file_name, WalFileName};
+use crate::wal::{parse_history_file_name, Lsn, WalFileName};
 
 /// Uploads in flight at once.
 const PARALLEL: usize = 4;
@@ -57,6 +57,14 @@ pub struct UploadStats {
     pub failures: AtomicU64,
 }
 
+/// What the uploader follows of its receiver: the flushed position (how much of the
+/// `.partial` is WAL worth sending), and with `--synchronous-remote` the acknowledgement
+/// limit it moves once the store holds the WAL up to there.
+pub struct Follow {
+    pub position: watch::Receiver<crate::receiver::Position>,
+    pub limit: Option<watch::Sender<Lsn>>,
+}
+
 /// A running uploader; [`Uploader::finish`] drains it.
 pub struct Uploader {
     stop: watch::Sender<bool>,
@@ -66,7 +74,7 @@ pub struct Uploader {
 
 impl Uploader {
     /// Starts uploading the spool `spool` into `remote` (the archive's `wal/` prefix).
-    pub fn spawn(remote: Remote, spool: PathBuf) -> Result<Uploader, RemoteError> {
+    pub fn spawn(remote: Remote, spool: PathBuf, follow: Follow) -> Result<Uploader, RemoteError> {
         let remote = remote.fresh()?;
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(UploadStats::default());
@@ -81,7 +89,7 @@ impl Uploader {
                         return;
                     }
                 };
-                rt.block_on(run(remote, spool, shared, stop_rx));
+                rt.block_on(run(remote, spool, shared, stop_rx, follow));
             })
             .map_err(|e| RemoteError::local("start a thread for", Path::new("the uploader"), e))?;
         Ok(Uploader {
@@ -118,8 +126,9 @@ struct State {
     backoff: Duration,
     retry_at: Option<Instant>,
     last_error: Option<String>,
-    /// The `.partial` last uploaded (name, size, modification time) and when.
-    partial_sent: Option<(String, u64, Option<SystemTime>)>,
+    /// What was last uploaded of each `.partial` (name, length, and for whole files the
+    /// modification time), and when the growing one went up last.
+    partials_sent: std::collections::HashMap<String, (String, u64, Option<SystemTime>)>,
     partial_at: Instant,
 }
 
@@ -128,6 +137,7 @@ async fn run(
     spool: PathBuf,
     stats: Arc<UploadStats>,
     mut stop: watch::Receiver<bool>,
+    mut follow: Follow,
 ) {
     let remote_partials = match remote.list("").await {
         Ok(objects) => objects
@@ -146,23 +156,40 @@ async fn run(
         backoff: Duration::from_millis(500),
         retry_at: None,
         last_error: None,
-        partial_sent: None,
+        partials_sent: Default::default(),
         partial_at: Instant::now(),
     };
     loop {
+        let flushed = follow.position.borrow_and_update().flushed;
+        let known = (flushed != Lsn::INVALID).then_some(flushed);
         if st.retry_at.is_none_or(|t| Instant::now() >= t) {
-            st.pass().await;
-            if st.partial_at.elapsed() >= PARTIAL_EVERY {
-                st.partial_at = Instant::now();
-                st.upload_partial().await;
+            let left = st.pass().await;
+            match &follow.limit {
+                // --synchronous-remote: acknowledge what the store holds, at once.
+                Some(limit) => {
+                    if left == 0 && flushed > *limit.borrow() && st.upload_partials(known).await {
+                        let _ = limit.send(flushed);
+                    }
+                }
+                None if st.partial_at.elapsed() >= PARTIAL_EVERY => {
+                    st.partial_at = Instant::now();
+                    st.upload_partials(known).await;
+                }
+                None => {}
             }
         }
         if *stop.borrow() {
             break;
         }
+        let synchronous = follow.limit.is_some();
         tokio::select! {
             _ = tokio::time::sleep(PASS_EVERY) => {}
             _ = stop.changed() => {}
+            r = follow.position.changed(), if synchronous => {
+                if r.is_err() {
+                    follow.limit = None;
+                }
+            }
         }
     }
     // Drain: the receiver has stopped, nothing new comes.
@@ -170,7 +197,9 @@ async fn run(
     loop {
         st.retry_at = None;
         if st.pass().await == 0 {
-            st.upload_partial().await;
+            let flushed = follow.position.borrow().flushed;
+            st.upload_partials((flushed != Lsn::INVALID).then_some(flushed))
+                .await;
             break;
         }
         if Instant::now() >= deadline {
@@ -377,47 +406,102 @@ impl State {
         }
     }
 
-    /// At a stop: the newest `.partial` of the spool goes up (replacing an older one).
-    async fn upload_partial(&mut self) {
+    /// Sends up the `.partial` files of the spool holding WAL before `upto` (the
+    /// receiver's flushed position; `None`: all of them), each as far as it holds WAL that
+    /// is flushed (a prefix; a compressed one whole), replacing the store's older copy.
+    /// Unchanged files are not sent again. True when the store then holds every such file.
+    async fn upload_partials(&mut self, upto: Option<Lsn>) -> bool {
         let Ok(files) = list_dir(&self.spool) else {
-            return;
+            return false;
         };
-        let Some(newest) = files
+        let mut partials: Vec<(crate::archive::DirFile, WalFileName)> = files
             .into_iter()
-            .filter(|f| WalFileName::parse(&f.name, MIN_SEG_SIZE).is_some_and(|w| w.partial))
-            .max_by_key(|f| order_key(&f.name))
-        else {
-            return;
-        };
-        let path = self.spool.join(&newest.name);
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let seen = Some((newest.name.clone(), newest.len, modified));
-        if self.partial_sent == seen {
-            return;
-        }
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("could not read \"{}\": {e}", path.display());
-                return;
+            .filter_map(|f| {
+                let w = WalFileName::parse(&f.name, MIN_SEG_SIZE).filter(|w| w.partial)?;
+                Some((f, w))
+            })
+            .collect();
+        partials.sort_by_key(|(f, _)| order_key(&f.name));
+        let mut all = true;
+        for (file, wal) in partials {
+            let path = self.spool.join(&file.name);
+            let compressed = wal.compression != crate::wal::Compression::None;
+            let len = match (upto, compressed) {
+                (Some(upto), false) => {
+                    let Some(seg_size) = seg_size_of(&path) else {
+                        // No WAL in it yet: nothing flushed lives there.
+                        continue;
+                    };
+                    let Some(seg) = WalFileName::parse(&file.name, seg_size) else {
+                        continue;
+                    };
+                    let start = seg.segment.segno.start_lsn(seg_size);
+                    if upto <= start {
+                        continue;
+                    }
+                    (upto.0 - start.0).min(seg_size)
+                }
+                _ => file.len,
+            };
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            let seen = (
+                file.name.clone(),
+                len,
+                modified.filter(|_| compressed || upto.is_none()),
+            );
+            if self.partials_sent.get(&file.name) == Some(&seen) {
+                continue;
             }
-        };
-        match self
-            .remote
-            .put_replace(&newest.name, bytes::Bytes::from(bytes))
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(
-                    "{}: the newest WAL is in {}",
-                    newest.name,
-                    self.remote.url()
-                );
-                self.remote_partials.insert(newest.name);
+            let bytes = match read_prefix(&path, len) {
+                Ok(b) => b,
+                // Renamed complete meanwhile: the next pass uploads it under its name.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.failed(format!("could not read \"{}\": {e}", path.display()));
+                    all = false;
+                    continue;
+                }
+            };
+            match self
+                .remote
+                .put_replace(&file.name, bytes::Bytes::from(bytes))
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!("{}: {len} bytes in {}", file.name, self.remote.url());
+                    self.remote_partials.insert(file.name.clone());
+                    self.partials_sent.insert(file.name, seen);
+                }
+                Err(e) => {
+                    self.failed(e.to_string());
+                    all = false;
+                }
             }
-            Err(e) => tracing::warn!("could not upload {}: {e}", newest.name),
         }
+        all
     }
+}
+
+/// The segment size in the long page header of the segment file at `path`.
+fn seg_size_of(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; crate::wal::page::LONG_PAGE_HEADER];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    match crate::wal::page::SegmentHeader::parse(&head) {
+        crate::wal::page::SegmentHeader::Valid { seg_size, .. }
+            if crate::wal::page::is_valid_seg_size(u64::from(seg_size)) =>
+        {
+            Some(u64::from(seg_size))
+        }
+        _ => None,
+    }
+}
+
+fn read_prefix(path: &Path, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(len as usize);
+    std::fs::File::open(path)?.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// Segment order as the receiver's scan: log/segment part, then timeline.

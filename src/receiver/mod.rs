@@ -82,6 +82,9 @@ pub struct ReceiveOptions {
     /// An `s3://` archive: `directory` is its spool, and completed files are uploaded here
     /// (the archive's `wal/` prefix) in the background (see [`crate::objstore::upload`]).
     pub upload_to: Option<Box<crate::objstore::Remote>>,
+    /// With `upload_to`: acknowledge as flushed only what the object store holds
+    /// (`--synchronous-remote`).
+    pub synchronous_remote: bool,
 }
 
 impl ReceiveOptions {
@@ -103,6 +106,7 @@ impl ReceiveOptions {
             feedback: None,
             metrics: None,
             upload_to: None,
+            synchronous_remote: false,
         }
     }
 }
@@ -201,8 +205,26 @@ pub async fn receive_publishing(
     Archive::check_dir(&opts.directory)?;
     // Held until this returns: one writer per archive directory.
     let _lock = ArchiveLock::acquire(&opts.directory)?;
+    // --synchronous-remote: the uploader holds back what is acknowledged until the store
+    // has it.
+    let mut limited;
+    let (opts, limit) = match (&opts.upload_to, opts.synchronous_remote) {
+        (Some(_), true) => {
+            let (tx, rx) = watch::channel(Lsn::INVALID);
+            limited = opts.clone();
+            limited.ack_limit = Some(rx);
+            (&limited, Some(tx))
+        }
+        _ => (opts, None),
+    };
     let uploader = match &opts.upload_to {
-        Some(remote) => Some(start_uploads(remote, opts).await?),
+        Some(remote) => {
+            let follow = crate::objstore::upload::Follow {
+                position: published.position.subscribe(),
+                limit,
+            };
+            Some(start_uploads(remote, opts, follow).await?)
+        }
         None => None,
     };
     let result = receive_sessions(opts, shutdown, published).await;
@@ -218,6 +240,7 @@ pub async fn receive_publishing(
 async fn start_uploads(
     remote: &crate::objstore::Remote,
     opts: &ReceiveOptions,
+    follow: crate::objstore::upload::Follow,
 ) -> Result<crate::objstore::upload::Uploader, ReceiveError> {
     remote.check().await?;
     let seeded = crate::objstore::upload::seed_spool(remote, &opts.directory).await?;
@@ -229,8 +252,8 @@ async fn start_uploads(
             remote.url()
         );
     }
-    let uploader = crate::objstore::upload::Uploader::spawn(remote.clone(), opts.directory.clone())
-        .map_err(|e| ReceiveError::Internal(format!("could not start the uploader: {e}")))?;
+    let uploader =
+        crate::objstore::upload::Uploader::spawn(remote.clone(), opts.directory.clone(), follow)?;
     if let Some(m) = &opts.metrics {
         m.set_upload_stats(uploader.stats.clone());
     }
