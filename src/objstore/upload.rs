@@ -166,11 +166,13 @@ async fn run(
             let left = st.pass().await;
             match &follow.limit {
                 // --synchronous-remote: acknowledge what the store holds, at once.
-                Some(limit) => {
-                    if left == 0 && flushed > *limit.borrow() && st.upload_partials(known).await {
+                Some(limit) if left == 0 && flushed > *limit.borrow() => {
+                    let held = st.upload_partials(known).await;
+                    if held {
                         let _ = limit.send(flushed);
                     }
                 }
+                Some(_) => {}
                 None if st.partial_at.elapsed() >= PARTIAL_EVERY => {
                     st.partial_at = Instant::now();
                     st.upload_partials(known).await;
