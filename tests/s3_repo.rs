@@ -193,6 +193,19 @@ fn ok(cmd: &mut Command) -> Output {
     out
 }
 
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files.extend(walk(&p));
+        } else {
+            files.push(p);
+        }
+    }
+    files
+}
+
 fn spool_dir() -> tempfile::TempDir {
     let d = tempdir();
     common::chown_to_postgres(d.path());
@@ -267,6 +280,15 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
         s3.objects("repo/wal")
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let local_copy = lab.cache.join("s3/walferry/repo/backups");
+    let left: Vec<_> = walk(&local_copy)
+        .into_iter()
+        .filter(|p| !p.ends_with(".walferry.lock"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the backup left no file on local disk: {left:?}"
+    );
     let backup_objects = s3.objects(&format!("repo/backups/{id}"));
     assert!(
         backup_objects.contains(&"backup.json".to_string())

@@ -52,6 +52,9 @@ pub struct BackupOptions {
     pub wal_timeout: Option<Duration>,
     /// Compression and write threads.
     pub threads: usize,
+    /// Each stored file, once durable, is handed over here by path (a repository in
+    /// object storage uploads and removes it while the backup goes on).
+    pub hand_over: Option<tokio::sync::mpsc::Sender<PathBuf>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +304,8 @@ async fn stream(
         .iter()
         .map(|t| t.size_kb.map(|kb| kb * 1024))
         .sum();
-    let mut store = Store::new(dir, opts.compression, opts.threads);
+    let mut store =
+        Store::handing_over(dir, opts.compression, opts.threads, opts.hand_over.clone());
     let manifest_path = dir.join(MANIFEST_FILE);
     let mut target = Target::Nothing;
     while let Some(msg) = conn.read_copy_out().await? {

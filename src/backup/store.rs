@@ -43,6 +43,8 @@ pub enum StoreError {
     },
     #[error("a compression worker stopped unexpectedly")]
     WorkerGone,
+    #[error("the upload of the stored files stopped")]
+    HandOverGone,
     #[error(
         "stored file \"{path}\" does not match the server's manifest ({detail}); the backup \
          is not kept"
@@ -83,6 +85,7 @@ struct Worker {
 struct Shared {
     stored: Mutex<HashMap<String, Stored>>,
     error: Mutex<Option<StoreError>>,
+    done: Option<mpsc::Sender<PathBuf>>,
 }
 
 /// A file being received: the bytes not yet handed over, and to whom they go.
@@ -118,7 +121,22 @@ pub struct Summary {
 impl Store {
     /// A store writing into `root` (which exists) with `threads` workers.
     pub fn new(root: &Path, compression: CompressionSpec, threads: usize) -> Store {
-        let shared = Arc::new(Shared::default());
+        Store::handing_over(root, compression, threads, None)
+    }
+
+    /// As [`Store::new`], and each file, once stored and fsynced, is handed over by its
+    /// path to `done` (e.g. for upload to an object store, which removes it). The channel
+    /// is bounded: a slow taker slows the workers and so the stream.
+    pub fn handing_over(
+        root: &Path,
+        compression: CompressionSpec,
+        threads: usize,
+        done: Option<mpsc::Sender<PathBuf>>,
+    ) -> Store {
+        let shared = Arc::new(Shared {
+            done,
+            ..Shared::default()
+        });
         let workers = (0..threads.max(1))
             .map(|i| {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -465,6 +483,10 @@ fn run_job(
                     stored_size,
                 },
             );
+            if let Some(done) = &shared.done {
+                done.blocking_send(f.dest)
+                    .map_err(|_| StoreError::HandOverGone)?;
+            }
         }
     }
     Ok(())

@@ -149,6 +149,14 @@ fn take(
     threads: usize,
     verbose: u8,
 ) -> Result<(), Failure> {
+    // In object storage, each file goes up as soon as it is stored, and leaves the disk.
+    let (hand_over, handed) = match remote {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(2 * threads);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let opts = BackupOptions {
         params: connection_params(&args.conn)?,
         label: args.label,
@@ -157,6 +165,7 @@ fn take(
         max_rate_kb,
         wal_timeout: (!args.no_wait_wal).then(|| Duration::from_secs(args.wal_timeout)),
         threads,
+        hand_over,
     };
     let mut line = ProgressLine::new(std::io::stderr().is_terminal() && verbose == 0);
     let own_rt;
@@ -166,6 +175,18 @@ fn take(
             own_rt = current_thread_runtime()?;
             &own_rt
         }
+    };
+    // The uploads run as a task of their own (on the store's multi-threaded runtime): the
+    // backup's end joins its worker threads, which may be waiting to hand a file over.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let uploads = match (remote, handed) {
+        (Some(r), Some(rx)) => Some(rt.spawn(upload_as_stored(
+            r.remote.join(walferry::repo::BACKUPS_DIR),
+            repo.backups_dir(),
+            rx,
+            done_rx,
+        ))),
+        _ => None,
     };
     let result = rt.block_on(async {
         let mut show = |p| line.show(p);
@@ -177,13 +198,33 @@ fn take(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let r = tokio::select! {
             r = backup::take(repo, &opts, &mut show) => Some(r),
             _ = wait_for_stop_signal() => None,
             e = follow => Some(Err(e)),
-        }
+        };
+        let _ = done_tx.send(());
+        r
     });
+    let streamed = match uploads {
+        Some(task) => rt.block_on(task).unwrap_or_else(|e| {
+            Err(walferry::objstore::RemoteError::local(
+                "upload the files of",
+                Path::new("the backup"),
+                std::io::Error::other(e.to_string()),
+            ))
+        }),
+        None => Ok(()),
+    };
     line.clear();
+    if let (Some(remote), Err(e)) = (remote, streamed) {
+        remove_partial_copies(repo);
+        return Err(super::remote_repo::remote_failure(&e).with_hint(format!(
+            "the backup's files could not all be uploaded to {}; nothing was kept (the files \
+             uploaded are not a backup without their backup.json): take it again",
+            remote.url
+        )));
+    }
     match result {
         None => Err(Failure::new(
             "backup interrupted by a signal; nothing was kept",
@@ -266,6 +307,78 @@ async fn follow_remote_wal(remote: &RemoteRepo, repo: &Repo) -> backup::BackupEr
             return backup::BackupError::Stream(e.to_string());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Uploads each file of the backup being taken as its worker hands it over (stored and
+/// fsynced), under `backups/<id>/`, four at a time, and removes it from the local copy, so
+/// the disk holds only the files in flight. Ends once the backup has ended (`done`) and
+/// what was handed over is up.
+async fn upload_as_stored(
+    backups: walferry::objstore::Remote,
+    root: std::path::PathBuf,
+    mut handed: tokio::sync::mpsc::Receiver<std::path::PathBuf>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), walferry::objstore::RemoteError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let upload = |path: std::path::PathBuf| {
+        let backups = backups.clone();
+        let key = stored_key(&root, &path);
+        async move {
+            let Some(key) = key else {
+                return Ok(());
+            };
+            backups.put_file_new(&key, &path).await?;
+            std::fs::remove_file(&path)
+                .map_err(|e| walferry::objstore::RemoteError::local("remove", &path, e))
+        }
+    };
+    let mut inflight = FuturesUnordered::new();
+    let mut ended = false;
+    loop {
+        if inflight.len() >= 4 {
+            if let Some(r) = inflight.next().await {
+                r?;
+            }
+            continue;
+        }
+        tokio::select! {
+            path = handed.recv() => match path {
+                Some(p) => inflight.push(upload(p)),
+                None => break,
+            },
+            Some(r) = inflight.next(), if !inflight.is_empty() => r?,
+            _ = &mut done, if !ended => {
+                // No more files come: take what is queued, then stop.
+                ended = true;
+                handed.close();
+            }
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// `backups/.<id>.partial/REL` in the local copy is `<id>/REL` in the store.
+fn stored_key(backups_dir: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(backups_dir).ok()?;
+    let mut parts = rel.components();
+    let first = parts.next()?.as_os_str().to_str()?;
+    let id = first.strip_prefix('.')?.strip_suffix(".partial")?;
+    Some(format!("{id}/{}", parts.as_path().to_string_lossy()))
+}
+
+/// After a failed upload: the local copy's partial backups go (the store keeps no
+/// catalog entry for them, so they are no backup there either).
+fn remove_partial_copies(repo: &Repo) {
+    if let Ok(entries) = std::fs::read_dir(repo.backups_dir()) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".partial") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 

@@ -48,7 +48,11 @@ pub struct RemoteRepo {
 impl RemoteRepo {
     pub fn connect(url: &S3Url) -> Result<RemoteRepo, Failure> {
         let remote = Remote::new(url).map_err(|e| remote_failure(&e))?;
-        let rt = walferry::objstore::runtime()
+        // Multi-threaded: a backup's uploads go on while its stream's end blocks a thread.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
             .map_err(|e| Failure::new(format!("could not start a runtime: {e}")))?;
         rt.block_on(remote.check())
             .map_err(|e| remote_failure(&e))?;

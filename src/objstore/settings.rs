@@ -177,7 +177,15 @@ fn read_ini_section(
 ) -> Result<HashMap<String, String>, SettingsError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+        // A file nobody named that is missing, or unreadable to this user (another
+        // user's home, as for a service run with HOME=/root), is no file.
+        Err(e)
+            if !must_exist
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+        {
             return Ok(HashMap::new())
         }
         Err(e) => {
