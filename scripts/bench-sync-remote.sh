@@ -98,10 +98,10 @@ phase() {
     stop_receiver
     rm -rf "$dir" "$WORK/s3/bench/$name-$round"
     # The next phase starts from the primary's current position, not the slot's.
-    psql_pg -c "SELECT pg_drop_replication_slot('wf')" -c "SELECT pg_create_physical_slot('wf', true)" >/dev/null
+    psql_pg -c "SELECT pg_drop_replication_slot('wf')" -c "SELECT pg_create_physical_replication_slot('wf', true)" >/dev/null
 }
 
-psql_pg -c "SELECT pg_create_physical_slot('wf', true)" >/dev/null
+psql_pg -c "SELECT pg_create_physical_replication_slot('wf', true)" >/dev/null
 echo "==> warm-up: pgbench without a synchronous standby"
 run_pgbench >/dev/null
 ORDER=(local s3 s3-remote)
