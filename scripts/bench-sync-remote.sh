@@ -60,22 +60,6 @@ S3_PID=$!
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
 echo "==> s3s-fs on 127.0.0.1:$S3_PORT"
 
-set_sync_name() {
-    psql_pg -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
-}
-wait_sync() {
-    for _ in $(seq 1 300); do
-        [ "$(psql_pg -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walferry' AND sync_state = 'sync'")" = 1 ] && return 0
-        sleep 0.1
-    done
-    echo "walferry never became the synchronous standby" >&2
-    return 1
-}
-run_pgbench() {
-    as_pg "$PG_BIN/pgbench" -n -T "$SECONDS_PER_RUN" -c "$CLIENTS" -j 2 -h "$WORK" -p "$PORT" -U postgres postgres 2>/dev/null |
-        awk '/^tps/ {printf "%d", $3}'
-}
-
 declare -A TPS
 phase() {
     local name=$1 round=$2 dir=$WORK/spool-$1-$2
@@ -88,7 +72,7 @@ phase() {
     esac
     RECEIVER_PID=$!
     set_sync_name walferry
-    wait_sync
+    wait_sync walferry
     psql_pg -c "CHECKPOINT" >/dev/null
     local tps
     tps=$(run_pgbench)
@@ -111,7 +95,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 lo=$(echo "${TPS[local]}" | median)
 s3=$(echo "${TPS[s3]}" | median)
 sr=$(echo "${TPS[s3-remote]}" | median)

@@ -69,22 +69,6 @@ port = $STANDBY_PORT
 listen_addresses = ''
 CONF
 
-set_sync_name() {
-    psql_pg -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
-}
-wait_sync() {
-    for _ in $(seq 1 300); do
-        [ "$(psql_pg -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$1' AND sync_state = 'sync'")" = 1 ] && return 0
-        sleep 0.1
-    done
-    echo "$1 never became the synchronous standby" >&2
-    return 1
-}
-run_pgbench() {
-    as_pg "$PG_BIN/pgbench" -n -T "$SECONDS_PER_RUN" -c "$CLIENTS" -j 2 -h "$WORK" -p "$PORT" -U postgres postgres 2>/dev/null |
-        awk '/^tps/ {printf "%d", $3}'
-}
-
 declare -A TPS
 phase() {
     local name=$1 round=$2 dir=$WORK/archive-$1-$2
@@ -130,7 +114,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 wf=$(echo "${TPS[walferry]}" | median)
 sb=$(echo "${TPS[standby]}" | median)
 pr=$(echo "${TPS[pg_receivewal]}" | median)

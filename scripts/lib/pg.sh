@@ -87,3 +87,23 @@ BEGIN
 END \$\$;
 SQL
 }
+
+# For the synchronous-standby benches: make APP the only synchronous standby ("" for none),
+# wait until APP is it, run pgbench (SECONDS_PER_RUN, CLIENTS) and print its TPS.
+set_sync_name() {
+    psql_pg -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
+}
+wait_sync() {
+    for _ in $(seq 1 300); do
+        [ "$(psql_pg -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$1' AND sync_state = 'sync'")" = 1 ] && return 0
+        sleep 0.1
+    done
+    echo "$1 never became the synchronous standby" >&2
+    return 1
+}
+run_pgbench() {
+    as_pg "$PG_BIN/pgbench" -n -T "$SECONDS_PER_RUN" -c "$CLIENTS" -j 2 -h "$PG_SOCKET_DIR" -p "$PORT" -U postgres postgres 2>/dev/null |
+        awk '/^tps/ {printf "%d", $3}'
+}
+# The median of the numbers on standard input (separated by blanks or newlines).
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
