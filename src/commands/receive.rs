@@ -158,7 +158,12 @@ pub struct Args {
     status_interval: String,
 
     /// Fsync and report flush after every write: makes walferry usable as a synchronous standby
-    #[arg(long = "synchronous")]
+    // Every abbreviation pg_receivewal takes (`--sync`, ...) stays this flag's, although
+    // --synchronous-remote shares the prefix.
+    #[arg(
+        long = "synchronous",
+        aliases = ["syn", "sync", "synch", "synchr", "synchro", "synchron", "synchrono", "synchronou"]
+    )]
     synchronous: bool,
 
     /// With -D s3://...: acknowledge WAL as flushed only once the object store holds it
