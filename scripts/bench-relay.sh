@@ -349,17 +349,6 @@ fi
 declare -A TPS
 SYNC_RELAY_PID=
 SYNC_RELAY_PORT=
-set_sync_name() {
-    psql_pg -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
-}
-wait_sync() {
-    for _ in $(seq 1 300); do
-        [ "$(psql_pg -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$1' AND sync_state = 'sync'")" = 1 ] && return 0
-        sleep 0.1
-    done
-    echo "$1 never became the synchronous standby" >&2
-    return 1
-}
 sync_phase() {
     local name=$1 round=$2 app dir=$WORK/sync-archive
     case "$name" in

@@ -343,6 +343,24 @@ impl Archive {
     }
 }
 
+/// The segment size in the long page header of the segment file at `path`, stored as
+/// `compression`; `None` when it holds no valid header (yet).
+pub fn seg_size_of_file(path: &Path, compression: crate::wal::Compression) -> Option<u64> {
+    let mut head = [0u8; crate::wal::page::LONG_PAGE_HEADER];
+    SegmentReader::open(path, compression)
+        .ok()?
+        .read_exact(&mut head)
+        .ok()?;
+    match SegmentHeader::parse(&head) {
+        SegmentHeader::Valid { seg_size, .. }
+            if crate::wal::page::is_valid_seg_size(u64::from(seg_size)) =>
+        {
+            Some(u64::from(seg_size))
+        }
+        _ => None,
+    }
+}
+
 /// `dir` exists and is a directory; else what failed ("access directory", "use directory").
 pub(crate) fn is_dir(dir: &Path) -> Result<(), (&'static str, io::Error)> {
     let meta = fs::metadata(dir).map_err(|e| ("access directory", e))?;

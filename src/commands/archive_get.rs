@@ -9,7 +9,6 @@ use walferry::archive::get::{self, Fetched, GetError, Getter, Served, Wanted};
 use walferry::archive::spool::Spool;
 use walferry::objstore::Location;
 use walferry::repo::WAL_DIR;
-use walferry::wal::page::{is_valid_seg_size, SegmentHeader, LONG_PAGE_HEADER};
 
 use super::Failure;
 
@@ -221,7 +220,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     args.file,
                     started.elapsed().as_secs_f64() * 1e3
                 );
-                if let Some(seg_size) = seg_size_of_file(dest) {
+                if let Some(seg_size) =
+                    walferry::archive::seg_size_of_file(dest, walferry::wal::Compression::None)
+                {
                     prefetch(&args, spool, seg_size);
                 }
                 return Ok(());
@@ -354,40 +355,10 @@ fn run_worker(args: &Args, source: &Source, wal_dir: &Path) {
 
 /// The segment size in the header of any stored form of segment `name` in `dir`.
 fn seg_size_in_window(dir: &Path, name: &str) -> Option<u64> {
-    use std::io::Read;
     use walferry::wal::{page::MIN_SEG_SIZE, WalFileName};
-    let entries = std::fs::read_dir(dir).ok()?;
-    for entry in entries.flatten() {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(w) = file
-            .starts_with(name)
-            .then(|| WalFileName::parse(&file, MIN_SEG_SIZE))
-            .flatten()
-        else {
-            continue;
-        };
-        let mut head = [0u8; LONG_PAGE_HEADER];
-        let ok = walferry::archive::SegmentReader::open(&entry.path(), w.compression)
-            .and_then(|mut r| r.read_exact(&mut head))
-            .is_ok();
-        if let (true, SegmentHeader::Valid { seg_size, .. }) = (ok, SegmentHeader::parse(&head)) {
-            if is_valid_seg_size(u64::from(seg_size)) {
-                return Some(u64::from(seg_size));
-            }
-        }
-    }
-    None
-}
-
-/// The segment size in the long page header of the segment file at `path`.
-fn seg_size_of_file(path: &Path) -> Option<u64> {
-    use std::io::Read;
-    let mut head = [0u8; LONG_PAGE_HEADER];
-    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    match SegmentHeader::parse(&head) {
-        SegmentHeader::Valid { seg_size, .. } if is_valid_seg_size(u64::from(seg_size)) => {
-            Some(u64::from(seg_size))
-        }
-        _ => None,
-    }
+        let w = WalFileName::parse(&file, MIN_SEG_SIZE).filter(|_| file.starts_with(name))?;
+        walferry::archive::seg_size_of_file(&entry.path(), w.compression)
+    })
 }

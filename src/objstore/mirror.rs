@@ -72,16 +72,31 @@ pub async fn sync_objects(
     objects: &[Object],
     want: &dyn Fn(&str) -> bool,
 ) -> Result<Synced, RemoteError> {
-    make_dir(dir)?;
     let mut synced = Synced::default();
-    let mut todo = Vec::new();
-    for o in objects {
-        let local = dir.join(&o.name);
-        match std::fs::metadata(&local) {
-            Ok(m) if m.is_file() && m.len() == o.size => synced.kept += 1,
-            _ => todo.push(o.clone()),
-        }
-    }
+    let (fetched, fetched_bytes) = fetch_missing(remote, sub, dir, objects).await?;
+    synced.kept = objects.len() as u64 - fetched;
+    synced.fetched = fetched;
+    synced.fetched_bytes = fetched_bytes;
+    let names: std::collections::HashSet<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    synced.removed = remove_extras(dir, dir, &names, want)?;
+    Ok(synced)
+}
+
+/// Downloads into `dir` the `objects` (under `sub`) it lacks or holds at another size,
+/// [`PARALLEL`] at a time; returns how many and their bytes.
+async fn fetch_missing(
+    remote: &Remote,
+    sub: &str,
+    dir: &Path,
+    objects: &[Object],
+) -> Result<(u64, u64), RemoteError> {
+    make_dir(dir)?;
+    let todo: Vec<&Object> = objects
+        .iter()
+        .filter(|o| {
+            !std::fs::metadata(dir.join(&o.name)).is_ok_and(|m| m.is_file() && m.len() == o.size)
+        })
+        .collect();
     let sub = sub.trim_matches('/');
     let results: Vec<Result<u64, RemoteError>> = futures_util::stream::iter(todo.iter().map(|o| {
         let rel = match sub.is_empty() {
@@ -99,13 +114,11 @@ pub async fn sync_objects(
     .buffer_unordered(PARALLEL)
     .collect()
     .await;
+    let mut bytes = 0;
     for r in results {
-        synced.fetched_bytes += r?;
-        synced.fetched += 1;
+        bytes += r?;
     }
-    let names: std::collections::HashSet<&str> = objects.iter().map(|o| o.name.as_str()).collect();
-    synced.removed = remove_extras(dir, dir, &names, want)?;
-    Ok(synced)
+    Ok((todo.len() as u64, bytes))
 }
 
 fn make_dir(dir: &Path) -> Result<(), RemoteError> {
@@ -196,23 +209,7 @@ pub async fn fetch_window(
     }
     objects.sort_by(|a, b| a.name.cmp(&b.name));
     objects.dedup_by(|a, b| a.name == b.name);
-    let fetch: Vec<Object> = objects
-        .into_iter()
-        .filter(|o| {
-            !std::fs::metadata(dir.join(&o.name)).is_ok_and(|m| m.is_file() && m.len() == o.size)
-        })
-        .collect();
-    let results: Vec<Result<u64, RemoteError>> = futures_util::stream::iter(
-        fetch
-            .iter()
-            .map(|o| async move { remote.download(&o.name, &dir.join(&o.name)).await }),
-    )
-    .buffer_unordered(PARALLEL)
-    .collect()
-    .await;
-    for r in results {
-        r?;
-    }
+    fetch_missing(remote, "", dir, &objects).await?;
     if segment.is_some() {
         // Older segments were served already; keep the window small.
         if let Ok(entries) = std::fs::read_dir(dir) {

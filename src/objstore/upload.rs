@@ -430,7 +430,8 @@ impl State {
             let compressed = wal.compression != crate::wal::Compression::None;
             let len = match (upto, compressed) {
                 (Some(upto), false) => {
-                    let Some(seg_size) = seg_size_of(&path) else {
+                    let Some(seg_size) = crate::archive::seg_size_of_file(&path, wal.compression)
+                    else {
                         // No WAL in it yet: nothing flushed lives there.
                         continue;
                     };
@@ -481,21 +482,6 @@ impl State {
             }
         }
         all
-    }
-}
-
-/// The segment size in the long page header of the segment file at `path`.
-fn seg_size_of(path: &Path) -> Option<u64> {
-    use std::io::Read;
-    let mut head = [0u8; crate::wal::page::LONG_PAGE_HEADER];
-    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    match crate::wal::page::SegmentHeader::parse(&head) {
-        crate::wal::page::SegmentHeader::Valid { seg_size, .. }
-            if crate::wal::page::is_valid_seg_size(u64::from(seg_size)) =>
-        {
-            Some(u64::from(seg_size))
-        }
-        _ => None,
     }
 }
 
