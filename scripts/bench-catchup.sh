@@ -6,7 +6,9 @@
 # the retained range (so both tools start right after it, as when resuming), and times the
 # catch-up to --endpos. Tools alternate (walferry, pg_receivewal, walferry, ...) so both see
 # the same machine conditions; medians of wall and CPU (user+sys) time are compared. A third
-# contender, walferry --no-validate, shows what in-stream WAL validation costs.
+# contender, walferry --no-validate, shows what in-stream WAL validation costs; a fourth,
+# examples/catchup_floor.rs, only reads the stream and throws it away: the CPU floor of
+# any receiver on this socket.
 #
 #   bash scripts/bench-catchup.sh
 #   BENCH_WAL_MB=256 BENCH_ROUNDS=2 bash scripts/bench-catchup.sh   # quicker
@@ -25,7 +27,7 @@ BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
 
 bash scripts/setup.sh >/dev/null
 echo "==> building walferry (release)"
-cargo build --release --bin walferry
+cargo build --release --bin walferry --example catchup_floor
 
 mkdir -p "$BENCH_DIR"
 WORK=$(mktemp -d "$BENCH_DIR/catchup-XXXXXX")
@@ -68,12 +70,19 @@ run_one() {
         cmd=("$REPO/target/release/walferry" receive)
     elif [ "$tool" = walferry-novalidate ]; then
         cmd=("$REPO/target/release/walferry" receive --no-validate)
+    elif [ "$tool" = floor ]; then
+        cmd=()
     else
         cmd=("$PG_BIN/pg_receivewal")
     fi
     local t0=${EPOCHREALTIME/./}
-    /usr/bin/time -f "%U %S" -o "$WORK/time.txt" \
-        "${cmd[@]}" -D "$dir" -d "$CONNINFO" --endpos "$END_LSN" -n
+    if [ "$tool" = floor ]; then
+        /usr/bin/time -f "%U %S" -o "$WORK/time.txt" \
+            "$REPO/target/release/examples/catchup_floor" "$CONNINFO" "$START_LSN" "$END_LSN" >/dev/null
+    else
+        /usr/bin/time -f "%U %S" -o "$WORK/time.txt" \
+            "${cmd[@]}" -D "$dir" -d "$CONNINFO" --endpos "$END_LSN" -n
+    fi
     local t1=${EPOCHREALTIME/./}
     # Include the write-back of what is still dirty, so page-cache tricks do not count.
     sync
@@ -81,9 +90,11 @@ run_one() {
     local wall_ms=$(((t2 - t0) / 1000))
     local cpu_ms
     cpu_ms=$(awk '{printf "%d", ($1 + $2) * 1000}' "$WORK/time.txt")
-    # Check the result before it counts: every segment of the range identical to pg_wal.
-    local segno problems=0
-    for ((segno = start_int / SEG; segno < end_int / SEG; segno++)); do
+    # Check the result before it counts: every segment of the range identical to pg_wal
+    # (the floor keeps nothing to check).
+    local segno problems=0 first=$((start_int / SEG))
+    [ "$tool" = floor ] && first=$((end_int / SEG))
+    for ((segno = first; segno < end_int / SEG; segno++)); do
         local name
         name=$(seg_name $((segno * SEG)))
         cmp -s "$dir/$name" "$PGDATA_DIR/pg_wal/$name" || problems=$((problems + 1))
@@ -103,6 +114,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     run_one walferry "$round"
     run_one pg_receivewal "$round"
     run_one walferry-novalidate "$round"
+    run_one floor "$round"
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -112,6 +124,7 @@ wf_cpu=$(echo "${CPU[walferry]}" | median)
 nv_wall=$(echo "${WALL[walferry-novalidate]}" | median)
 nv_cpu=$(echo "${CPU[walferry-novalidate]}" | median)
 pr_cpu=$(echo "${CPU[pg_receivewal]}" | median)
+fl_cpu=$(echo "${CPU[floor]}" | median)
 echo
 echo "catch-up of $MB MiB, median of $ROUNDS rounds each (archive on $(df --output=fstype "$WORK" | tail -1)):"
 printf '  walferry:      wall %6d ms  cpu %6d ms  (%d MB/s)\n' "$wf_wall" "$wf_cpu" $((MB * 1000 / (wf_wall + 1)))
@@ -121,5 +134,8 @@ awk -v a="$wf_wall" -v b="$pr_wall" -v c="$wf_cpu" -v d="$pr_cpu" \
     'BEGIN { printf "  ratio walferry/pg_receivewal, validation on (default): wall %.2fx (target <= 0.75x), cpu %.2fx (target <= 0.30x)\n", a/b, c/d }'
 awk -v a="$nv_wall" -v b="$pr_wall" -v c="$nv_cpu" -v d="$pr_cpu" \
     'BEGIN { printf "  ratio walferry/pg_receivewal, --no-validate:        wall %.2fx, cpu %.2fx\n", a/b, c/d }'
+printf '  floor (read and discard, examples/catchup_floor.rs): cpu %6d ms\n' "$fl_cpu"
+awk -v a="$fl_cpu" -v b="$pr_cpu" \
+    'BEGIN { printf "  ratio floor/pg_receivewal: cpu %.2fx (no receiver that reads the same socket goes below it)\n", a/b }'
 awk -v a="$wf_cpu" -v b="$nv_cpu" -v c="$wf_wall" -v d="$nv_wall" \
     'BEGIN { printf "  cost of in-stream validation: cpu %+.0f%%, wall %+.0f%%\n", (a/b-1)*100, (c/d-1)*100 }'
