@@ -1,6 +1,6 @@
 //! The CPU floor of a catch-up, for `scripts/bench-catchup.sh`: stream WAL from a server
 //! and throw it away. It reads the way `walferry receive` does (headers through the
-//! connection's buffer, payloads straight into one 1 MiB buffer, one read per message) and
+//! connection's buffer, payloads straight into one 1 MiB batch, one read per message) and
 //! does nothing else: no validation, no file, no status replies. Whatever CPU this takes,
 //! any receiver that gets the same bytes over the same socket takes at least as much, so
 //! it is the floor under `receive`'s CPU ratio to pg_receivewal.
@@ -42,7 +42,10 @@ async fn run() -> Result<(), String> {
     conn.start_replication(None, start, system.timeline)
         .await
         .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 20];
+    // The memory receive reads into (huge pages where the kernel gives them).
+    let mut batch = walferry::archive::AlignedBuf::new(1 << 20);
+    batch.reset(0);
+    let buf = batch.spare_mut();
     let mut at = start;
     while at < end {
         match conn.read_stream_item().await.map_err(|e| e.to_string())? {
