@@ -121,7 +121,10 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     };
     let (root, remote) = match RepoArg::open(&args.repo, "backup")? {
         RepoArg::Local(p) => (p, None),
-        RepoArg::Remote(r) => (r.cache.clone(), Some(r)),
+        RepoArg::Remote(r) => {
+            r.take_over_uploads();
+            (r.cache.clone(), Some(r))
+        }
     };
     let repo = Repo::open(&root).map_err(|e| Failure::new(e.to_string()))?;
     take(
