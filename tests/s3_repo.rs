@@ -109,6 +109,18 @@ impl S3Server {
         assert!(self.spawn(), "s3s-fs restarts on port {}", self.port);
     }
 
+    /// Every object under `prefix` of the bucket (recursively) and its size.
+    fn sizes(&self, prefix: &str) -> Vec<(String, u64)> {
+        let dir = self.root.path().join(BUCKET).join(prefix);
+        walk(&dir)
+            .into_iter()
+            .map(|p| {
+                let size = std::fs::metadata(&p).unwrap().len();
+                (p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned(), size)
+            })
+            .collect()
+    }
+
     /// Objects under `prefix` of the bucket, as the server stores them (one file each).
     fn objects(&self, prefix: &str) -> Vec<String> {
         let dir = self.root.path().join(BUCKET).join(prefix);
@@ -303,7 +315,7 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
             1001 + i * 100,
             1000 + (i + 1) * 100
         ));
-        if i % 7 == 0 {
+        if i % 4 == 0 {
             pg.psql("SELECT pg_switch_wal()");
         }
     }
@@ -336,21 +348,93 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.contains(&id), "{listing}");
 
+    // The restore streams the backup from the store into PGDATA: the cache never holds
+    // its files (only the catalog entry), and what it fetched is the backup once.
+    let backup_copy = local_copy.join(&id);
+    let mut restore_err = String::new();
     let mut restored = PgCluster::restored_from(&pg, |data| {
-        ok(&mut lab.walferry(&[
+        let mut restore = Proc::spawn(&mut lab.walferry(&[
             "restore",
             "--repo",
             &repo,
             "--pgdata",
             data.to_str().unwrap(),
         ]));
+        let mut cached = Vec::new();
+        while restore.is_running() {
+            cached.extend(
+                walk(&backup_copy)
+                    .into_iter()
+                    .filter(|p| !p.ends_with("backup.json")),
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(restore.wait().success(), "restore: {}", restore.stderr());
+        restore_err = restore.stderr();
+        cached.extend(
+            walk(&local_copy)
+                .into_iter()
+                .filter(|p| !p.ends_with("backup.json") && !p.ends_with(".walferry.lock")),
+        );
+        assert!(
+            cached.is_empty(),
+            "the backup's files never went through the cache: {cached:?}"
+        );
     });
+    let stored = s3.sizes(&format!("repo/backups/{id}"));
+    let streamed: u64 = stored
+        .iter()
+        .filter(|(name, _)| name != "backup.json")
+        .map(|(_, size)| size)
+        .sum();
+    assert!(
+        restore_err.contains(&format!(
+            "streamed {} object(s), {streamed} bytes, of backup {id}",
+            stored.len() - 1
+        )),
+        "each stored file of the backup fetched once ({} objects, {streamed} bytes): \
+         {restore_err}",
+        stored.len() - 1
+    );
     let auto = std::fs::read_to_string(restored.data_dir().join("postgresql.auto.conf")).unwrap();
     assert!(
         auto.contains("archive-get --repo") && auto.contains("s3://walferry/repo?endpoint="),
         "restore_command reads the store: {auto}"
     );
     assert!(!auto.contains(SECRET), "no secret in restore_command");
+    let wal_copy = lab.cache.join("s3/walferry/repo/wal");
+    assert!(
+        auto.contains(&format!("--cache {}", wal_copy.display())),
+        "restore_command takes segments from the restore's copy of the archive: {auto}"
+    );
+    // Proof that recovery does not download again what the restore fetched: the store's
+    // complete segments after the backup's start are replaced with other bytes of the
+    // same size, which archive-get would refuse, and recovery still goes through. And the
+    // other way round for the last complete one: its cached copy is spoilt, and archive-get
+    // falls back to the store's (intact) object (and its neighbours', kept intact too).
+    let label = std::fs::read_to_string(restored.data_dir().join("backup_label")).unwrap();
+    let start_seg = label
+        .split("(file ")
+        .nth(1)
+        .and_then(|r| r.get(..24))
+        .unwrap()
+        .to_string();
+    let wal_objects = s3.root.path().join(BUCKET).join("repo/wal");
+    let complete = segments(&s3.objects("repo/wal"));
+    let last = complete.last().unwrap().clone();
+    spoil(&wal_copy.join(&last));
+    let spoilt: Vec<String> = complete
+        .iter()
+        .filter(|n| **n > start_seg && **n < prev_segment(&last))
+        .cloned()
+        .collect();
+    for name in &spoilt {
+        spoil(&wal_objects.join(name));
+    }
+    assert!(
+        !spoilt.is_empty(),
+        "recovery needs several complete segments after the backup's: {complete:?}"
+    );
     restored.start();
     common::wait_until("recovery to end", Duration::from_secs(90), || {
         restored.try_psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f")
@@ -366,9 +450,29 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
     );
     restored.stop();
 
-    // The reading commands work on the store as on a directory.
-    let out = ok(&mut lab.walferry(&["verify", "-D", &lab.url("repo/wal")]));
-    assert!(out.status.success());
+    // The reading commands work on the store as on a directory; the store's segments
+    // spoilt above are damage to them (read into a cache of their own).
+    let fresh_cache = spool_dir();
+    let out = lab
+        .walferry(&["verify", "-D", &lab.url("repo/wal")])
+        .env("WALFERRY_CACHE_DIR", fresh_cache.path())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && said.contains(&spoilt[0]),
+        "verify: {said}"
+    );
+}
+
+/// Replaces the contents of `path` with other bytes of the same size.
+fn spoil(path: &Path) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::write(path, vec![0xA5u8; len as usize]).unwrap();
 }
 
 #[test]
