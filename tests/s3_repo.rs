@@ -11,6 +11,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{postgres_command, tempdir, walferry_bin, PgCluster};
@@ -686,5 +687,227 @@ fn synchronous_remote_acknowledges_only_what_the_store_holds() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A receiver into the store and a backup (uncompressed) of `pg` taken into it; the
+/// receiver stopped cleanly. Returns the backup id.
+fn backup_into_store(lab: &Lab, pg: &PgCluster) -> String {
+    pg.create_physical_slot("wf");
+    let spool = spool_dir();
+    let mut rx = receiver(lab, pg, spool.path());
+    let out = lab
+        .walferry(&[
+            "backup",
+            "--repo",
+            &lab.url("repo"),
+            "-d",
+            &pg.conninfo(common::roles::SUPERUSER),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "backup: {}\nreceiver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        rx.stderr()
+    );
+    pg.psql("SELECT pg_switch_wal()");
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_damaged_object_fails_the_restore_naming_it_and_delta_fetches_only_what_changed() {
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let id = backup_into_store(&lab, &pg);
+    let repo = lab.url("repo");
+    let root = tempdir();
+    common::chown_to_postgres(root.path());
+    let restore = |data: &Path, delta: bool| {
+        let mut args = vec!["restore", "--repo", &repo, "--pgdata", data.to_str().unwrap()];
+        if delta {
+            args.push("--delta");
+        }
+        lab.walferry(&args).output().unwrap()
+    };
+
+    // A delta restore over a complete copy fetches only the files that differ from the
+    // backup: the manifest, and postgresql.auto.conf, which the first restore appended to.
+    let first = root.path().join("first");
+    let out = restore(&first, false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = restore(&first, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("streamed 2 object(s)")),
+        "a kept file is not downloaded: {err}"
+    );
+
+    // The largest stored file of the backup replaced with other bytes of the same size.
+    let stored = s3.sizes(&format!("repo/backups/{id}/data"));
+    let (victim, size) = stored.iter().max_by_key(|(_, size)| *size).unwrap().clone();
+    assert!(size > 8192, "{victim}: {size}");
+    spoil(
+        &s3.root
+            .path()
+            .join(BUCKET)
+            .join(format!("repo/backups/{id}/data"))
+            .join(&victim),
+    );
+    let second = root.path().join("second");
+    let out = restore(&second, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let object = format!("s3://walferry/repo/backups/{id}/data/{victim}");
+    assert!(
+        err.contains(&format!("backup {id} is damaged: \"{object}\" has CRC-32C")),
+        "the error names the damaged object: {err}"
+    );
+    assert!(err.contains("nothing was kept"), "{err}");
+    assert!(
+        !second.exists(),
+        "nothing that looks like a data directory is left: {:?}",
+        walk(&second)
+    );
+    let cached: Vec<_> = walk(&lab.cache.join("s3/walferry/repo/backups"))
+        .into_iter()
+        .filter(|p| !p.ends_with("backup.json") && !p.ends_with(".walferry.lock"))
+        .collect();
+    assert!(cached.is_empty(), "nothing in the cache either: {cached:?}");
+}
+
+/// A TCP proxy on 127.0.0.1 to the store at `port` that passes at most `per_sec` bytes a
+/// second (0: no limit, and it can be changed meanwhile) towards the store on each
+/// connection: uploads through it take long enough to be interrupted when the test says
+/// so. Returns its port.
+fn slow_proxy(port: u16, per_sec: std::sync::Arc<std::sync::atomic::AtomicU64>) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    type Limit = Option<std::sync::Arc<std::sync::atomic::AtomicU64>>;
+    let pipe = |mut from: TcpStream, mut to: TcpStream, limit: Limit| {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let rate = limit.as_ref().map_or(0, |l| l.load(Ordering::Relaxed));
+                        if rate > 0 {
+                            std::thread::sleep(Duration::from_micros(n as u64 * 1_000_000 / rate));
+                        }
+                    }
+                }
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
+    };
+    std::thread::spawn(move || {
+        let _: &TcpListener = &listener;
+        for client in listener.incoming().flatten() {
+            let Ok(store) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            pipe(
+                client.try_clone().unwrap(),
+                store.try_clone().unwrap(),
+                Some(per_sec.clone()),
+            );
+            pipe(store, client, None);
+        }
+    });
+    proxy_port
+}
+
+#[test]
+fn a_multipart_upload_of_a_killed_backup_is_aborted_by_the_next_upload() {
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    // A table file of ~40 MiB: stored uncompressed, it goes up in three 16 MiB parts.
+    pg.psql(
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS v \
+         FROM generate_series(1, 420000) g",
+    );
+    let conninfo = pg.conninfo(common::roles::SUPERUSER);
+    // Through the proxy the parts take seconds each: the journal's entry is seen long
+    // before the upload could complete.
+    let rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(4 << 20));
+    let slow = lab.url("repo").replace(
+        &format!(":{}", s3.port),
+        &format!(":{}", slow_proxy(s3.port, rate.clone())),
+    );
+    let mut backup = Proc::spawn(&mut lab.walferry(&[
+        "backup",
+        "--repo",
+        &slow,
+        "-d",
+        &conninfo,
+        "--no-wait-wal",
+    ]));
+    let journals = lab.cache.join("multipart").join(BUCKET);
+    let journal = backup.pid().to_string() + ".journal";
+    let mut entry = String::new();
+    common::wait_until("a multipart upload in the journal", Duration::from_secs(120), || {
+        assert!(backup.is_running(), "backup ended: {}", backup.stderr());
+        entry = std::fs::read_to_string(journals.join(&journal)).unwrap_or_default();
+        entry.starts_with("+ ")
+    });
+    backup.kill9();
+    let upload_id = entry.split(' ').nth(1).unwrap().to_string();
+    assert!(
+        entry.contains(" repo/backups/") && entry.contains("/data/base/"),
+        "the entry names the object: {entry}"
+    );
+    // The store holds the unfinished upload (s3s-fs keeps one file per upload and part).
+    let uploads = |s3: &S3Server| -> Vec<String> {
+        std::fs::read_dir(s3.root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(&upload_id))
+            .collect()
+    };
+    assert!(
+        uploads(&s3).contains(&format!(".upload-{upload_id}.json")),
+        "the killed backup's upload is open in the store: {:?}",
+        uploads(&s3)
+    );
+
+    // The next command that uploads (to the same endpoint: a journal names the store its
+    // uploads went to) takes the dead process's journal over and aborts its upload. (A
+    // second later: backup ids are start times to the second, and the killed backup's
+    // objects stay in the store under its id.)
+    rate.store(0, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = lab
+        .walferry(&["backup", "--repo", &slow, "-d", &conninfo, "--no-wait-wal", "-v"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        uploads(&s3).is_empty(),
+        "the upload and its parts are gone from the store: {:?}\n{err}",
+        uploads(&s3)
+    );
+    let left: Vec<_> = std::fs::read_dir(&journals)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !journals.join(&journal).exists(),
+        "the dead process's journal is gone: {left:?}"
     );
 }
