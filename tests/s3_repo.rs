@@ -117,7 +117,10 @@ impl S3Server {
             .into_iter()
             .map(|p| {
                 let size = std::fs::metadata(&p).unwrap().len();
-                (p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned(), size)
+                (
+                    p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned(),
+                    size,
+                )
             })
             .collect()
     }
@@ -729,7 +732,13 @@ fn a_damaged_object_fails_the_restore_naming_it_and_delta_fetches_only_what_chan
     let root = tempdir();
     common::chown_to_postgres(root.path());
     let restore = |data: &Path, delta: bool| {
-        let mut args = vec!["restore", "--repo", &repo, "--pgdata", data.to_str().unwrap()];
+        let mut args = vec![
+            "restore",
+            "--repo",
+            &repo,
+            "--pgdata",
+            data.to_str().unwrap(),
+        ];
         if delta {
             args.push("--delta");
         }
@@ -740,7 +749,11 @@ fn a_damaged_object_fails_the_restore_naming_it_and_delta_fetches_only_what_chan
     // backup: the manifest, and postgresql.auto.conf, which the first restore appended to.
     let first = root.path().join("first");
     let out = restore(&first, false);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = restore(&first, true);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -858,11 +871,15 @@ fn a_multipart_upload_of_a_killed_backup_is_aborted_by_the_next_upload() {
     let journals = lab.cache.join("multipart").join(BUCKET);
     let journal = backup.pid().to_string() + ".journal";
     let mut entry = String::new();
-    common::wait_until("a multipart upload in the journal", Duration::from_secs(120), || {
-        assert!(backup.is_running(), "backup ended: {}", backup.stderr());
-        entry = std::fs::read_to_string(journals.join(&journal)).unwrap_or_default();
-        entry.starts_with("+ ")
-    });
+    common::wait_until(
+        "a multipart upload in the journal",
+        Duration::from_secs(120),
+        || {
+            assert!(backup.is_running(), "backup ended: {}", backup.stderr());
+            entry = std::fs::read_to_string(journals.join(&journal)).unwrap_or_default();
+            entry.starts_with("+ ")
+        },
+    );
     backup.kill9();
     let upload_id = entry.split(' ').nth(1).unwrap().to_string();
     assert!(
@@ -891,7 +908,15 @@ fn a_multipart_upload_of_a_killed_backup_is_aborted_by_the_next_upload() {
     rate.store(0, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(1100));
     let out = lab
-        .walferry(&["backup", "--repo", &slow, "-d", &conninfo, "--no-wait-wal", "-v"])
+        .walferry(&[
+            "backup",
+            "--repo",
+            &slow,
+            "-d",
+            &conninfo,
+            "--no-wait-wal",
+            "-v",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -207,31 +207,31 @@ pub fn run(args: Args) -> Result<(), Failure> {
     })?;
     let started = Instant::now();
     let cache = args.cache.as_deref();
-    let window = |cache: Option<&Path>| -> Result<(), Failure> {
+    let window = |dir: &Path, cache: Option<&Path>| -> Result<(), Failure> {
         if let Source::Remote(..) = &source {
-            fetch_window(&source, &wal_dir, &args.file, &[], cache)?;
+            fetch_window(&source, dir, &args.file, &[], cache)?;
             // The next segment's start completes the record crossing into it; its name
             // needs the segment size, which the segment just fetched tells.
             if let Some(next) = matches!(wanted, Wanted::Segment(_))
-                .then(|| seg_size_in_window(&wal_dir, &args.file))
+                .then(|| seg_size_in_window(dir, &args.file))
                 .flatten()
                 .and_then(|s| get::next_segment(&args.file, s, 1))
             {
-                fetch_window(&source, &wal_dir, &args.file, &[next], cache)?;
+                fetch_window(&source, dir, &args.file, &[next], cache)?;
             }
         }
         Ok(())
     };
-    window(cache)?;
-    let new_getter = || {
-        Getter::new(&wal_dir, get::pg_control_system_id(Path::new("."))).map_err(|e| {
+    window(&wal_dir, cache)?;
+    let new_getter = |dir: &Path| {
+        Getter::new(dir, get::pg_control_system_id(Path::new("."))).map_err(|e| {
             fatal(format!(
                 "cannot read the archive of repository \"{}\": {e}",
                 args.repo
             ))
         })
     };
-    let getter = new_getter()?;
+    let getter = new_getter(&wal_dir)?;
     let spool = match (&wanted, args.prefetch) {
         (Wanted::Segment(_), n) if n > 0 => open_spool(&args, dest, &wal_dir),
         _ => None,
@@ -258,15 +258,20 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     let fetched = match getter.fetch(&args.file) {
         // What the window holds came from the local copy or an earlier call: before
-        // stopping recovery over it, read the store's own objects once more.
+        // stopping recovery over it, read the store's own objects once more, into a
+        // directory of this call's own (the prefetch worker shares the window).
         Err(e) if !e.is_not_found() && matches!(source, Source::Remote(..)) => {
             tracing::warn!(
                 "{}: {e}; fetching it again from the object store",
                 args.file
             );
-            clear_window(&wal_dir, &args.file);
-            window(None)?;
-            new_getter()?.fetch(&args.file)
+            let own = wal_dir.with_file_name(format!("remote.{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&own);
+            let again = window(&own, None)
+                .and_then(|()| new_getter(&own))
+                .and_then(|g| g.fetch(&args.file).map_err(failure));
+            let _ = std::fs::remove_dir_all(&own);
+            Ok(again?)
         }
         r => r,
     }
@@ -391,18 +396,6 @@ fn run_worker(args: &Args, source: &Source, wal_dir: &Path) {
             .map(|s| format!("; stopped: {s}"))
             .unwrap_or_default()
     );
-}
-
-/// Removes from the window `dir` every stored form of segment `name` and of the segments
-/// after it.
-fn clear_window(dir: &Path, name: &str) {
-    let Some(seg) = name.get(..24) else { return };
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file.len() >= 24 && file[..24] >= *seg && file.is_char_boundary(24) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 /// The segment size in the header of any stored form of segment `name` in `dir`.

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use walferry::inspect::Options;
-use walferry::repo::Repo;
 use walferry::objstore::stream::{RemoteBackup, IN_FLIGHT};
+use walferry::repo::Repo;
 use walferry::restore::layout::{lay_out, lay_out_from, LayoutOptions};
 use walferry::restore::recovery::{self, Settings};
 use walferry::restore::{self as plan_mod, parse_time, Target, TargetAction, TargetTimeline};
@@ -261,8 +261,11 @@ fn restore_from(
             // Each worker streams its objects from the store into PGDATA; they wait on
             // round trips more than on the CPU, so more of them than --jobs.
             opts.threads = opts.threads.max(IN_FLIGHT);
-            let source =
-                RemoteBackup::new(&remote.remote, &backup.id, remote.runtime().handle().clone());
+            let source = RemoteBackup::new(
+                &remote.remote,
+                &backup.id,
+                remote.runtime().handle().clone(),
+            );
             let stats = lay_out_from(&source, backup, &args.pgdata, &opts);
             let (objects, bytes) = source.fetched();
             eprintln!(

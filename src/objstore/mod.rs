@@ -32,8 +32,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::path::Path as ObjPath;
 use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 /// Objects larger than this are uploaded in parts of this size.
@@ -503,8 +503,8 @@ impl Remote {
                 continue;
             }
             let mut buf = vec![0u8; PART_SIZE];
-            let n = read_full(&mut file, &mut buf)
-                .map_err(|e| RemoteError::local("read", path, e))?;
+            let n =
+                read_full(&mut file, &mut buf).map_err(|e| RemoteError::local("read", path, e))?;
             if n == 0 {
                 break;
             }

@@ -110,11 +110,11 @@ fn rel_of(rel: &Path) -> String {
 impl BackupSource for RemoteBackup {
     fn open(&self, rel: &Path) -> io::Result<Box<dyn Read + Send + '_>> {
         let mut reader =
-            ObjectReader::open(&self.handle, &self.remote, &rel_of(rel)).map_err(|e| match e
-                .is_not_found()
-            {
-                true => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
-                false => io::Error::other(e.to_string()),
+            ObjectReader::open(&self.handle, &self.remote, &rel_of(rel)).map_err(|e| {
+                match e.is_not_found() {
+                    true => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
+                    false => io::Error::other(e.to_string()),
+                }
             })?;
         reader.counted = Some(&self.fetched_bytes);
         self.fetched_objects.fetch_add(1, Ordering::Relaxed);
