@@ -758,7 +758,7 @@ fn a_damaged_object_fails_the_restore_naming_it_and_delta_fetches_only_what_chan
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains(&format!("streamed 2 object(s)")),
+        err.contains("streamed 2 object(s)"),
         "a kept file is not downloaded: {err}"
     );
 
@@ -802,7 +802,7 @@ fn a_damaged_object_fails_the_restore_naming_it_and_delta_fetches_only_what_chan
 fn slow_proxy(port: u16, per_sec: std::sync::Arc<std::sync::atomic::AtomicU64>) -> u16 {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy_port = listener.local_addr().unwrap().port();
     type Limit = Option<std::sync::Arc<std::sync::atomic::AtomicU64>>;
     let pipe = |mut from: TcpStream, mut to: TcpStream, limit: Limit| {
@@ -816,8 +816,8 @@ fn slow_proxy(port: u16, per_sec: std::sync::Arc<std::sync::atomic::AtomicU64>) 
                             break;
                         }
                         let rate = limit.as_ref().map_or(0, |l| l.load(Ordering::Relaxed));
-                        if rate > 0 {
-                            std::thread::sleep(Duration::from_micros(n as u64 * 1_000_000 / rate));
+                        if let Some(us) = (n as u64 * 1_000_000).checked_div(rate) {
+                            std::thread::sleep(Duration::from_micros(us));
                         }
                     }
                 }
@@ -826,7 +826,6 @@ fn slow_proxy(port: u16, per_sec: std::sync::Arc<std::sync::atomic::AtomicU64>) 
         });
     };
     std::thread::spawn(move || {
-        let _: &TcpListener = &listener;
         for client in listener.incoming().flatten() {
             let Ok(store) = TcpStream::connect(("127.0.0.1", port)) else {
                 continue;
