@@ -105,8 +105,16 @@ fn create(dir: &Path) -> Result<File, RemoteError> {
         .create_new(true)
         .open(&tmp)
         .map_err(local("create", &tmp))?;
-    let locked = try_lock(&file).map_err(local("lock", &tmp))?;
-    debug_assert!(locked, "nobody else knows the file yet");
+    // Nobody else knows the file yet, so the lock is ours unless flock itself fails; a
+    // journal that is not locked could be taken over while its uploads go on.
+    if !try_lock(&file).map_err(local("lock", &tmp))? {
+        let _ = fs::remove_file(&tmp);
+        return Err(RemoteError::local(
+            "lock",
+            &tmp,
+            io::Error::other("another process holds the lock of a file just made"),
+        ));
+    }
     let mut result = Err(io::Error::other("no free name"));
     for n in 0..100 {
         let name = match n {
