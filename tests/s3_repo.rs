@@ -11,6 +11,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{postgres_command, tempdir, walferry_bin, PgCluster};
@@ -107,6 +108,21 @@ impl S3Server {
 
     fn restart(&mut self) {
         assert!(self.spawn(), "s3s-fs restarts on port {}", self.port);
+    }
+
+    /// Every object under `prefix` of the bucket (recursively) and its size.
+    fn sizes(&self, prefix: &str) -> Vec<(String, u64)> {
+        let dir = self.root.path().join(BUCKET).join(prefix);
+        walk(&dir)
+            .into_iter()
+            .map(|p| {
+                let size = std::fs::metadata(&p).unwrap().len();
+                (
+                    p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned(),
+                    size,
+                )
+            })
+            .collect()
     }
 
     /// Objects under `prefix` of the bucket, as the server stores them (one file each).
@@ -303,7 +319,7 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
             1001 + i * 100,
             1000 + (i + 1) * 100
         ));
-        if i % 7 == 0 {
+        if i % 4 == 0 {
             pg.psql("SELECT pg_switch_wal()");
         }
     }
@@ -336,21 +352,93 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.contains(&id), "{listing}");
 
+    // The restore streams the backup from the store into PGDATA: the cache never holds
+    // its files (only the catalog entry), and what it fetched is the backup once.
+    let backup_copy = local_copy.join(&id);
+    let mut restore_err = String::new();
     let mut restored = PgCluster::restored_from(&pg, |data| {
-        ok(&mut lab.walferry(&[
+        let mut restore = Proc::spawn(&mut lab.walferry(&[
             "restore",
             "--repo",
             &repo,
             "--pgdata",
             data.to_str().unwrap(),
         ]));
+        let mut cached = Vec::new();
+        while restore.is_running() {
+            cached.extend(
+                walk(&backup_copy)
+                    .into_iter()
+                    .filter(|p| !p.ends_with("backup.json")),
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(restore.wait().success(), "restore: {}", restore.stderr());
+        restore_err = restore.stderr();
+        cached.extend(
+            walk(&local_copy)
+                .into_iter()
+                .filter(|p| !p.ends_with("backup.json") && !p.ends_with(".walferry.lock")),
+        );
+        assert!(
+            cached.is_empty(),
+            "the backup's files never went through the cache: {cached:?}"
+        );
     });
+    let stored = s3.sizes(&format!("repo/backups/{id}"));
+    let streamed: u64 = stored
+        .iter()
+        .filter(|(name, _)| name != "backup.json")
+        .map(|(_, size)| size)
+        .sum();
+    assert!(
+        restore_err.contains(&format!(
+            "streamed {} object(s), {streamed} bytes, of backup {id}",
+            stored.len() - 1
+        )),
+        "each stored file of the backup fetched once ({} objects, {streamed} bytes): \
+         {restore_err}",
+        stored.len() - 1
+    );
     let auto = std::fs::read_to_string(restored.data_dir().join("postgresql.auto.conf")).unwrap();
     assert!(
         auto.contains("archive-get --repo") && auto.contains("s3://walferry/repo?endpoint="),
         "restore_command reads the store: {auto}"
     );
     assert!(!auto.contains(SECRET), "no secret in restore_command");
+    let wal_copy = lab.cache.join("s3/walferry/repo/wal");
+    assert!(
+        auto.contains(&format!("--cache {}", wal_copy.display())),
+        "restore_command takes segments from the restore's copy of the archive: {auto}"
+    );
+    // Proof that recovery does not download again what the restore fetched: the store's
+    // complete segments after the backup's start are replaced with other bytes of the
+    // same size, which archive-get would refuse, and recovery still goes through. And the
+    // other way round for the last complete one: its cached copy is spoilt, and archive-get
+    // falls back to the store's (intact) object (and its neighbours', kept intact too).
+    let label = std::fs::read_to_string(restored.data_dir().join("backup_label")).unwrap();
+    let start_seg = label
+        .split("(file ")
+        .nth(1)
+        .and_then(|r| r.get(..24))
+        .unwrap()
+        .to_string();
+    let wal_objects = s3.root.path().join(BUCKET).join("repo/wal");
+    let complete = segments(&s3.objects("repo/wal"));
+    let last = complete.last().unwrap().clone();
+    spoil(&wal_copy.join(&last));
+    let spoilt: Vec<String> = complete
+        .iter()
+        .filter(|n| **n > start_seg && **n < prev_segment(&last))
+        .cloned()
+        .collect();
+    for name in &spoilt {
+        spoil(&wal_objects.join(name));
+    }
+    assert!(
+        !spoilt.is_empty(),
+        "recovery needs several complete segments after the backup's: {complete:?}"
+    );
     restored.start();
     common::wait_until("recovery to end", Duration::from_secs(90), || {
         restored.try_psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f")
@@ -366,9 +454,29 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
     );
     restored.stop();
 
-    // The reading commands work on the store as on a directory.
-    let out = ok(&mut lab.walferry(&["verify", "-D", &lab.url("repo/wal")]));
-    assert!(out.status.success());
+    // The reading commands work on the store as on a directory; the store's segments
+    // spoilt above are damage to them (read into a cache of their own).
+    let fresh_cache = spool_dir();
+    let out = lab
+        .walferry(&["verify", "-D", &lab.url("repo/wal")])
+        .env("WALFERRY_CACHE_DIR", fresh_cache.path())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && said.contains(&spoilt[0]),
+        "verify: {said}"
+    );
+}
+
+/// Replaces the contents of `path` with other bytes of the same size.
+fn spoil(path: &Path) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::write(path, vec![0xA5u8; len as usize]).unwrap();
 }
 
 #[test]
@@ -582,5 +690,248 @@ fn synchronous_remote_acknowledges_only_what_the_store_holds() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A receiver into the store and a backup (uncompressed) of `pg` taken into it; the
+/// receiver stopped cleanly. Returns the backup id.
+fn backup_into_store(lab: &Lab, pg: &PgCluster) -> String {
+    pg.create_physical_slot("wf");
+    let spool = spool_dir();
+    let mut rx = receiver(lab, pg, spool.path());
+    let out = lab
+        .walferry(&[
+            "backup",
+            "--repo",
+            &lab.url("repo"),
+            "-d",
+            &pg.conninfo(common::roles::SUPERUSER),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "backup: {}\nreceiver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        rx.stderr()
+    );
+    pg.psql("SELECT pg_switch_wal()");
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_damaged_object_fails_the_restore_naming_it_and_delta_fetches_only_what_changed() {
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let id = backup_into_store(&lab, &pg);
+    let repo = lab.url("repo");
+    let root = tempdir();
+    common::chown_to_postgres(root.path());
+    let restore = |data: &Path, delta: bool| {
+        let mut args = vec![
+            "restore",
+            "--repo",
+            &repo,
+            "--pgdata",
+            data.to_str().unwrap(),
+        ];
+        if delta {
+            args.push("--delta");
+        }
+        lab.walferry(&args).output().unwrap()
+    };
+
+    // A delta restore over a complete copy fetches only the files that differ from the
+    // backup: the manifest, and postgresql.auto.conf, which the first restore appended to.
+    let first = root.path().join("first");
+    let out = restore(&first, false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = restore(&first, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("streamed 2 object(s)"),
+        "a kept file is not downloaded: {err}"
+    );
+
+    // The largest stored file of the backup replaced with other bytes of the same size.
+    let stored = s3.sizes(&format!("repo/backups/{id}/data"));
+    let (victim, size) = stored.iter().max_by_key(|(_, size)| *size).unwrap().clone();
+    assert!(size > 8192, "{victim}: {size}");
+    spoil(
+        &s3.root
+            .path()
+            .join(BUCKET)
+            .join(format!("repo/backups/{id}/data"))
+            .join(&victim),
+    );
+    let second = root.path().join("second");
+    let out = restore(&second, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let object = format!("s3://walferry/repo/backups/{id}/data/{victim}");
+    assert!(
+        err.contains(&format!("backup {id} is damaged: \"{object}\" has CRC-32C")),
+        "the error names the damaged object: {err}"
+    );
+    assert!(err.contains("nothing was kept"), "{err}");
+    assert!(
+        !second.exists(),
+        "nothing that looks like a data directory is left: {:?}",
+        walk(&second)
+    );
+    let cached: Vec<_> = walk(&lab.cache.join("s3/walferry/repo/backups"))
+        .into_iter()
+        .filter(|p| !p.ends_with("backup.json") && !p.ends_with(".walferry.lock"))
+        .collect();
+    assert!(cached.is_empty(), "nothing in the cache either: {cached:?}");
+}
+
+/// A TCP proxy on 127.0.0.1 to the store at `port` that passes at most `per_sec` bytes a
+/// second (0: no limit, and it can be changed meanwhile) towards the store on each
+/// connection: uploads through it take long enough to be interrupted when the test says
+/// so. Returns its port.
+fn slow_proxy(port: u16, per_sec: std::sync::Arc<std::sync::atomic::AtomicU64>) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    type Limit = Option<std::sync::Arc<std::sync::atomic::AtomicU64>>;
+    let pipe = |mut from: TcpStream, mut to: TcpStream, limit: Limit| {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let rate = limit.as_ref().map_or(0, |l| l.load(Ordering::Relaxed));
+                        if let Some(us) = (n as u64 * 1_000_000).checked_div(rate) {
+                            std::thread::sleep(Duration::from_micros(us));
+                        }
+                    }
+                }
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
+    };
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(store) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            pipe(
+                client.try_clone().unwrap(),
+                store.try_clone().unwrap(),
+                Some(per_sec.clone()),
+            );
+            pipe(store, client, None);
+        }
+    });
+    proxy_port
+}
+
+#[test]
+fn a_multipart_upload_of_a_killed_backup_is_aborted_by_the_next_upload() {
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    // A table file of ~40 MiB: stored uncompressed, it goes up in three 16 MiB parts.
+    pg.psql(
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS v \
+         FROM generate_series(1, 420000) g",
+    );
+    let conninfo = pg.conninfo(common::roles::SUPERUSER);
+    // Through the proxy the parts take seconds each: the journal's entry is seen long
+    // before the upload could complete.
+    let rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(4 << 20));
+    let slow = lab.url("repo").replace(
+        &format!(":{}", s3.port),
+        &format!(":{}", slow_proxy(s3.port, rate.clone())),
+    );
+    let mut backup = Proc::spawn(&mut lab.walferry(&[
+        "backup",
+        "--repo",
+        &slow,
+        "-d",
+        &conninfo,
+        "--no-wait-wal",
+    ]));
+    let journals = lab.cache.join("multipart").join(BUCKET);
+    let journal = backup.pid().to_string() + ".journal";
+    let mut entry = String::new();
+    common::wait_until(
+        "a multipart upload in the journal",
+        Duration::from_secs(120),
+        || {
+            assert!(backup.is_running(), "backup ended: {}", backup.stderr());
+            entry = std::fs::read_to_string(journals.join(&journal)).unwrap_or_default();
+            entry.starts_with("+ ")
+        },
+    );
+    backup.kill9();
+    let upload_id = entry.split(' ').nth(1).unwrap().to_string();
+    assert!(
+        entry.contains(" repo/backups/") && entry.contains("/data/base/"),
+        "the entry names the object: {entry}"
+    );
+    // The store holds the unfinished upload (s3s-fs keeps one file per upload and part).
+    let uploads = |s3: &S3Server| -> Vec<String> {
+        std::fs::read_dir(s3.root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(&upload_id))
+            .collect()
+    };
+    assert!(
+        uploads(&s3).contains(&format!(".upload-{upload_id}.json")),
+        "the killed backup's upload is open in the store: {:?}",
+        uploads(&s3)
+    );
+
+    // The next command that uploads (to the same endpoint: a journal names the store its
+    // uploads went to) takes the dead process's journal over and aborts its upload. (A
+    // second later: backup ids are start times to the second, and the killed backup's
+    // objects stay in the store under its id.)
+    rate.store(0, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = lab
+        .walferry(&[
+            "backup",
+            "--repo",
+            &slow,
+            "-d",
+            &conninfo,
+            "--no-wait-wal",
+            "-v",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        uploads(&s3).is_empty(),
+        "the upload and its parts are gone from the store: {:?}\n{err}",
+        uploads(&s3)
+    );
+    let left: Vec<_> = std::fs::read_dir(&journals)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !journals.join(&journal).exists(),
+        "the dead process's journal is gone: {left:?}"
     );
 }

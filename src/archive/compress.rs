@@ -301,6 +301,21 @@ impl SegmentReader {
     }
 }
 
+/// The uncompressed bytes of `raw` (a stored file read from anywhere: a local file, an
+/// object streamed from a store), buffered as [`SegmentReader`] buffers a file.
+pub fn decompressing<'a>(
+    raw: Box<dyn Read + Send + 'a>,
+    compression: Compression,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
+    let raw = BufReader::with_capacity(256 * 1024, raw);
+    Ok(match compression {
+        Compression::None => Box::new(raw),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(raw)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
+    })
+}
+
 impl Read for SegmentReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -25,7 +25,7 @@ mod segment_file;
 pub mod spool;
 
 pub use aligned::{AlignedBuf, DIRECT_ALIGN};
-pub use compress::{CompressSpecError, CompressionSpec, SegmentReader};
+pub use compress::{decompressing, CompressSpecError, CompressionSpec, SegmentReader};
 pub use lock::{ArchiveLock, LOCK_FILE};
 pub use reader::{ArchiveReader, ReaderError, ReaderStats, SegmentSource};
 pub use scan::{list_dir, ArchiveScan, DirFile, ScannedFile};

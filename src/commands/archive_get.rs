@@ -70,6 +70,11 @@ pub struct Args {
     #[arg(long = "spool", value_name = "DIR")]
     pub spool: Option<PathBuf>,
 
+    /// For s3:// repositories: a local copy of the archive (what walferry restore fetched
+    /// into its cache) whose complete segments are taken instead of downloaded again
+    #[arg(long = "cache", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
     /// Run as the background prefetch worker of the spool (started by archive-get itself)
     #[arg(long = "prefetch-worker", hide = true)]
     pub prefetch_worker: bool,
@@ -134,15 +139,27 @@ fn source_of(args: &Args, spool_dir: &Path) -> Result<(Source, PathBuf), Failure
 }
 
 /// For an object store: brings what answering for `name` (and prefetching `ahead`)
-/// reads into the window directory.
-fn fetch_window(source: &Source, dir: &Path, name: &str, ahead: &[String]) -> Result<(), Failure> {
+/// reads into the window directory, complete files from the local copy `cache` when it
+/// has them.
+fn fetch_window(
+    source: &Source,
+    dir: &Path,
+    name: &str,
+    ahead: &[String],
+    cache: Option<&Path>,
+) -> Result<(), Failure> {
     let Source::Remote(remote_rt) = source else {
         return Ok(());
     };
     let (remote, rt) = remote_rt.as_ref();
     rt.block_on(walferry::objstore::mirror::fetch_window(
-        remote, dir, name, ahead,
+        remote, dir, name, ahead, cache,
     ))
+    .map(|copied| {
+        if !copied.is_empty() {
+            tracing::debug!("taken from the local copy: {copied:?}");
+        }
+    })
     .map_err(|e| {
         let hint = e.hint();
         let f = fatal(format!("cannot read the archive in the object store: {e}"));
@@ -189,24 +206,32 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .with_hint("the restore_command takes the file name before the path: archive-get --repo REPO %f %p")
     })?;
     let started = Instant::now();
-    if let Source::Remote(..) = &source {
-        fetch_window(&source, &wal_dir, &args.file, &[])?;
-        // The next segment's start completes the record crossing into it; its name needs
-        // the segment size, which the segment just fetched tells.
-        if let Some(next) = matches!(wanted, Wanted::Segment(_))
-            .then(|| seg_size_in_window(&wal_dir, &args.file))
-            .flatten()
-            .and_then(|s| get::next_segment(&args.file, s, 1))
-        {
-            fetch_window(&source, &wal_dir, &args.file, &[next])?;
+    let cache = args.cache.as_deref();
+    let window = |dir: &Path, cache: Option<&Path>| -> Result<(), Failure> {
+        if let Source::Remote(..) = &source {
+            fetch_window(&source, dir, &args.file, &[], cache)?;
+            // The next segment's start completes the record crossing into it; its name
+            // needs the segment size, which the segment just fetched tells.
+            if let Some(next) = matches!(wanted, Wanted::Segment(_))
+                .then(|| seg_size_in_window(dir, &args.file))
+                .flatten()
+                .and_then(|s| get::next_segment(&args.file, s, 1))
+            {
+                fetch_window(&source, dir, &args.file, &[next], cache)?;
+            }
         }
-    }
-    let getter = Getter::new(&wal_dir, get::pg_control_system_id(Path::new("."))).map_err(|e| {
-        fatal(format!(
-            "cannot read the archive of repository \"{}\": {e}",
-            args.repo
-        ))
-    })?;
+        Ok(())
+    };
+    window(&wal_dir, cache)?;
+    let new_getter = |dir: &Path| {
+        Getter::new(dir, get::pg_control_system_id(Path::new("."))).map_err(|e| {
+            fatal(format!(
+                "cannot read the archive of repository \"{}\": {e}",
+                args.repo
+            ))
+        })
+    };
+    let getter = new_getter(&wal_dir)?;
     let spool = match (&wanted, args.prefetch) {
         (Wanted::Segment(_), n) if n > 0 => open_spool(&args, dest, &wal_dir),
         _ => None,
@@ -231,7 +256,26 @@ pub fn run(args: Args) -> Result<(), Failure> {
             Err(e) => tracing::warn!("could not take {} from the spool: {e}", args.file),
         }
     }
-    let fetched = getter.fetch(&args.file).map_err(failure)?;
+    let fetched = match getter.fetch(&args.file) {
+        // What the window holds came from the local copy or an earlier call: before
+        // stopping recovery over it, read the store's own objects once more, into a
+        // directory of this call's own (the prefetch worker shares the window).
+        Err(e) if !e.is_not_found() && matches!(source, Source::Remote(..)) => {
+            tracing::warn!(
+                "{}: {e}; fetching it again from the object store",
+                args.file
+            );
+            let own = wal_dir.with_file_name(format!("remote.{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&own);
+            let again = window(&own, None)
+                .and_then(|()| new_getter(&own))
+                .and_then(|g| g.fetch(&args.file).map_err(failure));
+            let _ = std::fs::remove_dir_all(&own);
+            Ok(again?)
+        }
+        r => r,
+    }
+    .map_err(failure)?;
     get::deliver(&fetched.bytes, dest).map_err(failure)?;
     report(&args.file, &fetched, started);
     if let (Some(spool), Some(seg_size)) = (&spool, fetched.seg_size) {
@@ -304,6 +348,7 @@ fn spawn_worker(args: &Args, spool_dir: &Path) -> std::io::Result<()> {
         .arg(spool_dir)
         .arg("--prefetch")
         .arg(args.prefetch.to_string())
+        .args(args.cache.iter().flat_map(|c| [Path::new("--cache"), c]))
         .arg("--prefetch-worker")
         .arg(&args.file)
         .stdin(Stdio::null())
@@ -333,7 +378,7 @@ fn run_worker(args: &Args, source: &Source, wal_dir: &Path) {
             .filter_map(|k| get::next_segment(&name, seg_size, k))
             .collect();
         if let Some((first, rest)) = ahead.split_first() {
-            if let Err(e) = fetch_window(source, wal_dir, first, rest) {
+            if let Err(e) = fetch_window(source, wal_dir, first, rest, args.cache.as_deref()) {
                 tracing::info!("prefetching stopped: {}", e.message);
                 return;
             }

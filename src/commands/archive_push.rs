@@ -72,7 +72,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
             })?;
             return push_into(&repo.wal_dir(), &args, compression);
         }
-        RepoArg::Remote(r) => r,
+        RepoArg::Remote(r) => {
+            r.take_over_uploads();
+            r
+        }
     };
     // Checked and compressed as into a local archive, in a directory of its own, then
     // uploaded under the same name (never over different contents).

@@ -121,7 +121,10 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     };
     let (root, remote) = match RepoArg::open(&args.repo, "backup")? {
         RepoArg::Local(p) => (p, None),
-        RepoArg::Remote(r) => (r.cache.clone(), Some(r)),
+        RepoArg::Remote(r) => {
+            r.take_over_uploads();
+            (r.cache.clone(), Some(r))
+        }
     };
     let repo = Repo::open(&root).map_err(|e| Failure::new(e.to_string()))?;
     take(
@@ -217,9 +220,18 @@ fn take(
         None => Ok(()),
     };
     line.clear();
-    if let (Some(remote), Err(e)) = (remote, streamed) {
+    // An upload that failed stops the backup (its files can no longer be handed over):
+    // then the upload's error is the one to report; when the backup failed first, its own.
+    let backup_failed_first = matches!(
+        &result,
+        Some(Err(e)) if !matches!(
+            e,
+            backup::BackupError::Store(backup::store::StoreError::HandOverGone)
+        )
+    );
+    if let (Some(remote), Err(e), false) = (remote, &streamed, backup_failed_first) {
         remove_partial_copies(repo);
-        return Err(super::remote_repo::remote_failure(&e).with_hint(format!(
+        return Err(super::remote_repo::remote_failure(e).with_hint(format!(
             "the backup's files could not all be uploaded to {}; nothing was kept (the files \
              uploaded are not a backup without their backup.json): take it again",
             remote.url
@@ -230,6 +242,10 @@ fn take(
             "backup interrupted by a signal; nothing was kept",
         )),
         Some(Err(e)) => {
+            if let Err(upload) = &streamed {
+                remove_partial_copies(repo);
+                tracing::info!("the uploads stopped too: {upload}");
+            }
             // Every failure removes the partial backup: say so, so nobody goes looking.
             let mut f = Failure::new(format!("{e}; nothing was kept"));
             f.hint = e.hint();
@@ -328,9 +344,20 @@ async fn upload_as_stored(
             let Some(key) = key else {
                 return Ok(());
             };
-            backups.put_file_new(&key, &path).await?;
-            std::fs::remove_file(&path)
-                .map_err(|e| walferry::objstore::RemoteError::local("remove", &path, e))
+            // A file handed over last may still be on its way when the backup is published
+            // (`.<id>.partial/` renamed to `<id>/`): it is then not where it was, and
+            // `upload_backup` sends what the published directory still holds.
+            let moved = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+            match backups.put_file_new(&key, &path).await {
+                Err(walferry::objstore::RemoteError::Local { source, .. }) if moved(&source) => {
+                    return Ok(())
+                }
+                r => r?,
+            };
+            match std::fs::remove_file(&path) {
+                Err(e) if moved(&e) => Ok(()),
+                r => r.map_err(|e| walferry::objstore::RemoteError::local("remove", &path, e)),
+            }
         }
     };
     let mut inflight = FuturesUnordered::new();

@@ -74,6 +74,13 @@ impl RemoteRepo {
         })
     }
 
+    /// For a command that uploads, before its first upload: aborts the multipart uploads
+    /// that processes now gone left open in this bucket (`walferry::objstore::journal`).
+    pub fn take_over_uploads(&self) {
+        self.rt
+            .block_on(walferry::objstore::journal::take_over(&self.remote));
+    }
+
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
@@ -122,15 +129,6 @@ impl RemoteRepo {
             |n: &str| n.split('/').count() == 2 && n.ends_with(&format!("/{CATALOG_FILE}"));
         self.sync(BACKUPS_DIR, &self.cache.join(BACKUPS_DIR), is_catalog)
             .map(drop)
-    }
-
-    /// Every file of backup `id`.
-    pub fn sync_backup(&self, id: &str) -> Result<(), Failure> {
-        let prefix = format!("{id}/");
-        self.sync(BACKUPS_DIR, &self.cache.join(BACKUPS_DIR), |n| {
-            n.starts_with(&prefix)
-        })
-        .map(drop)
     }
 
     /// Frees the cache of backup `id`'s files (its catalog entry stays).

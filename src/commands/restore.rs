@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use walferry::inspect::Options;
+use walferry::objstore::stream::{RemoteBackup, IN_FLIGHT};
 use walferry::repo::Repo;
-use walferry::restore::layout::{lay_out, LayoutOptions};
+use walferry::restore::layout::{lay_out, lay_out_from, LayoutOptions};
 use walferry::restore::recovery::{self, Settings};
 use walferry::restore::{self as plan_mod, parse_time, Target, TargetAction, TargetTimeline};
 use walferry::wal::{Lsn, TimeLineId};
@@ -32,6 +33,11 @@ backup's manifest are kept and only the others are written (a failed primary who
 survived is rebuilt fast), and files the backup does not have are removed.
 
 Run it as the user PostgreSQL runs as (the files are created owned by the invoking user).
+From an s3:// repository the backup's objects are streamed into PGDATA (--jobs or 32
+downloads at once, whichever is more), the archive is checked on a copy in the cache
+directory, and restore_command gets --cache naming that copy, so that recovery takes its
+segments from there instead of downloading them again: the server must be able to read
+it, which it can when restore ran as the server's user.
 
 Examples:
   walferry restore --repo /srv/repo --pgdata /var/lib/postgresql/15/main
@@ -235,9 +241,6 @@ fn restore_from(
     let plan = plan_mod::plan(&backups, &args.backup, &target, &report)
         .map_err(|e| Failure::new(e.to_string()))?;
     let backup = &plan.backup;
-    if let Some(remote) = remote {
-        remote.sync_backup(&backup.id)?;
-    }
     eprintln!(
         "walferry: restoring backup {} (ended at {}, {}) into \"{}\"",
         backup.id,
@@ -252,19 +255,34 @@ fn restore_from(
     let existed = args.pgdata.exists();
     let fresh = !existed || std::fs::read_dir(&args.pgdata).is_ok_and(|mut d| d.next().is_none());
     let tablespaces_before = tablespace_dirs(backup, &tablespace_map);
-    let stats = lay_out(
-        &repo,
-        backup,
-        &args.pgdata,
-        &LayoutOptions {
-            delta: args.delta,
-            tablespace_map: tablespace_map.clone(),
-            threads: args.jobs,
-        },
-    );
-    if let Some(remote) = remote {
-        remote.drop_backup_copy(&backup.id);
-    }
+    let mut opts = LayoutOptions {
+        delta: args.delta,
+        tablespace_map: tablespace_map.clone(),
+        threads: args.jobs,
+    };
+    let stats = match remote {
+        None => lay_out(&repo, backup, &args.pgdata, &opts),
+        Some(remote) => {
+            // Each worker streams its objects from the store into PGDATA; they wait on
+            // round trips more than on the CPU, so more of them than --jobs.
+            opts.threads = opts.threads.max(IN_FLIGHT);
+            let source = RemoteBackup::new(
+                &remote.remote,
+                &backup.id,
+                remote.runtime().handle().clone(),
+            );
+            let stats = lay_out_from(&source, backup, &args.pgdata, &opts);
+            let (objects, bytes) = source.fetched();
+            eprintln!(
+                "walferry: streamed {objects} object(s), {bytes} bytes, of backup {} from {} \
+                 into \"{}\"",
+                backup.id,
+                remote.url,
+                args.pgdata.display()
+            );
+            stats
+        }
+    };
     let stats = stats.map_err(|e| {
         let failure = Failure::new(e.to_string());
         if fresh {
@@ -292,7 +310,16 @@ fn restore_from(
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(format!("could not find the walferry program: {e}")))?;
     let settings = Settings {
-        restore_command: recovery::archive_get_command(&exe, repo_arg),
+        restore_command: match remote {
+            // The archive checked above is in the cache: recovery takes its segments from
+            // there rather than downloading them again.
+            Some(r) => recovery::archive_get_command_cached(
+                &exe,
+                repo_arg,
+                &absolute(&r.cache.join(walferry::repo::WAL_DIR))?,
+            ),
+            None => recovery::archive_get_command(&exe, repo_arg),
+        },
         target: plan.target.clone(),
         timeline,
         action,

@@ -22,15 +22,20 @@ use super::{Object, Remote, RemoteError};
 /// Each download streams into its file, so this bounds connections, not memory.
 const PARALLEL: usize = 32;
 
-/// The cache directory for `remote`'s repository.
-pub fn cache_dir(remote: &Remote) -> PathBuf {
-    let base = std::env::var_os("WALFERRY_CACHE_DIR")
+/// walferry's cache directory: `WALFERRY_CACHE_DIR`, else `$XDG_CACHE_HOME/walferry`, else
+/// `~/.cache/walferry`.
+pub fn cache_base() -> PathBuf {
+    std::env::var_os("WALFERRY_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("walferry")))
         .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/walferry")))
-        .unwrap_or_else(|| std::env::temp_dir().join("walferry-cache"));
+        .unwrap_or_else(|| std::env::temp_dir().join("walferry-cache"))
+}
+
+/// The cache directory for `remote`'s repository.
+pub fn cache_dir(remote: &Remote) -> PathBuf {
     let url = remote.url();
-    let mut dir = base.join("s3").join(&url.bucket);
+    let mut dir = cache_base().join("s3").join(&url.bucket);
     for part in url.prefix.split('/').filter(|p| !p.is_empty()) {
         dir.push(part);
     }
@@ -73,7 +78,7 @@ pub async fn sync_objects(
     want: &dyn Fn(&str) -> bool,
 ) -> Result<Synced, RemoteError> {
     let mut synced = Synced::default();
-    let (fetched, fetched_bytes) = fetch_missing(remote, sub, dir, objects).await?;
+    let (fetched, fetched_bytes, _) = fetch_missing(remote, sub, dir, objects, None).await?;
     synced.kept = objects.len() as u64 - fetched;
     synced.fetched = fetched;
     synced.fetched_bytes = fetched_bytes;
@@ -83,13 +88,15 @@ pub async fn sync_objects(
 }
 
 /// Downloads into `dir` the `objects` (under `sub`) it lacks or holds at another size,
-/// [`PARALLEL`] at a time; returns how many and their bytes.
+/// [`PARALLEL`] at a time; returns how many and their bytes, and the names of those copied
+/// from `local` instead (see [`copy_local`]).
 async fn fetch_missing(
     remote: &Remote,
     sub: &str,
     dir: &Path,
     objects: &[Object],
-) -> Result<(u64, u64), RemoteError> {
+    local: Option<&Path>,
+) -> Result<(u64, u64, Vec<String>), RemoteError> {
     make_dir(dir)?;
     let todo: Vec<&Object> = objects
         .iter()
@@ -98,7 +105,8 @@ async fn fetch_missing(
         })
         .collect();
     let sub = sub.trim_matches('/');
-    let results: Vec<Result<u64, RemoteError>> = futures_util::stream::iter(todo.iter().map(|o| {
+    type Got = Result<(u64, Option<String>), RemoteError>;
+    let results: Vec<Got> = futures_util::stream::iter(todo.iter().map(|o| {
         let rel = match sub.is_empty() {
             true => o.name.clone(),
             false => format!("{sub}/{}", o.name),
@@ -108,17 +116,53 @@ async fn fetch_missing(
             if let Some(parent) = dest.parent() {
                 make_dir(parent)?;
             }
-            remote.download(&rel, &dest).await
+            if local.is_some_and(|l| copy_local(l, o, &dest)) {
+                return Ok((0, Some(o.name.clone())));
+            }
+            remote.download(&rel, &dest).await.map(|n| (n, None))
         }
     }))
     .buffer_unordered(PARALLEL)
     .collect()
     .await;
     let mut bytes = 0;
+    let mut copied = Vec::new();
     for r in results {
-        bytes += r?;
+        let (n, local) = r?;
+        bytes += n;
+        copied.extend(local);
     }
-    Ok((todo.len() as u64, bytes))
+    Ok((todo.len() as u64 - copied.len() as u64, bytes, copied))
+}
+
+/// Copies object `o` from `local`, a copy of the same part of the store (the cache a
+/// restore filled), into `dest` (temporary name, fsync, rename), when `local` holds it as
+/// a complete file of the object's size: complete segments and history files never change
+/// under their names, so that is the object (and whoever reads it checks it as ever). A
+/// `.partial` grows, so it is always downloaded. False when the copy cannot serve.
+fn copy_local(local: &Path, o: &Object, dest: &Path) -> bool {
+    if o.name.ends_with(".partial") {
+        return false;
+    }
+    let src = local.join(&o.name);
+    if !std::fs::metadata(&src).is_ok_and(|m| m.is_file() && m.len() == o.size) {
+        return false;
+    }
+    let tmp = crate::archive::get::temp_beside(dest);
+    let copied = std::fs::copy(&src, &tmp)
+        .and_then(|n| match n == o.size {
+            true => std::fs::File::open(&tmp)?.sync_all(),
+            false => Err(std::io::Error::other("the copy changed size")),
+        })
+        .and_then(|()| std::fs::rename(&tmp, dest));
+    match copied {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!("\"{}\" not taken from the local copy: {e}", src.display());
+            false
+        }
+    }
 }
 
 fn make_dir(dir: &Path) -> Result<(), RemoteError> {
@@ -166,12 +210,17 @@ fn remove_extras(
 /// a later complete segment of its timeline, if the store has one (which makes the
 /// `.partial` a hole rather than the end of the timeline). Segments before `name` are
 /// removed from `dir`: it is a window, not a copy of the archive.
+///
+/// With `local` (a copy of the same archive, as `restore` leaves in the cache), the
+/// complete objects it holds are copied from there rather than downloaded; their names are
+/// returned, so that a caller who finds one damaged can fetch it from the store after all.
 pub async fn fetch_window(
     remote: &Remote,
     dir: &Path,
     name: &str,
     ahead: &[String],
-) -> Result<(), RemoteError> {
+    local: Option<&Path>,
+) -> Result<Vec<String>, RemoteError> {
     use crate::wal::page::MIN_SEG_SIZE;
     use crate::wal::{parse_history_file_name, WalFileName};
 
@@ -209,7 +258,7 @@ pub async fn fetch_window(
     }
     objects.sort_by(|a, b| a.name.cmp(&b.name));
     objects.dedup_by(|a, b| a.name == b.name);
-    fetch_missing(remote, "", dir, &objects).await?;
+    let (_, _, copied) = fetch_missing(remote, "", dir, &objects, local).await?;
     if segment.is_some() {
         // Older segments were served already; keep the window small.
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -224,7 +273,7 @@ pub async fn fetch_window(
             }
         }
     }
-    Ok(())
+    Ok(copied)
 }
 
 #[cfg(test)]

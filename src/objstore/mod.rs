@@ -13,8 +13,10 @@
 //! is taken is success when the object holds the same bytes, an error naming it when not.
 //! Only a `.partial` (the newest WAL, which grows) is replaced.
 
+pub mod journal;
 pub mod mirror;
 pub mod settings;
+pub mod stream;
 pub mod upload;
 mod url;
 
@@ -30,10 +32,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
-use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
-};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 /// Objects larger than this are uploaded in parts of this size.
 pub const PART_SIZE: usize = 16 << 20;
@@ -435,8 +436,10 @@ impl Remote {
     }
 
     /// [`Remote::put_new`] for a local file, read in parts of [`PART_SIZE`] (a multipart
-    /// upload above that size, aborted if anything fails), so memory stays bounded
-    /// whatever the file's size.
+    /// upload above that size, [`PART_CONCURRENCY`] parts in flight), so memory stays
+    /// bounded whatever the file's size. The upload is written down in this process's
+    /// [`journal`] before its first part and aborted if anything fails, so that neither an
+    /// error nor the death of the process leaves its parts in the bucket.
     pub async fn put_file_new(&self, rel: &str, path: &Path) -> Result<Put, RemoteError> {
         let len = std::fs::metadata(path)
             .map_err(|e| RemoteError::local("stat", path, e))?
@@ -449,44 +452,94 @@ impl Remote {
             let bytes = std::fs::read(path).map_err(|e| RemoteError::local("read", path, e))?;
             return self.same_as(rel, size, &bytes).await;
         }
-        let upload = self
+        let key = self.key(rel);
+        let id = self
             .store
-            .put_multipart(&self.key(rel))
+            .create_multipart(&key)
             .await
             .map_err(|e| self.err("start an upload of", rel, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let result = async {
-            let mut file = File::open(path).map_err(|e| RemoteError::local("open", path, e))?;
-            let mut buf = vec![0u8; PART_SIZE];
-            loop {
-                let n = read_full(&mut file, &mut buf)
-                    .map_err(|e| RemoteError::local("read", path, e))?;
-                if n == 0 {
-                    break;
-                }
-                writer
-                    .wait_for_capacity(PART_CONCURRENCY)
-                    .await
-                    .map_err(|e| self.err("upload", rel, e))?;
-                writer.write(&buf[..n]);
-            }
-            Ok(())
+        if let Err(e) = journal::record(self, key.as_ref(), &id) {
+            let _ = self.store.abort_multipart(&key, &id).await;
+            return Err(e);
         }
-        .await;
-        match result {
-            Ok(()) => {
-                writer
-                    .finish()
-                    .await
-                    .map_err(|e| self.err("complete the upload of", rel, e))?;
-            }
-            Err(e) => {
-                let _ = writer.abort().await;
-                return Err(e);
-            }
+        let result = match self.put_parts(rel, &key, &id, path).await {
+            Ok(parts) => self
+                .store
+                .complete_multipart(&key, &id, parts)
+                .await
+                .map(drop)
+                .map_err(|e| self.err("complete the upload of", rel, e)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() && self.store.abort_multipart(&key, &id).await.is_err() {
+            // Left in the journal: the next uploading command after this one aborts it.
+            return result.map(|()| Put::Stored);
         }
+        journal::forget(self, &id);
+        result?;
         self.confirm(rel, len).await?;
         Ok(Put::Stored)
+    }
+
+    /// The parts of multipart upload `id` of `key`, read from `path`; the part ids in order.
+    async fn put_parts(
+        &self,
+        rel: &str,
+        key: &ObjPath,
+        id: &str,
+        path: &Path,
+    ) -> Result<Vec<PartId>, RemoteError> {
+        use futures_util::stream::FuturesUnordered;
+        let id = id.to_string();
+        let mut file = File::open(path).map_err(|e| RemoteError::local("open", path, e))?;
+        let mut inflight = FuturesUnordered::new();
+        let mut parts: Vec<(usize, PartId)> = Vec::new();
+        let mut idx = 0;
+        loop {
+            if inflight.len() >= PART_CONCURRENCY {
+                if let Some(r) = inflight.next().await {
+                    parts.push(r?);
+                }
+                continue;
+            }
+            let mut buf = vec![0u8; PART_SIZE];
+            let n =
+                read_full(&mut file, &mut buf).map_err(|e| RemoteError::local("read", path, e))?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            let (store, key, id, i) = (self.store.clone(), key.clone(), id.clone(), idx);
+            inflight.push(async move {
+                store
+                    .put_part(&key, &id, i, PutPayload::from(buf))
+                    .await
+                    .map(|part| (i, part))
+                    .map_err(|e| self.err("upload", rel, e))
+            });
+            idx += 1;
+        }
+        while let Some(r) = inflight.next().await {
+            parts.push(r?);
+        }
+        parts.sort_by_key(|(i, _)| *i);
+        Ok(parts.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Aborts multipart upload `id` of `key` (a full key in the bucket, as the [`journal`]
+    /// holds it); an upload the store does not know (completed or aborted already) is
+    /// success.
+    pub(crate) async fn abort_upload(&self, key: &str, id: &str) -> Result<(), RemoteError> {
+        let location = ObjPath::from(key);
+        match self.store.abort_multipart(&location, &id.to_string()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(RemoteError::Store {
+                op: "abort the multipart upload of",
+                location: format!("s3://{}/{key}", self.settings.bucket),
+                kind: classify(&e),
+                message: short_message(&e),
+            }),
+        }
     }
 
     async fn same_as(&self, rel: &str, size: u64, bytes: &[u8]) -> Result<Put, RemoteError> {

@@ -139,6 +139,7 @@ async fn run(
     mut stop: watch::Receiver<bool>,
     mut follow: Follow,
 ) {
+    super::journal::take_over(&remote).await;
     let remote_partials = match remote.list("").await {
         Ok(objects) => objects
             .into_iter()

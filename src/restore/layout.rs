@@ -10,6 +10,11 @@
 //! (`PG_15_...`) the backup holds, so nothing that merely shares a location is touched.
 //! Every file written is checked against the manifest as it is decompressed: a damaged
 //! backup fails the restore rather than producing a damaged data directory.
+//!
+//! The stored files are read through a [`BackupSource`]: the backup's directory in a local
+//! repository ([`LocalBackup`], what [`lay_out`] uses), or a repository in object storage
+//! whose objects each worker streams straight into the data directory
+//! (`crate::objstore::stream::RemoteBackup`, through [`lay_out_from`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
@@ -19,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::archive::{CompressionSpec, SegmentReader};
+use crate::archive::CompressionSpec;
 use crate::backup::manifest::{format_crc32c, Manifest, ManifestError, ManifestFile};
 use crate::repo::{
     split_tablespace_path, stored_file_path, BackupInfo, FileEntry, Repo, MANIFEST_FILE,
@@ -99,9 +104,42 @@ impl Targets {
     }
 }
 
+/// Where the stored files of one backup are read from.
+pub trait BackupSource: Sync {
+    /// Stored file `rel` (relative to the backup's directory: `backup_manifest`,
+    /// `data/base/1/1259.lz4`), read from its start.
+    fn open(&self, rel: &Path) -> io::Result<Box<dyn Read + Send + '_>>;
+    /// How messages name stored file `rel`.
+    fn name(&self, rel: &Path) -> PathBuf;
+}
+
+/// A backup's directory in a local repository.
+pub struct LocalBackup(pub PathBuf);
+
+impl BackupSource for LocalBackup {
+    fn open(&self, rel: &Path) -> io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(File::open(self.0.join(rel))?))
+    }
+
+    fn name(&self, rel: &Path) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
 /// Lay out `backup` from `repo` into `pgdata`; see the module documentation.
 pub fn lay_out(
     repo: &Repo,
+    backup: &BackupInfo,
+    pgdata: &Path,
+    opts: &LayoutOptions,
+) -> Result<LayoutStats, LayoutError> {
+    let source = LocalBackup(repo.backup_dir(&backup.id));
+    lay_out_from(&source, backup, pgdata, opts)
+}
+
+/// [`lay_out`] with the backup's stored files read from `source`.
+pub fn lay_out_from(
+    source: &dyn BackupSource,
     backup: &BackupInfo,
     pgdata: &Path,
     opts: &LayoutOptions,
@@ -115,9 +153,12 @@ pub fn lay_out(
             compression: backup.compression.clone(),
         })?
         .kind();
-    let backup_dir = repo.backup_dir(&backup.id);
-    let manifest_path = backup_dir.join(MANIFEST_FILE);
-    let manifest_bytes = fs::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
+    let manifest_path = source.name(Path::new(MANIFEST_FILE));
+    let mut manifest_bytes = Vec::new();
+    source
+        .open(Path::new(MANIFEST_FILE))
+        .and_then(|mut r| r.read_to_end(&mut manifest_bytes))
+        .map_err(io_err("read", &manifest_path))?;
     let manifest = Manifest::parse(&manifest_bytes).map_err(|source| LayoutError::Manifest {
         id: id.clone(),
         source,
@@ -150,7 +191,7 @@ pub fn lay_out(
         }
     }
 
-    let stats = write_files(&backup_dir, backup, &manifest, &targets, compression, opts)?;
+    let stats = write_files(source, backup, &manifest, &targets, compression, opts)?;
     for f in &backup.contents.files {
         if let Some(parent) = targets.place(&f.path).parent() {
             dirs.insert(parent.to_path_buf());
@@ -265,7 +306,7 @@ fn make_symlink(path: &Path, target: &Path) -> Result<(), LayoutError> {
 /// Decompress every file on `opts.threads` threads, largest first (so one large file does
 /// not start last and run alone).
 fn write_files(
-    backup_dir: &Path,
+    source: &dyn BackupSource,
     backup: &BackupInfo,
     manifest: &Manifest,
     targets: &Targets,
@@ -287,7 +328,7 @@ fn write_files(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(f) = order.get(i) else { break };
                     let result = restore_file(
-                        backup_dir,
+                        source,
                         backup,
                         manifest,
                         targets,
@@ -328,7 +369,7 @@ fn write_files(
 /// Put one file in place; `true` when a delta restore kept the file already there.
 #[allow(clippy::too_many_arguments)]
 fn restore_file(
-    backup_dir: &Path,
+    source: &dyn BackupSource,
     backup: &BackupInfo,
     manifest: &Manifest,
     targets: &Targets,
@@ -348,12 +389,16 @@ fn restore_file(
             }
         }
     }
-    let src = backup_dir.join(stored_file_path(&f.path, compression));
+    let stored = stored_file_path(&f.path, compression);
+    let src = source.name(&stored);
     let damaged = |detail: String| LayoutError::Damaged {
         id: backup.id.clone(),
         detail,
     };
-    let mut reader = SegmentReader::open(&src, compression).map_err(io_err("open", &src))?;
+    let mut reader = source
+        .open(&stored)
+        .and_then(|raw| crate::archive::decompressing(raw, compression))
+        .map_err(io_err("open", &src))?;
     // Whatever a delta restore finds in the file's place that is not a regular file goes
     // first: opening a symbolic link for writing would write wherever it points.
     match fs::symlink_metadata(&dest) {

@@ -69,6 +69,17 @@ pub fn archive_get_command(exe: &std::path::Path, repo: &str) -> String {
     )
 }
 
+/// [`archive_get_command`] for a repository in object storage, with `cache` the local
+/// copy of its archive that a restore fetched, for archive-get to take segments from.
+pub fn archive_get_command_cached(exe: &std::path::Path, repo: &str, cache: &Path) -> String {
+    format!(
+        "{} archive-get --repo {} --cache {} %f %p",
+        shell_word(&exe.to_string_lossy()),
+        shell_word(repo),
+        shell_word(&cache.to_string_lossy())
+    )
+}
+
 pub fn shell_word(v: &str) -> String {
     if !v.is_empty()
         && v.bytes()
