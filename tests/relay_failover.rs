@@ -30,10 +30,22 @@ fn wal_receiver(standby: &PgCluster) -> (u16, String, u32) {
 
 #[test]
 fn standbys_reconnect_and_catch_up_after_the_relay_is_killed() {
+    relay_killed(&["-S", "relay"]);
+}
+
+/// As above with `--serve-unflushed`: the standby may hold WAL the killed relay had not
+/// made durable; the restarted relay streams it again from its slot, refuses the standby
+/// until it has, and then serves it on.
+#[test]
+fn a_relay_serving_unflushed_wal_is_killed_and_its_standby_catches_up() {
+    relay_killed(&["-S", "relay", "--serve-unflushed"]);
+}
+
+fn relay_killed(flags: &[&str]) {
     let pg = PgCluster::primary();
     pg.create_physical_slot("relay");
     let dir = tempdir();
-    let mut relay = Relay::start(&pg, dir.path(), &["-S", "relay"]);
+    let mut relay = Relay::start(&pg, dir.path(), flags);
     let port = relay.port;
     let standby = standby_via(&pg, relay.conninfo("standby1"));
     pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
@@ -44,7 +56,7 @@ fn standbys_reconnect_and_catch_up_after_the_relay_is_killed() {
     // Written while the relay is down: the primary keeps it for the relay's slot.
     pg.psql("INSERT INTO t SELECT generate_series(1001, 5000)");
     emit_wal(&pg, 20);
-    let relay = Relay::start_on(&pg, dir.path(), port, &["-S", "relay"]);
+    let relay = Relay::start_on(&pg, dir.path(), port, flags);
     pg.psql("INSERT INTO t SELECT generate_series(5001, 6000)");
     let lsn = pg.current_wal_lsn();
     standby.wait_for_replay(lsn);

@@ -20,7 +20,8 @@ it to downstream PostgreSQL standbys, pg_receivewal and walferry receive, which 
 --listen as they would to a primary (primary_conninfo = 'host=RELAY port=PORT ...').
 
 Downstreams are served only WAL that the relay has validated and made durable in its
-archive: from memory while they keep up (the newest 64 MiB), from the archive's segment files
+archive (with --serve-unflushed: validated and written, before the relay's own fsync; see
+below): from memory while they keep up (the newest 64 MiB), from the archive's segment files
 when they fall behind, so a standby that was down for hours catches up without a
 restore_command. Slots that downstreams create (CREATE_REPLICATION_SLOT) are kept in
 DIR/.walferry-slots.json across restarts, with each one's restart_lsn.
@@ -32,6 +33,15 @@ in synchronous_standby_names; whether it waits is the primary's choice, async by
                       walferry receive --synchronous does; --synchronous is implied
   --sync-downstream N flush reported only once WAL is durable in the archive AND N
                       downstreams have reported it flushed (RPO 0 on N+1 copies)
+
+--serve-unflushed sends each piece of WAL downstream as soon as it is validated and written,
+while the relay's fsync of it is still running, instead of after: the relay's fsync no
+longer adds to its standbys' replication lag. What the relay reports upstream as flushed is
+unchanged. Everything a primary sends it has already flushed itself, so a standby can never
+get WAL the primary might lose; what it can get is WAL the relay's archive loses if the
+relay's host crashes in that instant (the relay streams it again from its slot). A standby
+that is then ahead of the restarted relay is refused until the relay has it again, and
+retries (as a walreceiver does every wal_retrieve_retry_interval).
 
 Authentication of downstreams: --auth trust accepts anyone who can connect (use it on
 loopback or a trusted network). --auth scram checks SCRAM-SHA-256 (and SCRAM-SHA-256-PLUS,
@@ -114,6 +124,10 @@ pub struct RelayArgs {
     )]
     sync_downstream: usize,
 
+    /// Serve WAL downstream once validated and written, before the relay's fsync of it
+    #[arg(long = "serve-unflushed", help_heading = "Relay options")]
+    serve_unflushed: bool,
+
     /// Disconnect a downstream silent for this many seconds (0 never)
     #[arg(
         long = "wal-sender-timeout",
@@ -171,9 +185,10 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(format!("could not start the async runtime: {e}")))?;
-    let Some(receive) = plan.run_slot_action(&rt)? else {
+    let Some(mut receive) = plan.run_slot_action(&rt)? else {
         return Ok(());
     };
+    receive.serve_unflushed = args.serve_unflushed;
     let mut opts = RelayOptions {
         receive,
         listen,

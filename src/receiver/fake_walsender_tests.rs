@@ -593,6 +593,8 @@ async fn the_durable_validated_position_is_published() {
         let last = seen.last().unwrap().flushed;
         assert!(last >= end, "synchronous {synchronous}: {seen:?}");
         assert!(last.0 <= SEG + wal.len() as u64);
+        // Without --serve-unflushed, downstreams are served durable WAL only.
+        assert!(seen.iter().all(|p| p.servable == p.flushed), "{seen:?}");
 
         // The live tail holds the same WAL, checked, from the stream's start.
         let (tli, first, tail_end) = tail.range();
@@ -606,6 +608,54 @@ async fn the_durable_validated_position_is_published() {
             at = Lsn(at.0 + b.len() as u64);
         }
     }
+}
+
+/// `serve_unflushed` (a relay's `--serve-unflushed`): validated WAL becomes servable once
+/// written, ahead of or with its fsync, never past the last valid record, never behind what
+/// is durable; the flush reported keeps its meaning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_wal_is_servable_with_serve_unflushed_and_the_reported_flush_keeps_its_meaning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = wal();
+    let end = Lsn(SEG + wal.len() as u64 - 100_000);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(Walsender::serve(listener, wal.clone()));
+    let mut opts = options(port, dir.path());
+    opts.endpos = Some(end);
+    opts.synchronous = true;
+    opts.serve_unflushed = true;
+    let tail = Arc::new(LiveTail::new(4 << 20));
+    opts.live_tail = Some(tail.clone());
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let published = Published::new();
+    let mut rx = published.position.subscribe();
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while rx.changed().await.is_ok() {
+            seen.push(*rx.borrow_and_update());
+        }
+        seen
+    });
+    let result = receive_publishing(&opts, stop_rx, &published).await;
+    assert!(
+        matches!(result, Ok(Outcome::EndposReached(_))),
+        "{result:?}"
+    );
+    drop(published);
+    let seen = seen.await.unwrap();
+    let flushes = server.await.unwrap();
+    assert!(seen.iter().all(|p| p.servable >= p.flushed), "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].servable <= w[1].servable),
+        "{seen:?}"
+    );
+    let last = *seen.last().unwrap();
+    assert!(last.flushed >= end && last.servable.0 <= SEG + wal.len() as u64);
+    // The tail holds everything servable.
+    assert!(tail.range().2 >= last.servable);
+    // The server was told only what was durable: never past the last flush published.
+    assert!(flushes.iter().all(|f| *f <= last.flushed), "{flushes:?}");
 }
 
 /// `ack_limit` (a relay's `--sync-downstream` quorum) caps what is reported to the server,

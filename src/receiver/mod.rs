@@ -85,6 +85,10 @@ pub struct ReceiveOptions {
     /// With `upload_to`: acknowledge as flushed only what the object store holds
     /// (`--synchronous-remote`).
     pub synchronous_remote: bool,
+    /// With `synchronous`: publish validated WAL as servable once written, before the
+    /// fsync that makes it durable (a relay's `--serve-unflushed`). What is reported
+    /// upstream as flushed does not change.
+    pub serve_unflushed: bool,
 }
 
 impl ReceiveOptions {
@@ -107,6 +111,7 @@ impl ReceiveOptions {
             metrics: None,
             upload_to: None,
             synchronous_remote: false,
+            serve_unflushed: false,
         }
     }
 }
@@ -185,6 +190,10 @@ pub struct Upstream {
 pub struct Position {
     pub timeline: TimeLineId,
     pub flushed: Lsn,
+    /// End of the WAL that may be served to downstreams now: `flushed`, or with
+    /// [`ReceiveOptions::serve_unflushed`] the validated WAL as soon as it is written,
+    /// before its fsync. Never behind `flushed` within a stream.
+    pub servable: Lsn,
 }
 
 impl Position {
@@ -192,6 +201,7 @@ impl Position {
     pub const NONE: Position = Position {
         timeline: TimeLineId(0),
         flushed: Lsn::INVALID,
+        servable: Lsn::INVALID,
     };
 }
 
@@ -454,7 +464,11 @@ impl Session<'_> {
         let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts);
         let seg_size = archive.seg_size();
         if self.opts.synchronous {
-            let policy = Inline::new(writer, validator);
+            let early = self
+                .opts
+                .serve_unflushed
+                .then(|| (self.published.position.clone(), tli));
+            let policy = Inline::new(writer, validator, early);
             return self.drive(conn, policy, start, tli, seg_size).await;
         }
         let (batches, handle) = Batches::spawn(writer, validator, start, seg_size);
@@ -511,9 +525,12 @@ impl Session<'_> {
                 m.receiver().flushed(flushed);
             }
             self.published.position.send_if_modified(|pos| {
+                // What was servable stays so (written before its fsync).
+                let servable = pos.servable.max(flushed);
                 let new = Position {
                     timeline: tli,
                     flushed,
+                    servable,
                 };
                 let changed = *pos != new;
                 *pos = new;
@@ -524,6 +541,13 @@ impl Session<'_> {
             m.receiver().stream_started(tli, start, seg_size);
             m.set_streaming();
         }
+        // A new stream restarts from what it made durable (a new timeline, or a reconnect
+        // at a segment start).
+        self.published.position.send_replace(Position {
+            timeline: tli,
+            flushed: start,
+            servable: start,
+        });
         publish(start);
         loop {
             if let Some(p) = policy.settle(conn).await? {

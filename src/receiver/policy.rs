@@ -15,10 +15,10 @@ use tokio::sync::watch;
 
 use super::validate::Validator;
 use super::writer::{Progress, WalWriter, WriterCmd};
-use super::{blocking, stop_requested, Batches, ReceiveError};
+use super::{blocking, stop_requested, Batches, Position, ReceiveError};
 use crate::archive::ArchiveError;
 use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage, StreamItem, WalStart};
-use crate::wal::Lsn;
+use crate::wal::{Lsn, TimeLineId};
 
 /// A message at least this long means the walsender is catching up and more follows at
 /// once: the batch waits up to [`LINGER`] for it instead of going to the writer half-empty.
@@ -70,6 +70,9 @@ pub(super) trait WritePolicy {
 pub(super) struct Inline {
     writer: WalWriter,
     validator: Validator,
+    /// `serve_unflushed`: where to publish written WAL as servable before its fsync, and
+    /// the stream's timeline.
+    early: Option<(watch::Sender<Position>, TimeLineId)>,
     /// Checked WAL not written yet, from `pending_start`.
     pending: Vec<u8>,
     pending_start: Lsn,
@@ -82,10 +85,15 @@ pub(super) struct Inline {
 const GATHER_MAX: usize = 1 << 20;
 
 impl Inline {
-    pub fn new(writer: WalWriter, validator: Validator) -> Self {
+    pub fn new(
+        writer: WalWriter,
+        validator: Validator,
+        early: Option<(watch::Sender<Position>, TimeLineId)>,
+    ) -> Self {
         Inline {
             writer,
             validator,
+            early,
             pending: Vec::new(),
             pending_start: Lsn::INVALID,
             dirty: false,
@@ -155,6 +163,18 @@ impl WritePolicy for Inline {
         let checked = self.validator.checked_end();
         let (writer, pending, start) = (&mut self.writer, &self.pending, self.pending_start);
         let p = if pending.is_empty() {
+            blocking(|| writer.flush())?
+        } else if let Some((position, tli)) = &self.early {
+            // Written (one system call), servable, then durable (another).
+            blocking(|| writer.write_chunk(start, pending, checked))?;
+            let written = Lsn(start.0 + pending.len() as u64).min(checked);
+            position.send_if_modified(|pos| {
+                let raise = pos.timeline == *tli && written > pos.servable;
+                if raise {
+                    pos.servable = written;
+                }
+                raise
+            });
             blocking(|| writer.flush())?
         } else {
             blocking(|| writer.write_durable(start, pending, checked))?

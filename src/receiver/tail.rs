@@ -8,8 +8,9 @@
 //! and a session that fell behind them reads the archive instead.
 //!
 //! The tail says nothing about durability. WAL enters it when it has been checked, before it
-//! is written; sessions send only up to the flushed position the receiver publishes
-//! ([`super::Position`]), which is never past what the tail holds on that timeline.
+//! is written; sessions send only up to the servable position the receiver publishes
+//! ([`super::Position`]: flushed, or written with `--serve-unflushed`), which is never past
+//! what the tail holds on that timeline.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

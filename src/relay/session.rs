@@ -4,7 +4,8 @@
 //! ParameterStatus set a walreceiver and `pg_receivewal` read, BackendKeyData,
 //! ReadyForQuery), then replication commands until the client leaves. `START_REPLICATION`
 //! streams WAL in CopyBoth as walsender.c does: `'w'` messages of at most 128 KiB, never
-//! past what the relay has validated and flushed on that timeline, keepalives that ask for a
+//! past what the relay has validated and flushed on that timeline (with `--serve-unflushed`:
+//! validated and written), keepalives that ask for a
 //! reply when the downstream has been quiet for half of `wal_sender_timeout`, the
 //! downstream's `'r'` reports used for its slot and the `--sync-downstream` quorum, and the
 //! end-of-timeline handshake (CopyDone both ways, then the next timeline and where it
@@ -482,7 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let pos = *self.hub.position.borrow();
         let sysid = upstream.system_id.to_string();
         let tli = pos.timeline.0.to_string();
-        let lsn = pos.flushed.to_string();
+        let lsn = pos.servable.to_string();
         self.result(
             &[
                 ("systemid", TEXT_OID),

@@ -82,12 +82,12 @@ impl Stream {
                 });
             }
             end_of_timeline = Some((switch, next));
-        } else if start > pos.flushed {
+        } else if start > pos.servable {
             return Err(error(
                 "XX000",
                 format!(
                     "requested starting point {start} is ahead of the WAL flush position of this server {}",
-                    pos.flushed
+                    pos.servable
                 ),
             ));
         }
@@ -110,7 +110,7 @@ impl Stream {
         };
         // WAL that neither the tail nor the archive holds cannot be served: say so
         // now, as PostgreSQL does, rather than inside the stream.
-        let limit = stream.limit(pos.timeline, pos.flushed);
+        let limit = stream.limit(pos.timeline, pos.servable);
         if start < limit && hub.tail.read(tli, start, 1).is_none() {
             if let Err(e) = stream.reader.locate(tli, &stream.history, start) {
                 return Err(match e {
@@ -129,10 +129,10 @@ impl Stream {
     }
 
     /// How far WAL of this stream's timeline can be sent now.
-    fn limit(&self, cur_tli: TimeLineId, flushed: Lsn) -> Lsn {
+    fn limit(&self, cur_tli: TimeLineId, servable: Lsn) -> Lsn {
         match self.end_of_timeline {
             Some((switch, _)) => switch,
-            None if cur_tli == self.tli => flushed,
+            None if cur_tli == self.tli => servable,
             // The relay moved to a newer timeline while streaming: nothing more until
             // the stream is told where this one ended (see `run`).
             None => self.sent,
@@ -171,7 +171,7 @@ impl Stream {
             if self.end_of_timeline.is_none() && pos.timeline != self.tli {
                 self.learn_switch(pos.timeline)?;
             }
-            let limit = self.limit(pos.timeline, pos.flushed);
+            let limit = self.limit(pos.timeline, pos.servable);
             // Send what there is, a bounded amount before looking at the client again.
             let mut budget = 8;
             while self.sent < limit && budget > 0 {
