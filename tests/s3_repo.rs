@@ -282,6 +282,11 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
     pg.psql("SELECT pg_reload_conf()");
     pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)");
     pg.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
+    // WAL before the backup's start, which no restore from it can use.
+    for i in 0..3 {
+        pg.psql(&format!("CREATE TABLE early_{i} (x int)"));
+        pg.psql("SELECT pg_switch_wal()");
+    }
     let repo = lab.url("repo");
     let conninfo = pg.conninfo(common::roles::SUPERUSER);
     let out = lab
@@ -423,6 +428,33 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
         .and_then(|r| r.get(..24))
         .unwrap()
         .to_string();
+    // The restore fetched only the WAL from the backup's start on (`list` above had
+    // copied all of it; the restore's copy is what it checked, no more).
+    let before_start = |names: Vec<String>| -> Vec<String> {
+        segments(&names)
+            .into_iter()
+            .filter(|n| n[8..] < start_seg[8..])
+            .collect()
+    };
+    let stored_before = before_start(s3.objects("repo/wal"));
+    assert!(
+        stored_before.len() >= 3,
+        "the store holds WAL from before the backup: {stored_before:?}"
+    );
+    let cached_names: Vec<String> = std::fs::read_dir(&wal_copy)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        before_start(cached_names.clone()),
+        Vec::<String>::new(),
+        "no segment before the backup's start {start_seg} in the restore's copy"
+    );
+    assert!(
+        cached_names.contains(&start_seg),
+        "the backup's start segment is: {cached_names:?}"
+    );
     let wal_objects = s3.root.path().join(BUCKET).join("repo/wal");
     let complete = segments(&s3.objects("repo/wal"));
     let last = complete.last().unwrap().clone();
@@ -842,7 +874,7 @@ fn slow_proxy(port: u16, per_sec: std::sync::Arc<std::sync::atomic::AtomicU64>) 
 }
 
 #[test]
-fn a_multipart_upload_of_a_killed_backup_is_aborted_by_the_next_upload() {
+fn a_killed_backup_has_its_upload_aborted_and_its_objects_listed_then_expired() {
     let Some(s3) = S3Server::start() else { return };
     let lab = Lab::new(&s3);
     let pg = PgCluster::primary();
@@ -933,5 +965,81 @@ fn a_multipart_upload_of_a_killed_backup_is_aborted_by_the_next_upload() {
     assert!(
         !journals.join(&journal).exists(),
         "the dead process's journal is gone: {left:?}"
+    );
+
+    // The killed backup's objects are still under its id, without a backup.json: list
+    // shows it as a problem, expire keeps it within the grace (it could be running) and
+    // removes it past it; the complete backup is untouched.
+    let complete = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let killed = entry
+        .split(" repo/backups/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    assert_ne!(killed, complete);
+    let killed_objects = s3.sizes(&format!("repo/backups/{killed}"));
+    assert!(
+        !killed_objects.is_empty() && !killed_objects.iter().any(|(n, _)| n == "backup.json"),
+        "the killed backup left objects and no catalog entry: {killed_objects:?}"
+    );
+    let complete_objects = s3.sizes(&format!("repo/backups/{complete}"));
+    let repo = lab.url("repo");
+    let listing = ok(&mut lab.walferry(&["list", "--repo", &repo]));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let bytes: u64 = killed_objects.iter().map(|(_, size)| size).sum();
+    assert!(
+        listing.contains(&format!(
+            "PROBLEM incomplete backup {killed}: {} file(s)",
+            killed_objects.len()
+        )),
+        "{listing}"
+    );
+    let json = ok(&mut lab.walferry(&["list", "--repo", &repo, "--json"]));
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        json["incomplete_backups"][0]["id"],
+        killed.as_str(),
+        "{json}"
+    );
+    assert_eq!(json["incomplete_backups"][0]["bytes"], bytes, "{json}");
+    assert_eq!(json["incomplete_backups"].as_array().unwrap().len(), 1);
+
+    let kept = ok(&mut lab.walferry(&["expire", "--repo", &repo, "--keep", "5"]));
+    let kept = String::from_utf8_lossy(&kept.stdout);
+    assert!(
+        kept.contains(&format!("kept incomplete backup {killed}")),
+        "{kept}"
+    );
+    assert_eq!(s3.sizes(&format!("repo/backups/{killed}")), killed_objects);
+
+    let gone = ok(&mut lab.walferry(&[
+        "expire",
+        "--repo",
+        &repo,
+        "--keep",
+        "5",
+        "--incomplete-grace",
+        "0",
+    ]));
+    let gone = String::from_utf8_lossy(&gone.stdout);
+    assert!(
+        gone.contains(&format!("removed incomplete backup {killed}")),
+        "{gone}"
+    );
+    assert!(
+        s3.sizes(&format!("repo/backups/{killed}")).is_empty(),
+        "the killed backup's objects are gone"
+    );
+    assert_eq!(
+        s3.sizes(&format!("repo/backups/{complete}")),
+        complete_objects,
+        "the complete backup is untouched"
+    );
+    let listing = ok(&mut lab.walferry(&["list", "--repo", &repo]));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains(&complete) && !listing.contains("incomplete backup"),
+        "{listing}"
     );
 }

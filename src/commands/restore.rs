@@ -181,8 +181,30 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
         remote.cache.display()
     );
     remote.sync_catalogs()?;
-    remote.sync_wal()?;
+    // Only the WAL from the oldest backup this restore may choose on: nothing older can
+    // be replayed (restore points, commit times and the checks all work on that range).
     let cache = remote.cache.clone();
+    let catalog = Repo::open(&cache)
+        .and_then(|r| r.list())
+        .map_err(|e| Failure::new(e.to_string()))?;
+    match oldest_candidate(&catalog, &args.backup) {
+        Some(b) => {
+            eprintln!(
+                "walferry: copying the archive from backup {}'s start ({}) on",
+                b.id, b.start_lsn
+            );
+            remote.sync_wal_from(b.start_lsn, b.wal_segment_size)?;
+        }
+        // No such backup: say which there are before anything slow.
+        None if args.backup != "latest" => {
+            Repo::open(&cache)
+                .and_then(|r| r.find(&args.backup))
+                .map_err(|e| Failure::new(e.to_string()))?;
+        }
+        None => {
+            remote.sync_wal()?;
+        }
+    }
     restore_from(
         &args,
         &cache,
@@ -191,6 +213,18 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
         verbose,
         started,
     )
+}
+
+/// The backup with the lowest start among those `wanted` (an id, or `latest`: any) may
+/// choose: WAL before its start is of no use to the restore.
+fn oldest_candidate<'a>(
+    backups: &'a [walferry::repo::BackupInfo],
+    wanted: &str,
+) -> Option<&'a walferry::repo::BackupInfo> {
+    backups
+        .iter()
+        .filter(|b| wanted == "latest" || b.id == wanted)
+        .min_by_key(|b| b.start_lsn)
 }
 
 /// The restore proper, from the repository (or local copy of one) at `repo_path`;
