@@ -1043,3 +1043,123 @@ fn a_killed_backup_has_its_upload_aborted_and_its_objects_listed_then_expired() 
         "{listing}"
     );
 }
+
+#[test]
+fn a_lagging_downstream_of_the_relay_gets_what_the_spool_let_go_from_the_store() {
+    use receive_support::{emit_wal, flush_lsn, run_to_endpos_ok, small_commit};
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let spool = spool_dir();
+    let port = common::free_port();
+    let mut relay = Proc::spawn(&mut lab.walferry(&[
+        "relay",
+        "-D",
+        &lab.url("repo/wal"),
+        "--spool",
+        spool.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(common::roles::SUPERUSER),
+        "-S",
+        "wf",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "-v",
+    ]));
+    common::wait_until("the relay to accept connections", common::TIMEOUT, || {
+        assert!(relay.is_running(), "relay exited: {}", relay.stderr());
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // Several segments go through the relay into the store and leave the spool.
+    for _ in 0..4 {
+        emit_wal(&pg, 20);
+        pg.psql("SELECT pg_switch_wal()");
+    }
+    small_commit(&pg);
+    let spooled = || -> Vec<String> {
+        segments(
+            &std::fs::read_dir(spool.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut stored = Vec::new();
+    common::wait_until(
+        "segments uploaded and gone from the spool",
+        Duration::from_secs(60),
+        || {
+            stored = segments(&s3.objects("repo/wal"));
+            let here = spooled();
+            stored.len() >= 5 && !here.contains(&stored[0]) && !here.contains(&stored[2])
+        },
+    );
+
+    // A downstream that has the first segment and nothing after: pg_receivewal resumes
+    // at the next one, which only the store holds now.
+    let down = tempdir();
+    let wal_objects = s3.root.path().join(BUCKET).join("repo/wal");
+    std::fs::copy(wal_objects.join(&stored[0]), down.path().join(&stored[0])).unwrap();
+    let endpos = flush_lsn(&pg);
+    let mut prw = common::client_command(common::pg_bin("pg_receivewal"));
+    prw.arg("-D").arg(down.path()).args([
+        "-d",
+        &format!("host=127.0.0.1 port={port} user=postgres"),
+        "--no-password",
+        "-E",
+        &common::format_lsn(endpos),
+    ]);
+    run_to_endpos_ok(&pg, &mut prw);
+    for name in &stored[1..stored.len() - 1] {
+        let got = std::fs::read(down.path().join(name))
+            .unwrap_or_else(|e| panic!("{name} reached the downstream: {e}"));
+        assert!(
+            got == std::fs::read(wal_objects.join(name)).unwrap(),
+            "{name} is byte for byte the stored segment"
+        );
+    }
+    let log = relay.stderr();
+    assert!(
+        log.contains(&format!("fetched WAL segment {}", stored[1])),
+        "{log}"
+    );
+    // The session's copy went with it.
+    common::wait_until("the session's fetched WAL removed", common::TIMEOUT, || {
+        std::fs::read_dir(spool.path().join(".walferry-store-fill"))
+            .unwrap()
+            .next()
+            .is_none()
+    });
+
+    // WAL the store does not hold either is refused before streaming, as PostgreSQL does.
+    let gone = wal_objects.join(&stored[1]);
+    std::fs::remove_file(&gone).unwrap();
+    let again = tempdir();
+    std::fs::copy(wal_objects.join(&stored[0]), again.path().join(&stored[0])).unwrap();
+    let out = common::client_command(common::pg_bin("pg_receivewal"))
+        .arg("-D")
+        .arg(again.path())
+        .args([
+            "-d",
+            &format!("host=127.0.0.1 port={port} user=postgres"),
+            "--no-password",
+            "-n",
+            "-E",
+            &common::format_lsn(endpos),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "requested WAL segment {} has already been removed",
+                stored[1]
+            )),
+        "{err}"
+    );
+    relay.signal(libc::SIGTERM);
+    assert!(relay.wait().success(), "{}", relay.stderr());
+}
