@@ -1163,3 +1163,102 @@ fn a_lagging_downstream_of_the_relay_gets_what_the_spool_let_go_from_the_store()
     relay.signal(libc::SIGTERM);
     assert!(relay.wait().success(), "{}", relay.stderr());
 }
+
+#[test]
+fn with_synchronous_remote_and_sync_downstream_a_commit_waits_for_the_store_and_the_downstream() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    let spool = spool_dir();
+    let port = common::free_port();
+    let mut relay = Proc::spawn(&mut lab.walferry(&[
+        "relay",
+        "-D",
+        &lab.url("repo/wal"),
+        "--spool",
+        spool.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(common::roles::SUPERUSER),
+        "-S",
+        "wf",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--synchronous-remote",
+        "--sync-downstream",
+        "1",
+        "-v",
+    ]));
+    common::wait_until("the relay to accept connections", common::TIMEOUT, || {
+        assert!(relay.is_running(), "relay exited: {}", relay.stderr());
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // A downstream that reports each flush (pg_receivewal --synchronous).
+    let down = tempdir();
+    let mut downstream = Proc::spawn(
+        common::client_command(common::pg_bin("pg_receivewal"))
+            .arg("-D")
+            .arg(down.path())
+            .args([
+                "-d",
+                &format!("host=127.0.0.1 port={port} user=postgres application_name=down"),
+                "--no-password",
+                "--synchronous",
+            ]),
+    );
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walferry'");
+    pg.psql("SELECT pg_reload_conf()");
+    common::wait_until("the relay to be the sync standby", common::TIMEOUT, || {
+        pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walferry'")
+            == "sync"
+    });
+    let insert = |id: u32| {
+        Proc::spawn(common::client_command(common::pg_bin("psql")).args([
+            "-XAtq",
+            "-d",
+            &format!("{} dbname=postgres", pg.conninfo(common::roles::SUPERUSER)),
+            "-c",
+            &format!("INSERT INTO t VALUES ({id})"),
+        ]))
+    };
+    let completes = |p: &mut Proc| {
+        let status = p
+            .wait_timeout(common::TIMEOUT)
+            .expect("the commit completes");
+        assert!(status.success(), "{}", p.stderr());
+    };
+    let waits = |p: &mut Proc| {
+        common::wait_until("a commit waiting in SyncRep", common::TIMEOUT, || {
+            pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "1"
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(p.is_running(), "the commit returned: {}", p.stderr());
+    };
+    completes(&mut insert(1));
+
+    // The store holds it, the downstream does not: the commit waits for the downstream.
+    downstream.signal(libc::SIGSTOP);
+    let mut commit = insert(2);
+    waits(&mut commit);
+    downstream.signal(libc::SIGCONT);
+    completes(&mut commit);
+
+    // The downstream has it, the store is away: the commit waits for the store.
+    s3.stop();
+    let mut commit = insert(3);
+    waits(&mut commit);
+    assert!(downstream.is_running(), "{}", downstream.stderr());
+    s3.restart();
+    completes(&mut commit);
+    assert_eq!(pg.psql("SELECT count(*) FROM t"), "3");
+
+    pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
+    pg.psql("SELECT pg_reload_conf()");
+    downstream.signal(libc::SIGTERM);
+    downstream.wait();
+    relay.signal(libc::SIGTERM);
+    assert!(relay.wait().success(), "{}", relay.stderr());
+}

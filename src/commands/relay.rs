@@ -22,7 +22,7 @@ it to downstream PostgreSQL standbys, pg_receivewal and walferry receive, which 
 Downstreams are served only WAL that the relay has validated and made durable in its
 archive: from memory while they keep up (the newest 64 MiB), from the archive's segment files
 when they fall behind, so a standby that was down for hours catches up without a
-restore_command. Slots that downstreams create (CREATE_REPLICATION_SLOT) are kept in
+restore_command (from an s3:// archive, from the store once the spool has let it go). Slots that downstreams create (CREATE_REPLICATION_SLOT) are kept in
 DIR/.walferry-slots.json across restarts, with each one's restart_lsn.
 
 Acknowledgement upstream (what the primary waits for when the relay's application_name is
@@ -32,6 +32,13 @@ in synchronous_standby_names; whether it waits is the primary's choice, async by
                       walferry receive --synchronous does; --synchronous is implied
   --sync-downstream N flush reported only once WAL is durable in the archive AND N
                       downstreams have reported it flushed (RPO 0 on N+1 copies)
+  --synchronous-remote (with -D s3://... --spool DIR) flush reported only once the store
+                      holds it; with --sync-downstream N, the lower of the two: held by
+                      the store and flushed by N downstreams
+
+With -D s3://BUCKET/.../wal --spool DIR the archive is the store and DIR its spool (as for
+walferry receive): a downstream that asks for WAL the spool has let go (uploaded) is served
+from the store, each segment fetched for that session into DIR/.walferry-store-fill/.
 
 Authentication of downstreams: --auth trust accepts anyone who can connect (use it on
 loopback or a trusted network). --auth scram checks SCRAM-SHA-256 (and SCRAM-SHA-256-PLUS,
@@ -158,13 +165,6 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
             )))
         }
     };
-    if args.sync_downstream > 0 && args.receive.synchronous_remote() {
-        return Err(usage(
-            "--sync-downstream and --synchronous-remote cannot be combined (yet): choose which \
-             one the primary's commits wait for"
-                .into(),
-        ));
-    }
     let (plan, service) = Plan::from_args(args.receive, "relay")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
