@@ -2,7 +2,9 @@
 //! (`s3s-fs`, installed by scripts/setup.sh) on 127.0.0.1 and real PostgreSQL 15: a primary
 //! whose data directory was deleted is rebuilt from a backup and the WAL streamed into the
 //! store; the store stopped mid-stream costs nothing (the spool holds the WAL, uploads catch
-//! up, no gap); wrong keys, a missing bucket and an unreachable store are clear errors.
+//! up, no gap); wrong keys, a missing bucket and an unreachable store are clear errors; a
+//! killed backup's objects are listed and expired; a relay serves WAL its spool let go from
+//! the store; --synchronous-remote combines with the relay's --sync-downstream.
 
 mod common;
 mod receive_support;

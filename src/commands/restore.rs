@@ -35,7 +35,8 @@ survived is rebuilt fast), and files the backup does not have are removed.
 Run it as the user PostgreSQL runs as (the files are created owned by the invoking user).
 From an s3:// repository the backup's objects are streamed into PGDATA (--jobs or 32
 downloads at once, whichever is more), the archive is checked on a copy in the cache
-directory, and restore_command gets --cache naming that copy, so that recovery takes its
+directory of only the WAL it can use (the segments from the start of the oldest backup it
+may choose on, and the history files), and restore_command gets --cache naming that copy, so that recovery takes its
 segments from there instead of downloading them again: the server must be able to read
 it, which it can when restore ran as the server's user.
 
