@@ -317,9 +317,13 @@ pub async fn run(
         None => None,
         Some(remote) => {
             let fill = dir.join(STORE_FILL_DIR);
-            // What sessions of an earlier run fetched is of no use now.
+            // What sessions of an earlier run fetched is of no use now; but the directory
+            // is only ours once the spool's lock is (the receiver takes it for good below:
+            // another relay on this spool is refused there, and its files stay untouched).
+            let probe = crate::archive::ArchiveLock::acquire(&dir).map_err(ReceiveError::from)?;
             let _ = std::fs::remove_dir_all(&fill);
-            std::fs::create_dir(&fill).map_err(|e| {
+            drop(probe);
+            std::fs::create_dir_all(&fill).map_err(|e| {
                 ReceiveError::Internal(format!(
                     "could not create directory \"{}\": {e}",
                     fill.display()
