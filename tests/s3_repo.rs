@@ -2,7 +2,9 @@
 //! (`s3s-fs`, installed by scripts/setup.sh) on 127.0.0.1 and real PostgreSQL 15: a primary
 //! whose data directory was deleted is rebuilt from a backup and the WAL streamed into the
 //! store; the store stopped mid-stream costs nothing (the spool holds the WAL, uploads catch
-//! up, no gap); wrong keys, a missing bucket and an unreachable store are clear errors.
+//! up, no gap); wrong keys, a missing bucket and an unreachable store are clear errors; a
+//! killed backup's objects are listed and expired; a relay serves WAL its spool let go from
+//! the store; --synchronous-remote combines with the relay's --sync-downstream.
 
 mod common;
 mod receive_support;
@@ -282,6 +284,11 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
     pg.psql("SELECT pg_reload_conf()");
     pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)");
     pg.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
+    // WAL before the backup's start, which no restore from it can use.
+    for i in 0..3 {
+        pg.psql(&format!("CREATE TABLE early_{i} (x int)"));
+        pg.psql("SELECT pg_switch_wal()");
+    }
     let repo = lab.url("repo");
     let conninfo = pg.conninfo(common::roles::SUPERUSER);
     let out = lab
@@ -423,6 +430,33 @@ fn a_deleted_primary_is_rebuilt_from_a_repository_in_object_storage() {
         .and_then(|r| r.get(..24))
         .unwrap()
         .to_string();
+    // The restore fetched only the WAL from the backup's start on (`list` above had
+    // copied all of it; the restore's copy is what it checked, no more).
+    let before_start = |names: Vec<String>| -> Vec<String> {
+        segments(&names)
+            .into_iter()
+            .filter(|n| n[8..] < start_seg[8..])
+            .collect()
+    };
+    let stored_before = before_start(s3.objects("repo/wal"));
+    assert!(
+        stored_before.len() >= 3,
+        "the store holds WAL from before the backup: {stored_before:?}"
+    );
+    let cached_names: Vec<String> = std::fs::read_dir(&wal_copy)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        before_start(cached_names.clone()),
+        Vec::<String>::new(),
+        "no segment before the backup's start {start_seg} in the restore's copy"
+    );
+    assert!(
+        cached_names.contains(&start_seg),
+        "the backup's start segment is: {cached_names:?}"
+    );
     let wal_objects = s3.root.path().join(BUCKET).join("repo/wal");
     let complete = segments(&s3.objects("repo/wal"));
     let last = complete.last().unwrap().clone();
@@ -842,7 +876,7 @@ fn slow_proxy(port: u16, per_sec: std::sync::Arc<std::sync::atomic::AtomicU64>) 
 }
 
 #[test]
-fn a_multipart_upload_of_a_killed_backup_is_aborted_by_the_next_upload() {
+fn a_killed_backup_has_its_upload_aborted_and_its_objects_listed_then_expired() {
     let Some(s3) = S3Server::start() else { return };
     let lab = Lab::new(&s3);
     let pg = PgCluster::primary();
@@ -934,4 +968,299 @@ fn a_multipart_upload_of_a_killed_backup_is_aborted_by_the_next_upload() {
         !journals.join(&journal).exists(),
         "the dead process's journal is gone: {left:?}"
     );
+
+    // The killed backup's objects are still under its id, without a backup.json: list
+    // shows it as a problem, expire keeps it within the grace (it could be running) and
+    // removes it past it; the complete backup is untouched.
+    let complete = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let killed = entry
+        .split(" repo/backups/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    assert_ne!(killed, complete);
+    let killed_objects = s3.sizes(&format!("repo/backups/{killed}"));
+    assert!(
+        !killed_objects.is_empty() && !killed_objects.iter().any(|(n, _)| n == "backup.json"),
+        "the killed backup left objects and no catalog entry: {killed_objects:?}"
+    );
+    let complete_objects = s3.sizes(&format!("repo/backups/{complete}"));
+    let repo = lab.url("repo");
+    let listing = ok(&mut lab.walferry(&["list", "--repo", &repo]));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let bytes: u64 = killed_objects.iter().map(|(_, size)| size).sum();
+    assert!(
+        listing.contains(&format!(
+            "PROBLEM incomplete backup {killed}: {} file(s)",
+            killed_objects.len()
+        )),
+        "{listing}"
+    );
+    let json = ok(&mut lab.walferry(&["list", "--repo", &repo, "--json"]));
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        json["incomplete_backups"][0]["id"],
+        killed.as_str(),
+        "{json}"
+    );
+    assert_eq!(json["incomplete_backups"][0]["bytes"], bytes, "{json}");
+    assert_eq!(json["incomplete_backups"].as_array().unwrap().len(), 1);
+
+    let kept = ok(&mut lab.walferry(&["expire", "--repo", &repo, "--keep", "5"]));
+    let kept = String::from_utf8_lossy(&kept.stdout);
+    assert!(
+        kept.contains(&format!("kept incomplete backup {killed}")),
+        "{kept}"
+    );
+    assert_eq!(s3.sizes(&format!("repo/backups/{killed}")), killed_objects);
+
+    let gone = ok(&mut lab.walferry(&[
+        "expire",
+        "--repo",
+        &repo,
+        "--keep",
+        "5",
+        "--incomplete-grace",
+        "0",
+    ]));
+    let gone = String::from_utf8_lossy(&gone.stdout);
+    assert!(
+        gone.contains(&format!("removed incomplete backup {killed}")),
+        "{gone}"
+    );
+    assert!(
+        s3.sizes(&format!("repo/backups/{killed}")).is_empty(),
+        "the killed backup's objects are gone"
+    );
+    assert_eq!(
+        s3.sizes(&format!("repo/backups/{complete}")),
+        complete_objects,
+        "the complete backup is untouched"
+    );
+    let listing = ok(&mut lab.walferry(&["list", "--repo", &repo]));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains(&complete) && !listing.contains("incomplete backup"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn a_lagging_downstream_of_the_relay_gets_what_the_spool_let_go_from_the_store() {
+    use receive_support::{emit_wal, flush_lsn, run_to_endpos_ok, small_commit};
+    let Some(s3) = S3Server::start() else { return };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let spool = spool_dir();
+    let port = common::free_port();
+    let mut relay = Proc::spawn(&mut lab.walferry(&[
+        "relay",
+        "-D",
+        &lab.url("repo/wal"),
+        "--spool",
+        spool.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(common::roles::SUPERUSER),
+        "-S",
+        "wf",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "-v",
+    ]));
+    common::wait_until("the relay to accept connections", common::TIMEOUT, || {
+        assert!(relay.is_running(), "relay exited: {}", relay.stderr());
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // Several segments go through the relay into the store and leave the spool.
+    for _ in 0..4 {
+        emit_wal(&pg, 20);
+        pg.psql("SELECT pg_switch_wal()");
+    }
+    small_commit(&pg);
+    let spooled = || -> Vec<String> {
+        segments(
+            &std::fs::read_dir(spool.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut stored = Vec::new();
+    common::wait_until(
+        "segments uploaded and gone from the spool",
+        Duration::from_secs(60),
+        || {
+            stored = segments(&s3.objects("repo/wal"));
+            let here = spooled();
+            stored.len() >= 5 && !here.contains(&stored[0]) && !here.contains(&stored[2])
+        },
+    );
+
+    // A downstream that has the first segment and nothing after: pg_receivewal resumes
+    // at the next one, which only the store holds now.
+    let down = tempdir();
+    let wal_objects = s3.root.path().join(BUCKET).join("repo/wal");
+    std::fs::copy(wal_objects.join(&stored[0]), down.path().join(&stored[0])).unwrap();
+    let endpos = flush_lsn(&pg);
+    let mut prw = common::client_command(common::pg_bin("pg_receivewal"));
+    prw.arg("-D").arg(down.path()).args([
+        "-d",
+        &format!("host=127.0.0.1 port={port} user=postgres"),
+        "--no-password",
+        "-E",
+        &common::format_lsn(endpos),
+    ]);
+    run_to_endpos_ok(&pg, &mut prw);
+    for name in &stored[1..stored.len() - 1] {
+        let got = std::fs::read(down.path().join(name))
+            .unwrap_or_else(|e| panic!("{name} reached the downstream: {e}"));
+        assert!(
+            got == std::fs::read(wal_objects.join(name)).unwrap(),
+            "{name} is byte for byte the stored segment"
+        );
+    }
+    let log = relay.stderr();
+    assert!(
+        log.contains(&format!("fetched WAL segment {}", stored[1])),
+        "{log}"
+    );
+    // The session's copy went with it.
+    common::wait_until("the session's fetched WAL removed", common::TIMEOUT, || {
+        std::fs::read_dir(spool.path().join(".walferry-store-fill"))
+            .unwrap()
+            .next()
+            .is_none()
+    });
+
+    // WAL the store does not hold either is refused before streaming, as PostgreSQL does.
+    let gone = wal_objects.join(&stored[1]);
+    std::fs::remove_file(&gone).unwrap();
+    let again = tempdir();
+    std::fs::copy(wal_objects.join(&stored[0]), again.path().join(&stored[0])).unwrap();
+    let out = common::client_command(common::pg_bin("pg_receivewal"))
+        .arg("-D")
+        .arg(again.path())
+        .args([
+            "-d",
+            &format!("host=127.0.0.1 port={port} user=postgres"),
+            "--no-password",
+            "-n",
+            "-E",
+            &common::format_lsn(endpos),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "requested WAL segment {} has already been removed",
+                stored[1]
+            )),
+        "{err}"
+    );
+    relay.signal(libc::SIGTERM);
+    assert!(relay.wait().success(), "{}", relay.stderr());
+}
+
+#[test]
+fn with_synchronous_remote_and_sync_downstream_a_commit_waits_for_the_store_and_the_downstream() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    let spool = spool_dir();
+    let port = common::free_port();
+    let mut relay = Proc::spawn(&mut lab.walferry(&[
+        "relay",
+        "-D",
+        &lab.url("repo/wal"),
+        "--spool",
+        spool.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(common::roles::SUPERUSER),
+        "-S",
+        "wf",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--synchronous-remote",
+        "--sync-downstream",
+        "1",
+        "-v",
+    ]));
+    common::wait_until("the relay to accept connections", common::TIMEOUT, || {
+        assert!(relay.is_running(), "relay exited: {}", relay.stderr());
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // A downstream that reports each flush (pg_receivewal --synchronous).
+    let down = tempdir();
+    let mut downstream = Proc::spawn(
+        common::client_command(common::pg_bin("pg_receivewal"))
+            .arg("-D")
+            .arg(down.path())
+            .args([
+                "-d",
+                &format!("host=127.0.0.1 port={port} user=postgres application_name=down"),
+                "--no-password",
+                "--synchronous",
+            ]),
+    );
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walferry'");
+    pg.psql("SELECT pg_reload_conf()");
+    common::wait_until("the relay to be the sync standby", common::TIMEOUT, || {
+        pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walferry'")
+            == "sync"
+    });
+    let insert = |id: u32| {
+        Proc::spawn(common::client_command(common::pg_bin("psql")).args([
+            "-XAtq",
+            "-d",
+            &format!("{} dbname=postgres", pg.conninfo(common::roles::SUPERUSER)),
+            "-c",
+            &format!("INSERT INTO t VALUES ({id})"),
+        ]))
+    };
+    let completes = |p: &mut Proc| {
+        let status = p
+            .wait_timeout(common::TIMEOUT)
+            .expect("the commit completes");
+        assert!(status.success(), "{}", p.stderr());
+    };
+    let waits = |p: &mut Proc| {
+        common::wait_until("a commit waiting in SyncRep", common::TIMEOUT, || {
+            pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "1"
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(p.is_running(), "the commit returned: {}", p.stderr());
+    };
+    completes(&mut insert(1));
+
+    // The store holds it, the downstream does not: the commit waits for the downstream.
+    downstream.signal(libc::SIGSTOP);
+    let mut commit = insert(2);
+    waits(&mut commit);
+    downstream.signal(libc::SIGCONT);
+    completes(&mut commit);
+
+    // The downstream has it, the store is away: the commit waits for the store.
+    s3.stop();
+    let mut commit = insert(3);
+    waits(&mut commit);
+    assert!(downstream.is_running(), "{}", downstream.stderr());
+    s3.restart();
+    completes(&mut commit);
+    assert_eq!(pg.psql("SELECT count(*) FROM t"), "3");
+
+    pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
+    pg.psql("SELECT pg_reload_conf()");
+    downstream.signal(libc::SIGTERM);
+    downstream.wait();
+    relay.signal(libc::SIGTERM);
+    assert!(relay.wait().success(), "{}", relay.stderr());
 }

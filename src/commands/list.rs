@@ -8,6 +8,7 @@ use serde::Serialize;
 use walferry::inspect::time::iso8601;
 use walferry::inspect::{json, Options, Report};
 use walferry::repo::expire::expire;
+use walferry::repo::incomplete::{self, IncompleteBackup};
 use walferry::repo::{BackupInfo, Repo};
 use walferry::wal::Lsn;
 
@@ -22,8 +23,14 @@ that follows it in the archive without a gap or damage. Then the archive (REPO/w
 range and commits per timeline, its named restore points, and its problems. Reading the
 archive decodes all of it (as walferry verify does).
 
---json prints {\"backups\": [...], \"timelines\": [...], \"restore_points\": [...],
-\"problems\": [...]}; each backup has \"restorable_from\" and \"restorable_to\" (LSNs).";
+An incomplete backup (files under a backup's name without its backup.json: a backup that
+was interrupted, or one still running) is listed as a PROBLEM line with its file count,
+bytes and when its newest file was written; walferry expire removes it once that is older
+than --incomplete-grace.
+
+--json prints {\"backups\": [...], \"incomplete_backups\": [...], \"timelines\": [...],
+\"restore_points\": [...], \"problems\": [...]}; each backup has \"restorable_from\" and
+\"restorable_to\" (LSNs); each incomplete one \"id\", \"files\", \"bytes\", \"newest\".";
 
 pub const EXPIRE_AFTER_HELP: &str = "\
 Keeps the newest --keep backups and removes older ones, then removes the WAL that only the
@@ -31,8 +38,15 @@ removed backups needed: segments that end before the oldest kept backup's start.
 kept, whatever the backups, when a relay writing into REPO/wal has a replication slot that
 still needs it (REPO/wal/.walferry-slots.json; a slot with no position yet keeps all WAL);
 .partial files, each timeline's newest segment (a receiver resumes after it) and history
-files are never removed. Leftovers of interrupted backups are removed too. --dry-run lists
-what would go.";
+files are never removed. --dry-run lists what would go.
+
+Incomplete backups (what an interrupted backup left: REPO/backups/.<id>.partial/ locally,
+objects under backups/<id>/ without a backup.json in object storage) are removed once their
+newest file is older than --incomplete-grace (default 6h). A backup that is still running
+writes files all along, so its newest one is recent; the grace only has to outlast its
+quiet spells (a spread checkpoint at its start, a large file whose object appears when its
+multipart upload completes, the wait for WAL at its end). In a local repository nothing is
+removed while a backup holds the repository's backup lock.";
 
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
@@ -58,6 +72,14 @@ pub struct ExpireArgs {
     /// Only say what would be removed
     #[arg(long = "dry-run")]
     dry_run: bool,
+    /// Remove an incomplete backup once its newest file is this old (30m, 6h, 2d; 0)
+    #[arg(
+        long = "incomplete-grace",
+        value_name = "DURATION",
+        default_value = "6h",
+        value_parser = incomplete::parse_grace
+    )]
+    incomplete_grace: std::time::Duration,
     /// Print help
     #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -121,12 +143,23 @@ pub fn restorable_to(b: &BackupInfo, report: &Report) -> Option<Lsn> {
 }
 
 pub fn run_list(args: ListArgs, verbose: u8) -> Result<(), Failure> {
-    let repo = match RepoArg::open(&args.repo.to_string_lossy(), "list")? {
-        RepoArg::Local(p) => open(&p)?,
+    let (repo, unfinished) = match RepoArg::open(&args.repo.to_string_lossy(), "list")? {
+        RepoArg::Local(p) => {
+            let repo = open(&p)?;
+            let dir = repo.backups_dir();
+            let found = incomplete::scan_local(&dir).map_err(|e| {
+                Failure::new(format!(
+                    "could not read directory \"{}\": {e}",
+                    dir.display()
+                ))
+            })?;
+            (repo, found)
+        }
         RepoArg::Remote(r) => {
             r.sync_catalogs()?;
+            let found = r.incomplete_backups()?;
             r.sync_wal()?;
-            open(&r.cache)?
+            (open(&r.cache)?, found)
         }
     };
     let backups = repo.list().map_err(|e| Failure::new(e.to_string()))?;
@@ -142,6 +175,12 @@ pub fn run_list(args: ListArgs, verbose: u8) -> Result<(), Failure> {
             .collect();
         let doc = serde_json::json!({
             "backups": docs,
+            "incomplete_backups": unfinished.iter().map(|b| serde_json::json!({
+                "id": b.id,
+                "files": b.files,
+                "bytes": b.bytes,
+                "newest": rfc3339(b.newest),
+            })).collect::<Vec<_>>(),
             "timelines": json::wal_info(&report.timelines),
             "restore_points": json::restore_points(&report.restore_points),
             "problems": report.problems.iter().map(json::problem).collect::<Vec<_>>(),
@@ -197,6 +236,10 @@ pub fn run_list(args: ListArgs, verbose: u8) -> Result<(), Failure> {
             ));
         }
     }
+    let now = std::time::SystemTime::now();
+    for b in &unfinished {
+        out.push_str(&format!("PROBLEM {}\n", describe_incomplete(b, now)));
+    }
     for p in &report.problems {
         out.push_str(&format!("PROBLEM {p}\n"));
     }
@@ -219,14 +262,32 @@ pub fn run_expire(args: ExpireArgs) -> Result<(), Failure> {
             (open(&r.cache)?, Some(r))
         }
     };
+    let grace = args.incomplete_grace;
     // In object storage: what to remove is decided on the local copy, then removed from
     // the store (backups first: a backup without its WAL must not stay listed), then from
     // the copy.
-    let done = expire(&repo, args.keep, args.dry_run || remote.is_some())
+    let mut done = expire(&repo, args.keep, args.dry_run || remote.is_some(), grace)
         .map_err(|e| Failure::new(e.to_string()))?;
-    if let (Some(r), false) = (&remote, args.dry_run) {
-        remove_remote(r, &done.backups, &done.wal_files)?;
-        expire(&repo, args.keep, false).map_err(|e| Failure::new(e.to_string()))?;
+    if let Some(r) = &remote {
+        if !args.dry_run {
+            remove_remote(r, &done.backups, &done.wal_files)?;
+            expire(&repo, args.keep, false, grace).map_err(|e| Failure::new(e.to_string()))?;
+        }
+        // The store's incomplete backups, not the copy's (which holds only catalog entries
+        // and what a backup on this host has yet to upload).
+        let now = std::time::SystemTime::now();
+        let (stale, young): (Vec<_>, Vec<_>) = r
+            .incomplete_backups()?
+            .into_iter()
+            .partition(|b| b.stale(grace, now));
+        done.incomplete.clear();
+        done.incomplete_kept = young;
+        for b in stale {
+            if args.dry_run || r.remove_incomplete(&b.id)? {
+                done.bytes += b.bytes;
+                done.incomplete.push(b);
+            }
+        }
     }
     let verb = if args.dry_run {
         "would remove"
@@ -239,6 +300,24 @@ pub fn run_expire(args: ExpireArgs) -> Result<(), Failure> {
     for f in &done.wal_files {
         println!("{verb} wal/{f}");
     }
+    for b in &done.incomplete {
+        println!(
+            "{verb} incomplete backup {} ({} file(s), {})",
+            b.id,
+            b.files,
+            human(b.bytes)
+        );
+    }
+    let now = std::time::SystemTime::now();
+    for b in &done.incomplete_kept {
+        println!(
+            "kept incomplete backup {}: its newest file was written {} ago, and it may \
+             still be running (--incomplete-grace {})",
+            b.id,
+            incomplete::grace_text(std::time::Duration::from_secs(b.age(now).as_secs())),
+            incomplete::grace_text(grace)
+        );
+    }
     if let Some(why) = &done.held_by {
         println!("WAL kept back: {why}");
     }
@@ -249,6 +328,29 @@ pub fn run_expire(args: ExpireArgs) -> Result<(), Failure> {
         human(done.bytes)
     );
     Ok(())
+}
+
+/// `incomplete backup ID: N file(s), SIZE, newest written TIME (AGE ago): ...`
+fn describe_incomplete(b: &IncompleteBackup, now: std::time::SystemTime) -> String {
+    format!(
+        "incomplete backup {}: {} file(s), {}, newest written {} ({} ago): interrupted, or \
+         still running; walferry expire removes it once that is older than \
+         --incomplete-grace",
+        b.id,
+        b.files,
+        human(b.bytes),
+        rfc3339(b.newest),
+        incomplete::grace_text(std::time::Duration::from_secs(b.age(now).as_secs()))
+    )
+}
+
+/// RFC 3339 in UTC, to the second.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (y, mo, d, h, mi, s) = walferry::inspect::time::utc_parts(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 fn human(bytes: u64) -> String {

@@ -228,18 +228,14 @@ struct Checked {
 }
 
 impl Args {
-    /// Checks the command line as pg_receivewal 15's main() does, in its order (-E and -s as
-    /// they are parsed, then operands, slot actions, sync flags, the directory, -Z) and with
-    /// its messages, so that what one refuses the other refuses too.
-    pub fn synchronous_remote(&self) -> bool {
-        self.synchronous_remote
-    }
-
     /// `--create-slot` or `--drop-slot`: the run manages a slot and streams nothing.
     pub fn slot_action(&self) -> bool {
         self.create_slot || self.drop_slot
     }
 
+    /// Checks the command line as pg_receivewal 15's main() does, in its order (-E and -s as
+    /// they are parsed, then operands, slot actions, sync flags, the directory, -Z) and with
+    /// its messages, so that what one refuses the other refuses too.
     fn check(&self, command: &str) -> Result<Checked, Failure> {
         let usage = |message: String| Failure::usage(message, command);
         let endpos = match &self.endpos {

@@ -23,7 +23,7 @@ Downstreams are served only WAL that the relay has validated and made durable in
 archive (with --serve-unflushed: validated and written, before the relay's own fsync; see
 below): from memory while they keep up (the newest 64 MiB), from the archive's segment files
 when they fall behind, so a standby that was down for hours catches up without a
-restore_command. Slots that downstreams create (CREATE_REPLICATION_SLOT) are kept in
+restore_command (from an s3:// archive, from the store once the spool has let it go). Slots that downstreams create (CREATE_REPLICATION_SLOT) are kept in
 DIR/.walferry-slots.json across restarts, with each one's restart_lsn.
 
 Acknowledgement upstream (what the primary waits for when the relay's application_name is
@@ -33,6 +33,13 @@ in synchronous_standby_names; whether it waits is the primary's choice, async by
                       walferry receive --synchronous does; --synchronous is implied
   --sync-downstream N flush reported only once WAL is durable in the archive AND N
                       downstreams have reported it flushed (RPO 0 on N+1 copies)
+  --synchronous-remote (with -D s3://... --spool DIR) flush reported only once the store
+                      holds it; with --sync-downstream N, the lower of the two: held by
+                      the store and flushed by N downstreams
+
+With -D s3://BUCKET/.../wal --spool DIR the archive is the store and DIR its spool (as for
+walferry receive): a downstream that asks for WAL the spool has let go (uploaded) is served
+from the store, each segment fetched for that session into DIR/.walferry-store-fill/.
 
 --serve-unflushed sends each piece of WAL downstream as soon as it is validated and written,
 while the relay's fsync of it is still running, instead of after: the relay's fsync no
@@ -172,13 +179,6 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
             )))
         }
     };
-    if args.sync_downstream > 0 && args.receive.synchronous_remote() {
-        return Err(usage(
-            "--sync-downstream and --synchronous-remote cannot be combined (yet): choose which \
-             one the primary's commits wait for"
-                .into(),
-        ));
-    }
     let (plan, service) = Plan::from_args(args.receive, "relay")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use walferry::objstore::{mirror, Location, Remote, RemoteError, S3Url};
+use walferry::objstore::{mirror, Location, Object, Remote, RemoteError, S3Url};
+use walferry::repo::incomplete::{self, IncompleteBackup};
 use walferry::repo::{BACKUPS_DIR, CATALOG_FILE, WAL_DIR};
+use walferry::wal::{Lsn, WalFileName};
 
 use super::Failure;
 
@@ -123,12 +125,92 @@ impl RemoteRepo {
         Ok(dir)
     }
 
+    /// Like [`Self::sync_wal`], but only the part of the archive a restore from a backup
+    /// starting at `from` can use: segments (on every timeline) from the one holding `from`
+    /// on, and every file that is not a segment (history files, `.backup` files). Segments
+    /// before it are neither fetched nor left in the copy, so that what the restore checks
+    /// is exactly what the copy holds from there on.
+    pub fn sync_wal_from(&self, from: Lsn, seg_size: u64) -> Result<PathBuf, Failure> {
+        let dir = self.cache.join(WAL_DIR);
+        let floor = from.segno(seg_size);
+        let started = std::time::Instant::now();
+        let all = self
+            .rt
+            .block_on(self.remote.list(WAL_DIR))
+            .map_err(|e| remote_failure(&e))?;
+        let total = all.len();
+        let usable: Vec<Object> = all
+            .into_iter()
+            .filter(|o| {
+                WalFileName::parse(&o.name, seg_size).is_none_or(|w| w.segment.segno >= floor)
+            })
+            .collect();
+        let synced = self
+            .rt
+            .block_on(mirror::sync_objects(
+                &self.remote,
+                WAL_DIR,
+                &dir,
+                &usable,
+                &|_| true,
+            ))
+            .map_err(|e| remote_failure(&e))?;
+        tracing::info!(
+            "fetched {} file(s), {} MB, of {}/{WAL_DIR} into \"{}\" in {:.1} s ({} already \
+             there); {} segment(s) before {from} left in the store",
+            synced.fetched,
+            synced.fetched_bytes / 1_000_000,
+            self.url,
+            dir.display(),
+            started.elapsed().as_secs_f64(),
+            synced.kept,
+            total - usable.len()
+        );
+        Ok(dir)
+    }
+
     /// The catalog entries (`backup.json`) of every backup.
     pub fn sync_catalogs(&self) -> Result<(), Failure> {
         let is_catalog =
             |n: &str| n.split('/').count() == 2 && n.ends_with(&format!("/{CATALOG_FILE}"));
         self.sync(BACKUPS_DIR, &self.cache.join(BACKUPS_DIR), is_catalog)
             .map(drop)
+    }
+
+    /// The backups whose objects are in the store without a `backup.json` (interrupted, or
+    /// still being written).
+    pub fn incomplete_backups(&self) -> Result<Vec<IncompleteBackup>, Failure> {
+        let objects = self
+            .rt
+            .block_on(self.remote.list(BACKUPS_DIR))
+            .map_err(|e| remote_failure(&e))?;
+        Ok(incomplete::from_objects(
+            objects
+                .iter()
+                .map(|o| (o.name.as_str(), o.size, o.modified)),
+        ))
+    }
+
+    /// Deletes the objects of incomplete backup `id`; false (nothing deleted) when its
+    /// `backup.json` appeared meanwhile: then it was running after all, and is complete.
+    pub fn remove_incomplete(&self, id: &str) -> Result<bool, Failure> {
+        let fail = |e: RemoteError| remote_failure(&e);
+        let store = self.remote.join(BACKUPS_DIR);
+        if self
+            .rt
+            .block_on(store.head(&format!("{id}/{CATALOG_FILE}")))
+            .map_err(fail)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let objects = self.rt.block_on(store.list(id)).map_err(fail)?;
+        for o in objects {
+            self.rt
+                .block_on(store.delete(&format!("{id}/{}", o.name)))
+                .map_err(fail)?;
+        }
+        Ok(true)
     }
 
     /// Frees the cache of backup `id`'s files (its catalog entry stays).

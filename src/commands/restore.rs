@@ -35,7 +35,8 @@ survived is rebuilt fast), and files the backup does not have are removed.
 Run it as the user PostgreSQL runs as (the files are created owned by the invoking user).
 From an s3:// repository the backup's objects are streamed into PGDATA (--jobs or 32
 downloads at once, whichever is more), the archive is checked on a copy in the cache
-directory, and restore_command gets --cache naming that copy, so that recovery takes its
+directory of only the WAL it can use (the segments from the start of the oldest backup it
+may choose on, and the history files), and restore_command gets --cache naming that copy, so that recovery takes its
 segments from there instead of downloading them again: the server must be able to read
 it, which it can when restore ran as the server's user.
 
@@ -181,8 +182,30 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
         remote.cache.display()
     );
     remote.sync_catalogs()?;
-    remote.sync_wal()?;
+    // Only the WAL from the oldest backup this restore may choose on: nothing older can
+    // be replayed (restore points, commit times and the checks all work on that range).
     let cache = remote.cache.clone();
+    let catalog = Repo::open(&cache)
+        .and_then(|r| r.list())
+        .map_err(|e| Failure::new(e.to_string()))?;
+    match oldest_candidate(&catalog, &args.backup) {
+        Some(b) => {
+            eprintln!(
+                "walferry: copying the archive from backup {}'s start ({}) on",
+                b.id, b.start_lsn
+            );
+            remote.sync_wal_from(b.start_lsn, b.wal_segment_size)?;
+        }
+        // No such backup: say which there are before anything slow.
+        None if args.backup != "latest" => {
+            Repo::open(&cache)
+                .and_then(|r| r.find(&args.backup))
+                .map_err(|e| Failure::new(e.to_string()))?;
+        }
+        None => {
+            remote.sync_wal()?;
+        }
+    }
     restore_from(
         &args,
         &cache,
@@ -191,6 +214,18 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
         verbose,
         started,
     )
+}
+
+/// The backup with the lowest start among those `wanted` (an id, or `latest`: any) may
+/// choose: WAL before its start is of no use to the restore.
+fn oldest_candidate<'a>(
+    backups: &'a [walferry::repo::BackupInfo],
+    wanted: &str,
+) -> Option<&'a walferry::repo::BackupInfo> {
+    backups
+        .iter()
+        .filter(|b| wanted == "latest" || b.id == wanted)
+        .min_by_key(|b| b.start_lsn)
 }
 
 /// The restore proper, from the repository (or local copy of one) at `repo_path`;

@@ -237,6 +237,7 @@ pub(crate) fn plan(listing: Listing) -> Plan {
         problems.push(Problem {
             file: None,
             lsn: None,
+            until: None,
             message: "the directory holds no WAL segment files".into(),
         });
     }
@@ -575,13 +576,16 @@ fn gap(
             name_of(tli, last)
         )
     };
-    Problem::new(
-        name_of(tli, first),
-        Some(first.start_lsn(seg_size)),
-        format!(
-            "{what}: timeline {tli} has no WAL from {} to {}",
-            first.start_lsn(seg_size),
-            last.next().start_lsn(seg_size)
-        ),
-    )
+    Problem {
+        until: Some(last.next().start_lsn(seg_size)),
+        ..Problem::new(
+            name_of(tli, first),
+            Some(first.start_lsn(seg_size)),
+            format!(
+                "{what}: timeline {tli} has no WAL from {} to {}",
+                first.start_lsn(seg_size),
+                last.next().start_lsn(seg_size)
+            ),
+        )
+    }
 }

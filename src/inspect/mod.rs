@@ -81,6 +81,9 @@ pub struct Problem {
     /// Where in the WAL: the record or page for decoding errors, the first missing byte for
     /// gaps.
     pub lsn: Option<Lsn>,
+    /// For a gap: where the missing WAL ends (exclusive), so that a reader can tell whether
+    /// a gap that begins before some position reaches past it.
+    pub until: Option<Lsn>,
     pub message: String,
 }
 
@@ -93,6 +96,7 @@ impl Problem {
         Problem {
             file: Some(file.into()),
             lsn,
+            until: None,
             message: message.into(),
         }
     }

@@ -369,6 +369,7 @@ mod tests {
             .map(|i| Object {
                 name: format!("base/1/{}", 16384 + i),
                 size: BODY.len() as u64,
+                modified: std::time::SystemTime::UNIX_EPOCH,
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();

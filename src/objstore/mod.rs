@@ -162,6 +162,8 @@ pub struct Object {
     /// Its key relative to the listed prefix (`000000010000000000000003`, `base/1/1259`).
     pub name: String,
     pub size: u64,
+    /// When the store says it was written (an incomplete backup's age is its newest).
+    pub modified: std::time::SystemTime,
 }
 
 /// What a put-once did.
@@ -311,6 +313,7 @@ impl Remote {
             out.push(Object {
                 name: name.to_string(),
                 size: meta.size,
+                modified: meta.last_modified.into(),
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -352,6 +355,7 @@ impl Remote {
             out.push(Object {
                 name,
                 size: meta.size,
+                modified: meta.last_modified.into(),
             });
             if out.len() >= limit {
                 break;

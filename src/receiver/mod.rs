@@ -216,13 +216,17 @@ pub async fn receive_publishing(
     // Held until this returns: one writer per archive directory.
     let _lock = ArchiveLock::acquire(&opts.directory)?;
     // --synchronous-remote: the uploader holds back what is acknowledged until the store
-    // has it.
+    // has it; with a limit already (a relay's --sync-downstream quorum), the lower of the
+    // two: held by the store and flushed by the downstreams.
     let mut limited;
     let (opts, limit) = match (&opts.upload_to, opts.synchronous_remote) {
         (Some(_), true) => {
             let (tx, rx) = watch::channel(Lsn::INVALID);
             limited = opts.clone();
-            limited.ack_limit = Some(rx);
+            limited.ack_limit = Some(match &opts.ack_limit {
+                None => rx,
+                Some(other) => lower_of(rx, other.clone()),
+            });
             (&limited, Some(tx))
         }
         _ => (opts, None),
@@ -242,6 +246,28 @@ pub async fn receive_publishing(
         uploader.finish();
     }
     result
+}
+
+/// A watch of the lower of `a` and `b`, kept up to date by a task that ends when either
+/// sender or every receiver is gone. Both only move forward, so the lower one does too.
+fn lower_of(mut a: watch::Receiver<Lsn>, mut b: watch::Receiver<Lsn>) -> watch::Receiver<Lsn> {
+    let (tx, rx) = watch::channel((*a.borrow_and_update()).min(*b.borrow_and_update()));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = a.changed() => if r.is_err() { return },
+                r = b.changed() => if r.is_err() { return },
+                () = tx.closed() => return,
+            }
+            let low = (*a.borrow_and_update()).min(*b.borrow_and_update());
+            tx.send_if_modified(|v| {
+                let changed = *v != low;
+                *v = low;
+                changed
+            });
+        }
+    });
+    rx
 }
 
 /// Before the first session of an `s3://` archive: the store answers (wrong keys or a
@@ -1010,6 +1036,28 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.next = self.first;
+    }
+}
+
+#[cfg(test)]
+mod lower_of_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_lower_of_two_limits_follows_both() {
+        let (a_tx, a) = watch::channel(Lsn(0));
+        let (b_tx, b) = watch::channel(Lsn(0));
+        let mut low = lower_of(a, b);
+        a_tx.send_replace(Lsn(300));
+        // b still holds it back.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(*low.borrow_and_update(), Lsn(0));
+        b_tx.send_replace(Lsn(200));
+        low.changed().await.unwrap();
+        assert_eq!(*low.borrow_and_update(), Lsn(200));
+        b_tx.send_replace(Lsn(500));
+        low.changed().await.unwrap();
+        assert_eq!(*low.borrow_and_update(), Lsn(300));
     }
 }
 

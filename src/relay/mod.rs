@@ -9,6 +9,12 @@
 //! receiver's acknowledgements upstream are held at the [`Quorum`]: the position that N
 //! downstreams have reported flushed, so the primary sees relay and standbys as one
 //! synchronous standby.
+//!
+//! With an `s3://` archive the relay's directory is the receiver's spool, which lets a
+//! segment go once the store holds it. A downstream that asks for WAL the spool no longer
+//! has is served from the store ([`StoreFill`]): its session fetches the segment's objects
+//! into a directory of its own and reads them with an `ArchiveReader` as it reads the spool
+//! (awaiting the download on its own task: other sessions and the receiver go on).
 
 pub mod auth;
 pub mod command;
@@ -91,9 +97,21 @@ impl RelayError {
     }
 }
 
+/// Where WAL that an `s3://` archive's spool no longer holds is fetched from: the store's
+/// `wal/` prefix (through a client of the relay's own runtime), into a directory per
+/// session under `dir`.
+pub(crate) struct StoreFill {
+    remote: crate::objstore::Remote,
+    dir: PathBuf,
+}
+
+/// Under the spool: not a WAL name, so the receiver's and the uploader's scans pass it by.
+const STORE_FILL_DIR: &str = ".walferry-store-fill";
+
 /// What the sessions share.
 pub(crate) struct Hub {
     dir: PathBuf,
+    store: Option<StoreFill>,
     position: watch::Receiver<Position>,
     upstream: watch::Receiver<Option<Upstream>>,
     tail: Arc<LiveTail>,
@@ -295,8 +313,31 @@ pub async fn run(
     // One stop for everything: the caller's, or the receiver's end.
     let (stop_tx, stop_rx) = watch::channel(false);
     let published = Arc::new(Published::new());
+    let store = match &opts.receive.upload_to {
+        None => None,
+        Some(remote) => {
+            let fill = dir.join(STORE_FILL_DIR);
+            // What sessions of an earlier run fetched is of no use now; but the directory
+            // is only ours once the spool's lock is (the receiver takes it for good below:
+            // another relay on this spool is refused there, and its files stay untouched).
+            let probe = crate::archive::ArchiveLock::acquire(&dir).map_err(ReceiveError::from)?;
+            let _ = std::fs::remove_dir_all(&fill);
+            drop(probe);
+            std::fs::create_dir_all(&fill).map_err(|e| {
+                ReceiveError::Internal(format!(
+                    "could not create directory \"{}\": {e}",
+                    fill.display()
+                ))
+            })?;
+            Some(StoreFill {
+                remote: remote.fresh().map_err(ReceiveError::from)?,
+                dir: fill,
+            })
+        }
+    };
     let hub = Arc::new(Hub {
         dir: dir.clone(),
+        store,
         position: published.position.subscribe(),
         upstream: published.upstream.subscribe(),
         tail,

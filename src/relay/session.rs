@@ -610,7 +610,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         start: Lsn,
         timeline: Option<TimeLineId>,
     ) -> Result<(), SessionError> {
-        match super::stream::Stream::begin(&self.hub, self.pid, slot, start, timeline) {
+        let begun = super::stream::Stream::begin(&self.hub, self.pid, slot, start, timeline);
+        let begun = match begun {
+            Ok(mut stream) => stream.fetch_start(&self.hub).await.map(|()| stream),
+            Err(e) => Err(e),
+        };
+        match begun {
             Ok(stream) => {
                 tracing::info!(
                     "relay: \"{}\" ({}) starts streaming at {start} on timeline {}",

@@ -14,6 +14,7 @@ use crate::protocol::backend::{encode_result_set, CopyResponse, ServerError, INT
 use crate::protocol::replication::{encode_keepalive, pg_now};
 use crate::protocol::{BackendMessage, FrontendMessage, StandbyMessage};
 use crate::receiver::Feedback;
+use crate::wal::page::{PageHeader, SegmentHeader};
 use crate::wal::{HistoryEntry, Lsn, SegmentName, TimeLineId};
 
 /// At most this much WAL per `'w'` message (walsender.c MAX_SEND_SIZE).
@@ -33,6 +34,30 @@ pub(super) struct Stream {
     end_of_timeline: Option<(Lsn, TimeLineId)>,
     reader: ArchiveReader,
     buf: Vec<u8>,
+    /// WAL fetched from the store for this session (an `s3://` archive's spool let it go).
+    fill: Option<Fill>,
+    /// `begin` found the start in neither the tail nor the spool, but there is a store.
+    start_in_store: bool,
+}
+
+/// A session's copy of the store's segments it is reading: a window (each fetch drops the
+/// segments before it), removed when the session ends.
+struct Fill {
+    dir: std::path::PathBuf,
+    reader: ArchiveReader,
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn removed(tli: TimeLineId, lsn: Lsn, seg_size: u64) -> String {
+    format!(
+        "requested WAL segment {} has already been removed",
+        SegmentName::new(tli, lsn.segno(seg_size)).file_name(seg_size)
+    )
 }
 
 impl Stream {
@@ -107,25 +132,35 @@ impl Stream {
             end_of_timeline,
             reader,
             buf: vec![0; MAX_SEND as usize],
+            fill: None,
+            start_in_store: false,
         };
         // WAL that neither the tail nor the archive holds cannot be served: say so
         // now, as PostgreSQL does, rather than inside the stream.
+        // (With a store, whether it holds the WAL is asked in `fetch_start`.)
         let limit = stream.limit(pos.timeline, pos.servable);
         if start < limit && hub.tail.read(tli, start, 1).is_none() {
-            if let Err(e) = stream.reader.locate(tli, &stream.history, start) {
-                return Err(match e {
-                    ReaderError::NotFound { .. } => error(
-                        "58P01",
-                        format!(
-                            "requested WAL segment {} has already been removed",
-                            SegmentName::new(tli, start.segno(seg_size)).file_name(seg_size)
-                        ),
-                    ),
-                    other => error("58030", other.to_string()),
-                });
+            match stream.reader.locate(tli, &stream.history, start) {
+                Ok(_) => {}
+                Err(ReaderError::NotFound { .. }) if hub.store.is_some() => {
+                    stream.start_in_store = true;
+                }
+                Err(ReaderError::NotFound { .. }) => {
+                    return Err(error("58P01", removed(tli, start, seg_size)))
+                }
+                Err(other) => return Err(error("58030", other.to_string())),
             }
         }
         Ok(stream)
+    }
+
+    /// When the start is only in the store: fetch it now, so that WAL the store does not
+    /// hold either is refused before streaming begins, as PostgreSQL refuses it.
+    pub async fn fetch_start(&mut self, hub: &Hub) -> Result<(), ServerError> {
+        if !self.start_in_store {
+            return Ok(());
+        }
+        self.read_store(hub, 1).await.map(drop)
     }
 
     /// How far WAL of this stream's timeline can be sent now.
@@ -279,7 +314,24 @@ impl Stream {
         }
         let data = match hub.tail.read(self.tli, self.sent, want as usize) {
             Some(b) => b,
-            None => self.read_archive(want as usize)?,
+            None => match self.read_archive(want as usize) {
+                Ok(b) => b,
+                Err(ReaderError::NotFound { .. }) if hub.store.is_some() => {
+                    self.read_store(hub, want as usize).await.map_err(|e| {
+                        SessionError::Fatal(ServerError {
+                            severity: "FATAL".into(),
+                            ..e
+                        })
+                    })?
+                }
+                Err(ReaderError::NotFound { .. }) => {
+                    return Err(SessionError::Fatal(fatal(
+                        "58P01",
+                        removed(self.tli, self.sent, self.reader.seg_size()),
+                    )))
+                }
+                Err(other) => return Err(SessionError::Fatal(fatal("58030", other.to_string()))),
+            },
         };
         let start = self.sent;
         let end = Lsn(start.0 + data.len() as u64);
@@ -300,24 +352,82 @@ impl Stream {
         Ok(())
     }
 
-    fn read_archive(&mut self, want: usize) -> Result<Bytes, SessionError> {
+    fn read_archive(&mut self, want: usize) -> Result<Bytes, ReaderError> {
         let (tli, sent) = (self.tli, self.sent);
         let (reader, history, buf) = (&mut self.reader, &self.history, &mut self.buf);
-        let n =
-            block(|| reader.read_timeline(tli, history, sent, &mut buf[..want])).map_err(|e| {
-                match e {
-                    ReaderError::NotFound { .. } => SessionError::Fatal(fatal(
-                        "58P01",
-                        format!(
-                            "requested WAL segment {} has already been removed",
-                            SegmentName::new(tli, sent.segno(reader.seg_size()))
-                                .file_name(reader.seg_size())
-                        ),
-                    )),
-                    other => SessionError::Fatal(fatal("58030", other.to_string())),
-                }
-            })?;
+        let n = block(|| reader.read_timeline(tli, history, sent, &mut buf[..want]))?;
         Ok(Bytes::copy_from_slice(&self.buf[..n]))
+    }
+
+    /// Reads up to `want` bytes at `sent` from the store's copy of the WAL (the spool let it
+    /// go), fetching the objects of its segment into this session's directory first when
+    /// that lacks them. Each segment fetched is checked before it is served: its first page
+    /// must be the long header of this system's segment at that position.
+    async fn read_store(&mut self, hub: &Hub, want: usize) -> Result<Bytes, ServerError> {
+        let store = hub.store.as_ref().expect("called only with a store");
+        let seg_size = self.reader.seg_size();
+        let (tli, sent) = (self.tli, self.sent);
+        if self.fill.is_none() {
+            let dir = store.dir.join(self.pid.to_string());
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).map_err(|e| {
+                error(
+                    "58030",
+                    format!("could not create directory \"{}\": {e}", dir.display()),
+                )
+            })?;
+            let reader =
+                ArchiveReader::open(&dir, seg_size).map_err(|e| error("58030", e.to_string()))?;
+            self.fill = Some(Fill { dir, reader });
+        }
+        let mut fetched = false;
+        loop {
+            let fill = self.fill.as_mut().expect("made above");
+            let (history, buf) = (&self.history, &mut self.buf);
+            let looked_for = match block(|| {
+                fill.reader
+                    .read_timeline(tli, history, sent, &mut buf[..want])
+            }) {
+                Ok(n) => return Ok(Bytes::copy_from_slice(&self.buf[..n])),
+                Err(ReaderError::NotFound { looked_for, .. }) if !fetched => looked_for,
+                Err(ReaderError::NotFound { .. }) => {
+                    return Err(error("58P01", removed(tli, sent, seg_size)))
+                }
+                Err(other) => return Err(error("58030", other.to_string())),
+            };
+            fetched = true;
+            let started = Instant::now();
+            // On a blocking thread of this runtime (the store's client belongs to it): the
+            // download's future is not Send, and this session's task must be.
+            let (remote, dir, names) = (store.remote.clone(), fill.dir.clone(), looked_for.clone());
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                handle.block_on(async {
+                    for name in &names {
+                        crate::objstore::mirror::fetch_window(&remote, &dir, name, &[], None)
+                            .await
+                            .map_err(|e| {
+                                format!("could not fetch WAL segment {name} from the store: {e}")
+                            })?;
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .await
+            .map_err(|e| error("58030", format!("the fetch from the store failed: {e}")))?
+            .map_err(|m| error("58030", m))?;
+            check_fetched(&fill.dir, &looked_for, hub.upstream().system_id, seg_size)
+                .map_err(|m| error("XX001", m))?;
+            // The reader's view of the directory changed under it.
+            fill.reader = ArchiveReader::open(&fill.dir, seg_size)
+                .map_err(|e| error("58030", e.to_string()))?;
+            tracing::info!(
+                "relay: fetched WAL segment {} from {} for a downstream at {sent} ({} ms)",
+                looked_for.first().map_or("?", String::as_str),
+                store.remote.url(),
+                started.elapsed().as_millis()
+            );
+        }
     }
 
     /// Handle a `'r'` or `'h'`; true when the client asked for an immediate reply.
@@ -405,6 +515,43 @@ async fn send_keepalive<S: AsyncRead + AsyncWrite + Unpin>(
     encode_keepalive(sent, pg_now(), reply_requested, &mut payload);
     conn.queue(BackendMessage::CopyData(payload.freeze()));
     conn.flush().await
+}
+
+/// The uncompressed complete segments among `names` in `dir`, as fetched from the store,
+/// must begin with the long page header of system `sysid`'s segment at their position (a
+/// compressed or `.partial` one is checked by the reader as it is read: its length, and
+/// downstreams decode what they get).
+fn check_fetched(
+    dir: &std::path::Path,
+    names: &[String],
+    sysid: u64,
+    seg_size: u64,
+) -> Result<(), String> {
+    use std::io::Read;
+    for name in names {
+        let Some(wal) = crate::wal::WalFileName::parse(name, seg_size) else {
+            continue;
+        };
+        let path = dir.join(name);
+        let mut head = [0u8; 40];
+        match std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut head)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("could not read \"{}\": {e}", path.display())),
+        }
+        let start = wal.segment.segno.start_lsn(seg_size);
+        let ok = matches!(
+            SegmentHeader::parse(&head),
+            SegmentHeader::Valid { sysid: s, seg_size: z } if s == sysid && u64::from(z) == seg_size
+        ) && PageHeader::parse(&head).is_some_and(|h| h.pageaddr == start);
+        if !ok {
+            return Err(format!(
+                "WAL segment {name} fetched from the store is not this system's segment at \
+                 {start}: run walferry verify on the archive"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn block<R>(f: impl FnOnce() -> R) -> R {

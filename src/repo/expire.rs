@@ -12,12 +12,19 @@
 //!
 //! A backup is removed by deleting its `backup.json` first (from then on it is not a
 //! backup, whatever happens next), then its files.
+//!
+//! What interrupted backups left (`super::incomplete`) goes once its newest file is older
+//! than the grace period, and never while a backup holds the repository's backup lock
+//! (the one running then is the only one that can have left a young directory: a backup
+//! removes older leftovers when it starts).
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::incomplete::{scan_local, IncompleteBackup};
 use super::{Repo, RepoError, CATALOG_FILE};
+use crate::archive::{ArchiveError, ArchiveLock};
 use crate::relay::slots::{Slots, SLOTS_FILE};
 use crate::wal::{Lsn, WalFileName};
 
@@ -31,11 +38,20 @@ pub struct Expired {
     pub wal_horizon: Option<Lsn>,
     /// Why WAL was held back further than the oldest kept backup, if it was.
     pub held_by: Option<String>,
+    /// Leftovers of interrupted backups removed (quiet for the grace period).
+    pub incomplete: Vec<IncompleteBackup>,
+    /// Incomplete backups kept: written to within the grace period, or while a backup runs.
+    pub incomplete_kept: Vec<IncompleteBackup>,
 }
 
-/// Keep the newest `keep` backups (at least one) and the WAL they need; remove the rest
-/// unless `dry_run`.
-pub fn expire(repo: &Repo, keep: usize, dry_run: bool) -> Result<Expired, RepoError> {
+/// Keep the newest `keep` backups (at least one) and the WAL they need, and incomplete
+/// backups written to within `grace`; remove the rest unless `dry_run`.
+pub fn expire(
+    repo: &Repo,
+    keep: usize,
+    dry_run: bool,
+    grace: std::time::Duration,
+) -> Result<Expired, RepoError> {
     assert!(keep >= 1, "the caller refuses --keep 0");
     let backups = repo.list()?;
     let mut out = Expired::default();
@@ -49,10 +65,7 @@ pub fn expire(repo: &Repo, keep: usize, dry_run: bool) -> Result<Expired, RepoEr
         }
         out.backups.push(b.id.clone());
     }
-    // Leftovers of interrupted backups are never anything but garbage.
-    if !dry_run {
-        remove_partials(repo)?;
-    }
+    expire_incomplete(repo, dry_run, grace, &mut out)?;
 
     let Some(oldest_kept) = kept.first() else {
         return Ok(out);
@@ -125,19 +138,44 @@ fn remove_backup(dir: &Path) -> Result<(), RepoError> {
     fs::remove_dir_all(dir).map_err(|e| RepoError::io("remove", dir, e))
 }
 
-fn remove_partials(repo: &Repo) -> Result<(), RepoError> {
+/// Removes (unless `dry_run`) the incomplete backups quiet for `grace`, holding the backup
+/// lock meanwhile so that no backup starts among them; with the lock held by a backup, none.
+fn expire_incomplete(
+    repo: &Repo,
+    dry_run: bool,
+    grace: std::time::Duration,
+    out: &mut Expired,
+) -> Result<(), RepoError> {
     let dir = repo.backups_dir();
-    for entry in fs::read_dir(&dir).map_err(|e| RepoError::io("read directory", &dir, e))? {
-        let entry = entry.map_err(|e| RepoError::io("read directory", &dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".partial") {
-            match fs::remove_dir_all(entry.path()) {
+    let found = scan_local(&dir).map_err(|e| RepoError::io("read directory", &dir, e))?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let _lock = match ArchiveLock::acquire(&dir) {
+        Ok(lock) => Some(lock),
+        Err(ArchiveError::Locked { .. }) => {
+            out.incomplete_kept = found;
+            return Ok(());
+        }
+        Err(e) => return Err(RepoError::io("lock", &dir, io::Error::other(e.to_string()))),
+    };
+    let now = std::time::SystemTime::now();
+    for b in found {
+        if !b.stale(grace, now) {
+            out.incomplete_kept.push(b);
+            continue;
+        }
+        if !dry_run {
+            let path = dir.join(&b.dir);
+            match fs::remove_dir_all(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(RepoError::io("remove", &entry.path(), e))
+                    return Err(RepoError::io("remove", &path, e))
                 }
                 _ => {}
             }
         }
+        out.bytes += b.bytes;
+        out.incomplete.push(b);
     }
     Ok(())
 }
@@ -159,6 +197,7 @@ fn dir_size(dir: &Path) -> u64 {
 mod tests {
     use super::*;
     use crate::repo::{make_private_dir, BackupInfo};
+    use std::time::Duration;
 
     fn publish(repo: &Repo, id: &str, start: u64) {
         let partial = repo.partial_backup_dir(id);
@@ -201,12 +240,12 @@ mod tests {
         );
         make_private_dir(&repo.partial_backup_dir("b3")).unwrap();
 
-        let dry = expire(&repo, 1, true).unwrap();
+        let dry = expire(&repo, 1, true, Duration::ZERO).unwrap();
         assert_eq!(dry.backups, ["b1"]);
         assert_eq!(dry.wal_files.len(), 2);
         assert_eq!(repo.list().unwrap().len(), 2, "a dry run removes nothing");
 
-        let done = expire(&repo, 1, false).unwrap();
+        let done = expire(&repo, 1, false, Duration::ZERO).unwrap();
         assert_eq!(
             done,
             Expired {
@@ -234,6 +273,40 @@ mod tests {
     }
 
     #[test]
+    fn an_incomplete_backup_goes_only_once_quiet_for_the_grace_and_never_while_one_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).unwrap();
+        publish(&repo, "b1", 0x100_0028);
+        let partial = repo.partial_backup_dir("b2");
+        make_private_dir(&partial).unwrap();
+        fs::write(partial.join("data"), vec![0u8; 300]).unwrap();
+
+        // Just written: within an hour's grace it may be a backup still running.
+        let young = expire(&repo, 1, false, Duration::from_secs(3600)).unwrap();
+        assert!(young.incomplete.is_empty());
+        assert_eq!(young.incomplete_kept.len(), 1);
+        assert!(partial.exists());
+
+        // A backup holding the lock: nothing of it is touched, whatever the grace.
+        let running = ArchiveLock::acquire(&repo.backups_dir()).unwrap();
+        let held = expire(&repo, 1, false, Duration::ZERO).unwrap();
+        assert!(held.incomplete.is_empty());
+        assert!(partial.exists());
+        drop(running);
+
+        let dry = expire(&repo, 1, true, Duration::ZERO).unwrap();
+        assert_eq!(dry.incomplete.len(), 1);
+        assert!(partial.exists(), "a dry run removes nothing");
+        let done = expire(&repo, 1, false, Duration::ZERO).unwrap();
+        assert_eq!(
+            (done.incomplete[0].id.as_str(), done.incomplete[0].bytes),
+            ("b2", 300)
+        );
+        assert!(!partial.exists());
+        assert_eq!(repo.list().unwrap().len(), 1, "the complete backup stays");
+    }
+
+    #[test]
     fn a_relay_slot_holds_wal_back() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open(dir.path()).unwrap();
@@ -249,7 +322,7 @@ mod tests {
         );
         let slots = Slots::load(&repo.wal_dir()).unwrap();
         slots.create("standby", false, None, 1).unwrap();
-        let held = expire(&repo, 1, true).unwrap();
+        let held = expire(&repo, 1, true, Duration::ZERO).unwrap();
         assert!(held.wal_files.is_empty());
         assert!(held.held_by.unwrap().contains("no position"));
 
@@ -258,7 +331,7 @@ mod tests {
             .advance("standby", Lsn(0x200_0010), crate::wal::TimeLineId(1))
             .unwrap();
         slots.release_all(1).unwrap();
-        let held = expire(&repo, 1, false).unwrap();
+        let held = expire(&repo, 1, false, Duration::ZERO).unwrap();
         assert_eq!(held.wal_files, ["000000010000000000000001"]);
         assert!(held.held_by.unwrap().contains("standby"));
     }

@@ -14,11 +14,12 @@
 //! ```
 //!
 //! A backup exists exactly when `backups/<id>/backup.json` does: an interrupted backup
-//! leaves a `.partial` directory that nothing lists or restores (and the next backup or
-//! `expire` removes). This module knows the layout and the catalog entry; `backup` writes
+//! leaves a `.partial` directory that nothing restores; `list` shows it as a problem, and
+//! the next backup or `expire` (once it has been quiet for a grace period) removes it. This module knows the layout and the catalog entry; `backup` writes
 //! backups and `restore` reads them.
 
 pub mod expire;
+pub mod incomplete;
 
 use std::fs;
 use std::io::{self, Write};

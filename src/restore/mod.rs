@@ -89,6 +89,12 @@ pub enum PlanError {
     },
     #[error("backup {id} needs WAL up to {stop} to be consistent, but the archive ends at {end}")]
     ArchiveTooShort { id: String, stop: Lsn, end: Lsn },
+    #[error("backup {id} replays from {start}, but the archive holds no WAL there ({held})")]
+    ArchiveMissesStart {
+        id: String,
+        start: Lsn,
+        held: String,
+    },
 }
 
 fn list_names(known: &[String]) -> String {
@@ -261,8 +267,34 @@ fn check_archive(
             end,
         });
     }
-    let seg_size = report.seg_size.max(1);
+    // Replay begins at the backup's start: WAL there must be in the archive (a gap that
+    // begins before it is found below; an archive that begins after it has no gap to show).
     let from = backup.start_lsn;
+    if !report
+        .timelines
+        .iter()
+        .any(|t| t.start_lsn <= from && from <= t.end_lsn)
+    {
+        let held: Vec<String> = report
+            .timelines
+            .iter()
+            .map(|t| {
+                format!(
+                    "timeline {} from {} to {}",
+                    t.timeline, t.start_lsn, t.end_lsn
+                )
+            })
+            .collect();
+        return Err(PlanError::ArchiveMissesStart {
+            id: backup.id.clone(),
+            start: from,
+            held: match held.is_empty() {
+                true => "it holds none".into(),
+                false => format!("it holds {}", held.join(", ")),
+            },
+        });
+    }
+    let seg_size = report.seg_size.max(1);
     let until = match target {
         Target::Immediate => Some(backup.stop_lsn),
         _ => target_lsn,
@@ -277,7 +309,10 @@ fn check_archive(
             // Where in the WAL is unknown: it may matter.
             None => true,
             Some(at) => {
-                at.0 + seg_size > from.0 - from.0 % seg_size && until.is_none_or(|u| at <= u)
+                // A gap reaches to its end: one that begins before the backup's segment
+                // may still take WAL the backup needs.
+                let end = p.until.map_or(at.0 + seg_size, |u| u.0);
+                end > from.0 - from.0 % seg_size && until.is_none_or(|u| at <= u)
             }
         }
     };

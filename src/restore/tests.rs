@@ -136,6 +136,54 @@ fn an_archive_that_ends_before_the_backup_does_is_refused() {
 }
 
 #[test]
+fn a_gap_that_begins_before_the_backup_and_reaches_past_its_start_is_found() {
+    // Segments 3..5 missing: b2 starts in segment 5, so it cannot be replayed, though the
+    // gap is named by its first missing segment, before b2's.
+    let mut r = report();
+    r.problems.push(Problem {
+        until: Some(Lsn(0x600_0000)),
+        ..Problem::new(
+            "000000010000000000000003",
+            Some(Lsn(0x300_0000)),
+            "missing 3 segments",
+        )
+    });
+    let e = plan(&backups(), "b2", &Target::Latest, &r).unwrap_err();
+    assert!(matches!(e, PlanError::ArchiveDamaged { .. }), "{e}");
+    // Ending at b2's segment: b2 has all it needs.
+    r.problems[0].until = Some(Lsn(0x500_0000));
+    assert!(plan(&backups(), "b2", &Target::Latest, &r).is_ok());
+}
+
+#[test]
+fn an_archive_that_begins_after_the_backup_starts_is_refused() {
+    // What a copy of the archive from b2's start on (restore from object storage) holds.
+    let mut r = report();
+    r.timelines[0].start_lsn = Lsn(0x500_0000);
+    r.restore_points.retain(|p| p.lsn >= Lsn(0x500_0000));
+    assert_eq!(
+        plan(&backups(), "latest", &Target::Latest, &r)
+            .unwrap()
+            .backup
+            .id,
+        "b2"
+    );
+    let e = plan(&backups(), "b1", &Target::Latest, &r).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "backup b1 replays from 0/1000028, but the archive holds no WAL there (it holds \
+         timeline 1 from 0/5000000 to 0/9000000)"
+    );
+    // A name only before the copy's start is unknown, and the names that can be reached
+    // are listed.
+    let e = plan(&backups(), "latest", &Target::Name("a".into()), &r).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no restore point named \"a\" in the archive; it has: b"
+    );
+}
+
+#[test]
 fn target_times_need_a_zone() {
     assert_eq!(
         ts("2026-11-27 19:53:00+00"),
