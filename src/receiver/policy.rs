@@ -165,17 +165,20 @@ impl WritePolicy for Inline {
         let p = if pending.is_empty() {
             blocking(|| writer.flush())?
         } else if let Some((position, tli)) = &self.early {
-            // Written (one system call), servable, then durable (another).
-            blocking(|| writer.write_chunk(start, pending, checked))?;
+            // Written (one system call), servable, then durable (another); one hand-off
+            // of the runtime's worker for the three.
             let written = Lsn(start.0 + pending.len() as u64).min(checked);
-            position.send_if_modified(|pos| {
-                let raise = pos.timeline == *tli && written > pos.servable;
-                if raise {
-                    pos.servable = written;
-                }
-                raise
-            });
-            blocking(|| writer.flush())?
+            blocking(|| {
+                writer.write_chunk(start, pending, checked)?;
+                position.send_if_modified(|pos| {
+                    let raise = pos.timeline == *tli && written > pos.servable;
+                    if raise {
+                        pos.servable = written;
+                    }
+                    raise
+                });
+                writer.flush()
+            })?
         } else {
             blocking(|| writer.write_durable(start, pending, checked))?
         };
