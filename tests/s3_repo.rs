@@ -1046,6 +1046,36 @@ fn a_killed_backup_has_its_upload_aborted_and_its_objects_listed_then_expired() 
     );
 }
 
+/// `walferry relay -D s3://.../repo/wal --spool SPOOL -S wf` from `pg`, plus `extra`,
+/// accepting connections; returns it and its port.
+fn relay_into_store(lab: &Lab, pg: &PgCluster, spool: &Path, extra: &[&str]) -> (Proc, u16) {
+    let port = common::free_port();
+    let url = lab.url("repo/wal");
+    let conninfo = pg.conninfo(common::roles::SUPERUSER);
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "relay",
+        "-D",
+        &url,
+        "--spool",
+        spool.to_str().unwrap(),
+        "-d",
+        &conninfo,
+        "-S",
+        "wf",
+        "--listen",
+        &listen,
+        "-v",
+    ];
+    args.extend_from_slice(extra);
+    let mut relay = Proc::spawn(&mut lab.walferry(&args));
+    common::wait_until("the relay to accept connections", common::TIMEOUT, || {
+        assert!(relay.is_running(), "relay exited: {}", relay.stderr());
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (relay, port)
+}
+
 #[test]
 fn a_lagging_downstream_of_the_relay_gets_what_the_spool_let_go_from_the_store() {
     use receive_support::{emit_wal, flush_lsn, run_to_endpos_ok, small_commit};
@@ -1054,25 +1084,7 @@ fn a_lagging_downstream_of_the_relay_gets_what_the_spool_let_go_from_the_store()
     let pg = PgCluster::primary();
     pg.create_physical_slot("wf");
     let spool = spool_dir();
-    let port = common::free_port();
-    let mut relay = Proc::spawn(&mut lab.walferry(&[
-        "relay",
-        "-D",
-        &lab.url("repo/wal"),
-        "--spool",
-        spool.path().to_str().unwrap(),
-        "-d",
-        &pg.conninfo(common::roles::SUPERUSER),
-        "-S",
-        "wf",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "-v",
-    ]));
-    common::wait_until("the relay to accept connections", common::TIMEOUT, || {
-        assert!(relay.is_running(), "relay exited: {}", relay.stderr());
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let (mut relay, port) = relay_into_store(&lab, &pg, spool.path(), &[]);
     // Several segments go through the relay into the store and leave the spool.
     for _ in 0..4 {
         emit_wal(&pg, 20);
@@ -1176,28 +1188,12 @@ fn with_synchronous_remote_and_sync_downstream_a_commit_waits_for_the_store_and_
     pg.create_physical_slot("wf");
     pg.psql("CREATE TABLE t (id int PRIMARY KEY)");
     let spool = spool_dir();
-    let port = common::free_port();
-    let mut relay = Proc::spawn(&mut lab.walferry(&[
-        "relay",
-        "-D",
-        &lab.url("repo/wal"),
-        "--spool",
-        spool.path().to_str().unwrap(),
-        "-d",
-        &pg.conninfo(common::roles::SUPERUSER),
-        "-S",
-        "wf",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--synchronous-remote",
-        "--sync-downstream",
-        "1",
-        "-v",
-    ]));
-    common::wait_until("the relay to accept connections", common::TIMEOUT, || {
-        assert!(relay.is_running(), "relay exited: {}", relay.stderr());
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let (mut relay, port) = relay_into_store(
+        &lab,
+        &pg,
+        spool.path(),
+        &["--synchronous-remote", "--sync-downstream", "1"],
+    );
     // A downstream that reports each flush (pg_receivewal --synchronous).
     let down = tempdir();
     let mut downstream = Proc::spawn(

@@ -12,7 +12,8 @@ use tokio::sync::{oneshot, watch};
 use std::sync::Arc;
 
 use super::{
-    receive, receive_publishing, LiveTail, Outcome, Published, ReceiveError, ReceiveOptions,
+    receive, receive_publishing, LiveTail, Outcome, Position, Published, ReceiveError,
+    ReceiveOptions, Upstream,
 };
 use crate::archive::ArchiveError;
 use crate::conninfo::{ConnParams, Host, PasswordPrompt, SslMode};
@@ -548,42 +549,72 @@ async fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// What a receive run to `--endpos` published, and what the fake walsender was told.
+struct Observed {
+    wal: Vec<u8>,
+    end: Lsn,
+    seen: Vec<Position>,
+    flushes: Vec<Lsn>,
+    tail: Arc<LiveTail>,
+    upstream: Upstream,
+}
+
+/// Receive from a fake walsender to an `--endpos` short of its WAL's end, with a live tail,
+/// recording every position published.
+async fn observe_positions(synchronous: bool, serve_unflushed: bool) -> Observed {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = wal();
+    let end = Lsn(SEG + wal.len() as u64 - 100_000);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(Walsender::serve(listener, wal.clone()));
+    let mut opts = options(port, dir.path());
+    opts.endpos = Some(end);
+    opts.synchronous = synchronous;
+    opts.serve_unflushed = serve_unflushed;
+    let tail = Arc::new(LiveTail::new(4 << 20));
+    opts.live_tail = Some(tail.clone());
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let published = Published::new();
+    let mut rx = published.position.subscribe();
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while rx.changed().await.is_ok() {
+            seen.push(*rx.borrow_and_update());
+        }
+        seen
+    });
+    let result = receive_publishing(&opts, stop_rx, &published).await;
+    assert!(
+        matches!(result, Ok(Outcome::EndposReached(_))),
+        "{result:?}"
+    );
+    let upstream = published.upstream.borrow().clone().expect("upstream");
+    drop(published);
+    Observed {
+        seen: seen.await.unwrap(),
+        flushes: server.await.unwrap(),
+        wal,
+        end,
+        tail,
+        upstream,
+    }
+}
+
 /// The archive's position is published for other tasks (the relay): validated and durable
 /// WAL only, in both modes, and never past the last valid record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_durable_validated_position_is_published() {
     for synchronous in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = wal();
-        let end = Lsn(SEG + wal.len() as u64 - 100_000);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(Walsender::serve(listener, wal.clone()));
-        let mut opts = options(port, dir.path());
-        opts.endpos = Some(end);
-        opts.synchronous = synchronous;
-        let tail = Arc::new(LiveTail::new(4 << 20));
-        opts.live_tail = Some(tail.clone());
-        let (_stop_tx, stop_rx) = watch::channel(false);
-        let published = Published::new();
-        let mut rx = published.position.subscribe();
-        let seen = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while rx.changed().await.is_ok() {
-                seen.push(*rx.borrow_and_update());
-            }
-            seen
-        });
-        let result = receive_publishing(&opts, stop_rx, &published).await;
-        assert!(
-            matches!(result, Ok(Outcome::EndposReached(_))),
-            "{result:?}"
-        );
-        let upstream = published.upstream.borrow().clone().expect("upstream");
+        let Observed {
+            wal,
+            end,
+            seen,
+            tail,
+            upstream,
+            ..
+        } = observe_positions(synchronous, false).await;
         assert_eq!((upstream.system_id, upstream.seg_size), (SYSID, SEG));
-        drop(published);
-        let seen = seen.await.unwrap();
-        server.await.unwrap();
         assert_eq!(seen.first().map(|p| p.flushed), Some(Lsn(SEG)), "{seen:?}");
         assert!(seen.iter().all(|p| p.timeline == TimeLineId(1)), "{seen:?}");
         assert!(
@@ -615,36 +646,14 @@ async fn the_durable_validated_position_is_published() {
 /// is durable; the flush reported keeps its meaning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn written_wal_is_servable_with_serve_unflushed_and_the_reported_flush_keeps_its_meaning() {
-    let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = wal();
-    let end = Lsn(SEG + wal.len() as u64 - 100_000);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(Walsender::serve(listener, wal.clone()));
-    let mut opts = options(port, dir.path());
-    opts.endpos = Some(end);
-    opts.synchronous = true;
-    opts.serve_unflushed = true;
-    let tail = Arc::new(LiveTail::new(4 << 20));
-    opts.live_tail = Some(tail.clone());
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let published = Published::new();
-    let mut rx = published.position.subscribe();
-    let seen = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while rx.changed().await.is_ok() {
-            seen.push(*rx.borrow_and_update());
-        }
-        seen
-    });
-    let result = receive_publishing(&opts, stop_rx, &published).await;
-    assert!(
-        matches!(result, Ok(Outcome::EndposReached(_))),
-        "{result:?}"
-    );
-    drop(published);
-    let seen = seen.await.unwrap();
-    let flushes = server.await.unwrap();
+    let Observed {
+        wal,
+        end,
+        seen,
+        flushes,
+        tail,
+        ..
+    } = observe_positions(true, true).await;
     assert!(seen.iter().all(|p| p.servable >= p.flushed), "{seen:?}");
     assert!(
         seen.windows(2).all(|w| w[0].servable <= w[1].servable),
