@@ -575,6 +575,58 @@ fn the_store_stopped_mid_stream_costs_nothing() {
     );
 }
 
+/// A spool on a small file system while the store is away: the receiver says the spool is
+/// full and why, keeps running, and once the store is back the uploads empty the spool and
+/// streaming goes on to --endpos, with no gap in the store.
+#[test]
+fn a_full_spool_is_reported_and_streaming_resumes_once_the_store_is_back() {
+    use receive_support::{emit_wal, flush_lsn, small_commit};
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let Some(spool) = common::Tmpfs::mount("40m") else {
+        return;
+    };
+    common::chown_to_postgres(&spool.path);
+    let lab = Lab::new(&s3);
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let mut rx = receiver(&lab, &pg, &spool.path);
+    pg.psql("CREATE TABLE t (id int)");
+    pg.psql("SELECT pg_switch_wal()");
+    common::wait_until(
+        "a first segment in the store",
+        Duration::from_secs(30),
+        || !segments(&s3.objects("repo/wal")).is_empty(),
+    );
+    s3.stop();
+    emit_wal(&pg, 60);
+    small_commit(&pg);
+    let last = common::segment_name(1, flush_lsn(&pg));
+    common::wait_until(
+        "the full spool to be reported",
+        Duration::from_secs(60),
+        || rx.stderr().contains("disk is full"),
+    );
+    let log = rx.stderr();
+    assert!(
+        log.contains(
+            "hint: the spool is full: a segment leaves it only once the object store has it"
+        ),
+        "{log}"
+    );
+    assert!(rx.is_running(), "the receiver keeps trying: {log}");
+    s3.restart();
+    common::wait_until("the uploads to catch up", Duration::from_secs(120), || {
+        segments(&s3.objects("repo/wal"))
+            .last()
+            .is_some_and(|l| *l >= prev_segment(&last))
+    });
+    assert_no_gap(&s3.objects("repo/wal"));
+    rx.signal(libc::SIGTERM);
+    assert!(rx.wait().success(), "{}", rx.stderr());
+}
+
 fn prev_segment(name: &str) -> String {
     let n = u64::from_str_radix(&name[8..], 16).unwrap();
     let p = if n & 0xff == 0 {
