@@ -503,10 +503,9 @@ impl Codec {
         Ok(match compression {
             CompressionSpec::None => Codec::Plain,
             CompressionSpec::Gzip(level) => Codec::Gzip(level),
-            CompressionSpec::Lz4 => Codec::Lz4(vec![
-                0;
-                lz4_flex::block::get_maximum_output_size(CHUNK)
-            ]),
+            CompressionSpec::Lz4 => {
+                Codec::Lz4(vec![0; lz4_flex::block::get_maximum_output_size(CHUNK)])
+            }
             CompressionSpec::Zstd(level) => {
                 Codec::Zstd(Box::new(zstd::bulk::Compressor::new(level)?))
             }
@@ -533,8 +532,8 @@ impl Codec {
                     out.extend_from_slice(lz4_header());
                 }
                 if !data.is_empty() {
-                    let n = lz4_flex::block::compress_into(&data, scratch)
-                        .map_err(io::Error::other)?;
+                    let n =
+                        lz4_flex::block::compress_into(&data, scratch).map_err(io::Error::other)?;
                     if n < data.len() {
                         out.extend_from_slice(&(n as u32).to_le_bytes());
                         out.extend_from_slice(&scratch[..n]);
@@ -582,7 +581,9 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>, compression: CompressionSpec, shared:
         let job = rx.lock().expect("not poisoned").blocking_recv();
         let Some(job) = job else { break };
         // After an error the queue is drained without work, so the stream never waits.
-        let Some(codec) = codec.as_mut().filter(|_| !shared.failed.load(Ordering::Acquire))
+        let Some(codec) = codec
+            .as_mut()
+            .filter(|_| !shared.failed.load(Ordering::Acquire))
         else {
             continue;
         };
@@ -635,7 +636,7 @@ fn close(file: &OutFile, st: &mut OutState, shared: &Shared) -> Result<(), Store
     if shared.done.is_some() {
         f.sync_all().map_err(io_err("fsync", &file.dest))?;
     } else {
-        crate::repo::start_writeback(&f);
+        crate::repo::start_writeback(&f, 0, 0);
     }
     drop(f);
     shared.stored.lock().expect("not poisoned").insert(

@@ -381,15 +381,18 @@ pub fn sync_filesystem(dir: &fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Starts writing `file`'s dirty pages back without waiting for them (Linux
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the final [`sync_filesystem`] finds most
+/// Starts writing `len` bytes of `file` from `offset` back (0: to its end) without waiting
+/// for them (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the final [`sync_filesystem`] finds most
 /// of the data on its way and the disk works while the rest is produced. A hint:
 /// durability comes from the sync afterwards, so a failure here is ignored.
-pub fn start_writeback(file: &fs::File) {
+pub fn start_writeback(file: &fs::File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
     // SAFETY: sync_file_range on a valid, open file descriptor; no memory is passed.
     unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
