@@ -13,11 +13,12 @@
 //! checks the files in place first, in pieces on all threads (a 1 GiB relation segment
 //! would otherwise keep one thread reading alone), and then writes those that differ.
 //!
-//! Durability: each written file's writeback starts as soon as it is closed
-//! (`sync_file_range`), and once everything is in place one `syncfs(2)` per file system
-//! (the data directory's, each tablespace location's) waits for all of it, then every
-//! directory is fsynced: a restore succeeds only once all it wrote is durable, with one
-//! flush per file system instead of one per file.
+//! Durability: each written file's writeback starts as it is written (every 8 MiB, and when
+//! it is closed: `sync_file_range`), and once everything is in place one `syncfs(2)` per
+//! file system (the data directory's, each tablespace location's) waits for all of it, then
+//! every directory is fsynced: a restore succeeds only once all it wrote is durable, with
+//! one flush per file system instead of one per file. A file that lands on another file
+//! system (through a link the DBA made, such as pg_wal on its own disk) is fsynced itself.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
@@ -92,6 +93,10 @@ struct Targets {
     pgdata: PathBuf,
     /// Tablespace oid -> its location on this machine.
     tablespaces: HashMap<u32, PathBuf>,
+    /// The file systems (devices) of the data directory and the tablespace locations, which
+    /// are synced whole at the end; a file written elsewhere (through a link the DBA made,
+    /// such as pg_wal on its own disk) is fsynced on its own.
+    synced_devs: HashSet<u64>,
 }
 
 impl Targets {
@@ -130,7 +135,7 @@ pub fn lay_out(
         id: id.clone(),
         source,
     })?;
-    let targets = targets(backup, pgdata, opts)?;
+    let mut targets = targets(backup, pgdata, opts)?;
 
     let mut roots = vec![targets.pgdata.clone()];
     roots.extend(targets.tablespaces.values().cloned());
@@ -138,7 +143,10 @@ pub fn lay_out(
     let mut root_fds = Vec::new();
     for root in &roots {
         prepare_root(root, opts.delta)?;
-        root_fds.push((root, File::open(root).map_err(io_err("open", root))?));
+        let fd = File::open(root).map_err(io_err("open", root))?;
+        let dev = fd.metadata().map_err(io_err("stat", root))?.dev();
+        targets.synced_devs.insert(dev);
+        root_fds.push((root, fd, dev));
     }
     let mut dirs: BTreeSet<PathBuf> = roots.iter().cloned().collect();
     for d in &backup.contents.directories {
@@ -172,9 +180,8 @@ pub fn lay_out(
         remove_extras(backup, &targets)?;
     }
     let mut synced = HashSet::new();
-    for (root, fd) in &root_fds {
-        let dev = fd.metadata().map_err(io_err("stat", root))?.dev();
-        if synced.insert(dev) {
+    for (root, fd, dev) in &root_fds {
+        if synced.insert(*dev) {
             crate::repo::sync_filesystem(fd).map_err(io_err("sync the file system of", root))?;
         }
     }
@@ -215,6 +222,7 @@ fn targets(
     Ok(Targets {
         pgdata: pgdata.to_path_buf(),
         tablespaces,
+        synced_devs: HashSet::new(),
     })
 }
 
@@ -407,7 +415,12 @@ fn restore_file(
     // Permissions as in the backup even when a delta restore reused the inode.
     out.set_permissions(fs::Permissions::from_mode(f.mode & 0o7777))
         .map_err(io_err("chmod", &dest))?;
-    crate::repo::start_writeback(&out, 0, 0);
+    let dev = out.metadata().map_err(io_err("stat", &dest))?.dev();
+    if targets.synced_devs.contains(&dev) {
+        crate::repo::start_writeback(&out, 0, 0);
+    } else {
+        out.sync_all().map_err(io_err("fsync", &dest))?;
+    }
     if size != f.size {
         return Err(damaged(format!(
             "\"{}\" holds {size} bytes, the backup recorded {}",
@@ -686,6 +699,7 @@ mod tests {
         let targets = Targets {
             pgdata: dir.path().to_path_buf(),
             tablespaces: HashMap::new(),
+            synced_devs: HashSet::new(),
         };
         let files: Vec<&FileEntry> = entries.iter().collect();
         for threads in [1, 3] {
