@@ -272,7 +272,7 @@ pub fn uncompressed_len(path: &Path, compression: Compression) -> io::Result<u64
 pub enum SegmentReader {
     Plain(BufReader<File>),
     Gzip(Box<flate2::read::MultiGzDecoder<BufReader<File>>>),
-    Lz4(Box<lz4_flex::frame::FrameDecoder<BufReader<File>>>),
+    Lz4(Box<Lz4Reader<BufReader<File>>>),
     Zstd(Box<zstd::stream::read::Decoder<'static, BufReader<File>>>),
 }
 
@@ -284,9 +284,7 @@ impl SegmentReader {
             Compression::Gzip => {
                 SegmentReader::Gzip(Box::new(flate2::read::MultiGzDecoder::new(file)))
             }
-            Compression::Lz4 => {
-                SegmentReader::Lz4(Box::new(lz4_flex::frame::FrameDecoder::new(file)))
-            }
+            Compression::Lz4 => SegmentReader::Lz4(Box::new(Lz4Reader::new(file)?)),
             Compression::Zstd => {
                 SegmentReader::Zstd(Box::new(zstd::stream::read::Decoder::with_buffer(file)?))
             }
@@ -311,7 +309,7 @@ pub fn decompressing<'a>(
     Ok(match compression {
         Compression::None => Box::new(raw),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(raw)),
+        Compression::Lz4 => Box::new(Lz4Reader::new(raw)?),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
     })
 }
@@ -323,6 +321,120 @@ impl Read for SegmentReader {
             SegmentReader::Gzip(r) => r.read(buf),
             SegmentReader::Lz4(r) => r.read(buf),
             SegmentReader::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
+/// Reads LZ4 frames (one after another, as `lz4 -d` does) with the reference C library's
+/// frame decoder. lz4_flex, which writes walferry's frames, decodes overlapping matches a
+/// byte at a time: a WAL segment's zero-filled tail or a relation's blank-padded columns
+/// decompressed at a fraction of the C library's speed (archive checks and restores spent
+/// most of their time there). As with lz4_flex, the input may end between blocks (a growing
+/// `.partial` segment does); ending inside a frame header or a block is an error, never an
+/// early end.
+pub struct Lz4Reader<R> {
+    inner: R,
+    ctx: lz4_sys::LZ4FDecompressionContext,
+    src: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    /// The decoder's last hint of the input it expects next: 0 when a frame is whole
+    /// (and before the first).
+    hint: usize,
+}
+
+/// The size of an LZ4 block header, which the frame decoder asks for between blocks.
+const LZ4_BLOCK_HEADER: usize = 4;
+
+impl<R: Read> Lz4Reader<R> {
+    pub fn new(inner: R) -> io::Result<Self> {
+        let mut ctx = lz4_sys::LZ4FDecompressionContext(std::ptr::null_mut());
+        // SAFETY: creates a context into `ctx`, which Drop frees; no other memory is passed.
+        let code =
+            unsafe { lz4_sys::LZ4F_createDecompressionContext(&mut ctx, lz4_sys::LZ4F_VERSION) };
+        lz4_check(code)?;
+        Ok(Lz4Reader {
+            inner,
+            ctx,
+            src: vec![0; 64 << 10].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            hint: 0,
+        })
+    }
+}
+
+fn lz4_check(code: usize) -> io::Result<usize> {
+    // SAFETY: LZ4F_isError and LZ4F_getErrorName only look at the code; the name is a
+    // static C string.
+    unsafe {
+        if lz4_sys::LZ4F_isError(code) != 0 {
+            let name = std::ffi::CStr::from_ptr(lz4_sys::LZ4F_getErrorName(code));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("lz4: {}", name.to_string_lossy()),
+            ));
+        }
+    }
+    Ok(code)
+}
+
+impl<R: Read> Read for Lz4Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let mut eof = false;
+            if self.pos == self.len {
+                self.len = self.inner.read(&mut self.src)?;
+                self.pos = 0;
+                eof = self.len == 0;
+            }
+            let mut dst_size = buf.len();
+            let mut src_size = self.len - self.pos;
+            // SAFETY: the decoder writes at most `dst_size` bytes into `buf` and reads at most
+            // `src_size` bytes of `src` from `pos`, both within their slices; `ctx` is ours.
+            let hint = lz4_check(unsafe {
+                lz4_sys::LZ4F_decompress(
+                    self.ctx,
+                    buf.as_mut_ptr(),
+                    &mut dst_size,
+                    self.src[self.pos..].as_ptr(),
+                    &mut src_size,
+                    std::ptr::null(),
+                )
+            })?;
+            self.pos += src_size;
+            // Called with no input at the end, it hands out what it still holds.
+            if dst_size > 0 {
+                self.hint = hint;
+                return Ok(dst_size);
+            }
+            if !eof {
+                self.hint = hint;
+                continue;
+            }
+            // The end: clean between frames (0), after a frame's header or between its
+            // blocks (a block header is what the decoder waits for), as lz4_flex took it —
+            // a growing .partial segment ends so. Inside a header or a block it is cut short.
+            return if self.hint == 0 || self.hint == LZ4_BLOCK_HEADER {
+                Ok(0)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "lz4: the file ends inside a frame",
+                ))
+            };
+        }
+    }
+}
+
+impl<R> Drop for Lz4Reader<R> {
+    fn drop(&mut self) {
+        // SAFETY: the context was created in `new` and is freed once, here.
+        unsafe {
+            lz4_sys::LZ4F_freeDecompressionContext(self.ctx);
         }
     }
 }
@@ -480,6 +592,68 @@ mod tests {
         let path = dir.join(format!("000000010000000000000001{}", compression.suffix()));
         std::fs::write(&path, bytes).unwrap();
         uncompressed_len(&path, compression)
+    }
+
+    /// Frames one after another, linked and independent blocks, blocks stored
+    /// uncompressed, an empty frame, and frames cut short (an error, never an early end).
+    #[test]
+    fn lz4_frames_decode_with_the_c_library() {
+        let data = payload(3 << 20);
+        let zeros = vec![0u8; 1 << 20];
+        let noise: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut all = Vec::new();
+        let mut stream = Vec::new();
+        for (part, mode) in [
+            (&data[..], lz4_flex::frame::BlockMode::Linked),
+            (&zeros[..], lz4_flex::frame::BlockMode::Independent),
+            (&[][..], lz4_flex::frame::BlockMode::Independent),
+            (&noise[..], lz4_flex::frame::BlockMode::Linked),
+        ] {
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_mode(mode)
+                .content_checksum(true);
+            let mut e = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+            e.write_all(part).unwrap();
+            let frame = e.finish().unwrap();
+            let mut out = Vec::new();
+            Lz4Reader::new(&frame[..])
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, part);
+            stream.extend_from_slice(&frame);
+            all.extend_from_slice(part);
+        }
+        let mut out = Vec::new();
+        Lz4Reader::new(&stream[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, all);
+        for keep in [1, 5, 100, stream.len() / 2, stream.len() - 1] {
+            let mut out = Vec::new();
+            let got = Lz4Reader::new(&stream[..keep])
+                .unwrap()
+                .read_to_end(&mut out);
+            assert!(got.is_err(), "{keep} of {} bytes", stream.len());
+        }
+        let mut damaged = stream.clone();
+        damaged[4] ^= 0x40; // the frame descriptor's version bits
+        let mut out = Vec::new();
+        assert!(Lz4Reader::new(&damaged[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .is_err());
+        let mut out = Vec::new();
+        assert_eq!(
+            Lz4Reader::new(&[][..])
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -16,9 +16,12 @@ pub const AFTER_HELP: &str = "\
 Takes a base backup with the replication protocol's BASE_BACKUP (PostgreSQL 15 or later) into
 REPO/backups/<id>/, <id> being the start time in UTC (e.g. 20261127T195300Z), and prints the
 id on stdout. Each file of the data directory and of every tablespace is stored on its own,
-compressed with -Z (none, lz4, zstd[:LEVEL], gzip[:LEVEL]) on --jobs threads as the stream
-arrives; the server's backup_manifest is kept as sent (pg_verifybackup reads it), and every
-stored file is checked against its size and CRC-32C there.
+compressed with -Z (none, lz4, zstd[:LEVEL], gzip[:LEVEL]) in independent 1 MiB pieces on
+--jobs threads as the stream arrives (one LZ4 frame of 1 MiB blocks, or a zstd frame or gzip
+member per MiB: lz4 -d, zstd -d and gzip -d read them); the server's backup_manifest is kept
+as sent (pg_verifybackup reads it), every stored file is checked against its size and CRC-32C
+there, and all are made durable (one syncfs of the repository's file system, then each
+directory fsynced) before the backup is kept.
 
 A backup restores only with the WAL from its start to its stop position. walferry does not put
 WAL in the backup: run `walferry receive -D REPO/wal -d ...` for the same server. backup warns

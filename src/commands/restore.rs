@@ -28,9 +28,14 @@ replays the archive to the target. Without a target it recovers to the end of th
 promotes. Nothing slow starts before the checks pass: an unknown restore point lists the
 names that exist, a time outside the archive gives its range.
 
+Every file written is checked against the manifest's size and CRC-32C, and everything is
+durable (one syncfs per file system at the end, directories fsynced) before restore reports
+success.
+
 A non-empty PGDATA is refused unless --delta: then files whose size and CRC-32C match the
 backup's manifest are kept and only the others are written (a failed primary whose disk
-survived is rebuilt fast), and files the backup does not have are removed.
+survived is rebuilt fast), and files the backup does not have are removed. Every file in
+place is read to check it (content, not modification times), in pieces on all --jobs threads.
 
 Run it as the user PostgreSQL runs as (the files are created owned by the invoking user).
 From an s3:// repository the backup's objects are streamed into PGDATA (--jobs or 32
@@ -99,9 +104,10 @@ pub struct Args {
     /// Put tablespace OLDDIR (its location when backed up, or its oid) at NEWDIR
     #[arg(long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
     tablespace_mapping: Vec<String>,
-    /// Threads that decompress and write files
-    #[arg(short = 'j', long = "jobs", value_name = "N", default_value = "4")]
-    jobs: usize,
+    /// Threads that decompress and write (or, with --delta, check) files [default: the
+    /// number of CPUs, at most 4]
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    jobs: Option<usize>,
     /// Print help
     #[arg(short = '?', long = "help", action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -163,7 +169,7 @@ pub fn run(args: Args, verbose: u8) -> Result<(), Failure> {
     args.target().map_err(usage)?;
     args.timeline().map_err(usage)?;
     args.action().map_err(usage)?;
-    if args.jobs == 0 {
+    if args.jobs == Some(0) {
         return Err(usage("--jobs must be at least 1".into()));
     }
     let started = Instant::now();
@@ -293,7 +299,10 @@ fn restore_from(
     let mut opts = LayoutOptions {
         delta: args.delta,
         tablespace_map: tablespace_map.clone(),
-        threads: args.jobs,
+        // More threads than CPUs only take turns.
+        threads: args.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        }),
     };
     let stats = match remote {
         None => lay_out(&repo, backup, &args.pgdata, &opts),
