@@ -300,9 +300,9 @@ fn restore_from(
         delta: args.delta,
         tablespace_map: tablespace_map.clone(),
         // More threads than CPUs only take turns.
-        threads: args.jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-        }),
+        threads: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4))),
     };
     let stats = match remote {
         None => lay_out(&repo, backup, &args.pgdata, &opts),

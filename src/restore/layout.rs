@@ -366,15 +366,8 @@ fn write_files(
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(f) = order.get(i) else { break };
-                    let result = restore_file(
-                        source,
-                        backup,
-                        manifest,
-                        targets,
-                        compression,
-                        f,
-                        &mut buf,
-                    );
+                    let result =
+                        restore_file(source, backup, manifest, targets, compression, f, &mut buf);
                     match result {
                         Ok(()) => {
                             mine.files_written += 1;
