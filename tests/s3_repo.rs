@@ -513,16 +513,12 @@ fn spoil(path: &Path) {
     std::fs::write(path, vec![0xA5u8; len as usize]).unwrap();
 }
 
-#[test]
-fn the_store_stopped_mid_stream_costs_nothing() {
-    let Some(mut s3) = S3Server::start() else {
-        return;
-    };
-    let lab = Lab::new(&s3);
+/// A primary with table `t`, a receiver into the store spooling in `spool`, a first
+/// segment in the store; then the store stopped.
+fn streaming_then_store_stopped(lab: &Lab, s3: &mut S3Server, spool: &Path) -> (PgCluster, Proc) {
     let pg = PgCluster::primary();
     pg.create_physical_slot("wf");
-    let spool = spool_dir();
-    let mut rx = receiver(&lab, &pg, spool.path());
+    let rx = receiver(lab, &pg, spool);
     pg.psql("CREATE TABLE t (id int)");
     pg.psql("SELECT pg_switch_wal()");
     common::wait_until(
@@ -531,6 +527,17 @@ fn the_store_stopped_mid_stream_costs_nothing() {
         || !segments(&s3.objects("repo/wal")).is_empty(),
     );
     s3.stop();
+    (pg, rx)
+}
+
+#[test]
+fn the_store_stopped_mid_stream_costs_nothing() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let lab = Lab::new(&s3);
+    let spool = spool_dir();
+    let (pg, mut rx) = streaming_then_store_stopped(&lab, &mut s3, spool.path());
     for _ in 0..4 {
         pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
         pg.psql("SELECT pg_switch_wal()");
@@ -591,17 +598,7 @@ fn a_full_spool_is_reported_and_streaming_resumes_once_the_store_is_back() {
     };
     common::chown_to_postgres(&spool.path);
     let lab = Lab::new(&s3);
-    let pg = PgCluster::primary();
-    pg.create_physical_slot("wf");
-    let mut rx = receiver(&lab, &pg, &spool.path);
-    pg.psql("CREATE TABLE t (id int)");
-    pg.psql("SELECT pg_switch_wal()");
-    common::wait_until(
-        "a first segment in the store",
-        Duration::from_secs(30),
-        || !segments(&s3.objects("repo/wal")).is_empty(),
-    );
-    s3.stop();
+    let (pg, mut rx) = streaming_then_store_stopped(&lab, &mut s3, &spool.path);
     emit_wal(&pg, 100);
     small_commit(&pg);
     let last = common::segment_name(1, flush_lsn(&pg));
