@@ -23,8 +23,9 @@ Downstreams are served only WAL that the relay has validated and made durable in
 archive (with --serve-unflushed: validated and written, before the relay's own fsync; see
 below): from memory while they keep up (the newest 64 MiB), from the archive's segment files
 when they fall behind, so a standby that was down for hours catches up without a
-restore_command (from an s3:// archive, from the store once the spool has let it go). Slots that downstreams create (CREATE_REPLICATION_SLOT) are kept in
-DIR/.walferry-slots.json across restarts, with each one's restart_lsn.
+restore_command (from an s3:// archive, from the store once the spool has let it go).
+Slots that downstreams create (CREATE_REPLICATION_SLOT) are kept in DIR/.walferry-slots.json
+across restarts, with each one's restart_lsn.
 
 Acknowledgement upstream (what the primary waits for when the relay's application_name is
 in synchronous_standby_names; whether it waits is the primary's choice, async by default):
