@@ -83,14 +83,6 @@ cleanup() {
     if [ -n "${BENCH_KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
     exit "$rc"
 }
-stop_restored() {
-    if [ -n "${RS_JOB:-}" ]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$RS_DIR" -m immediate -w stop >/dev/null 2>&1 ||
-            kill -9 "$RS_JOB" 2>/dev/null || true
-        wait "$RS_JOB" 2>/dev/null || true
-        RS_JOB=
-    fi
-}
 trap cleanup EXIT INT TERM
 cd "$WORK"
 
@@ -243,8 +235,7 @@ start_restored() {
     RS_LOG=$WORK/restored.log
     : >"$RS_LOG"
     chown postgres: "$RS_LOG" 2>/dev/null || true
-    RS_PORT=$((PORT + 1))
-    while port_in_use "$RS_PORT"; do RS_PORT=$((RS_PORT + 1)); done
+    RS_PORT=$(free_port_from $((PORT + 1)))
     {
         echo "port = $RS_PORT"
         echo "listen_addresses = ''"

@@ -52,8 +52,7 @@ echo "==> primary on 127.0.0.1:$PORT; pgbench -i -s 10"
 as_pg "$PG_BIN/pgbench" -i -q -s 10 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
 CONNINFO="host=127.0.0.1 port=$PORT user=postgres"
 
-S3_PORT=$((PORT + 1))
-while port_in_use "$S3_PORT"; do S3_PORT=$((S3_PORT + 1)); done
+S3_PORT=$(free_port_from $((PORT + 1)))
 mkdir -p "$WORK/s3/bench"
 "$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key bench --secret-key bench-secret "$WORK/s3" >/dev/null 2>&1 &
 S3_PID=$!

@@ -59,8 +59,7 @@ echo "==> primary on 127.0.0.1:$PORT; pgbench -i -s 10"
 as_pg "$PG_BIN/pgbench" -i -q -s 10 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
 
 CONNINFO="host=127.0.0.1 port=$PORT user=postgres"
-STANDBY_PORT=$((PORT + 1))
-while port_in_use "$STANDBY_PORT"; do STANDBY_PORT=$((STANDBY_PORT + 1)); done
+STANDBY_PORT=$(free_port_from $((PORT + 1)))
 echo "==> real standby: pg_basebackup to port $STANDBY_PORT"
 as_pg "$PG_BIN/pg_basebackup" -D "$WORK/standby" -h "$WORK" -p "$PORT" -U postgres -X stream -c fast \
     -R -d "application_name=standby1" >/dev/null

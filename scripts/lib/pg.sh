@@ -15,6 +15,22 @@ as_pg() {
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# The first port from $1 on that nothing listens on.
+free_port_from() {
+    local p=$1
+    while port_in_use "$p"; do p=$((p + 1)); done
+    echo "$p"
+}
+
+# For the restore benches: stop the restored server started as job $RS_JOB (data in $RS_DIR).
+stop_restored() {
+    if [ -n "${RS_JOB:-}" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$RS_DIR" -m immediate -w stop >/dev/null 2>&1 ||
+            kill -9 "$RS_JOB" 2>/dev/null || true
+        wait "$RS_JOB" 2>/dev/null || true
+        RS_JOB=
+    fi
+}
 
 # pg_start WORK [extra postgresql.conf lines...]
 pg_start() {

@@ -479,7 +479,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let _ = stop_tx.send(true);
         });
         let result = receiver::receive(&opts, stop_rx).await;
-        conclude(opts.metrics.as_deref(), result, |e| receive_failure(&e))
+        let spooled = opts.upload_to.is_some();
+        conclude(opts.metrics.as_deref(), result, |e| {
+            receive_failure(&e, spooled)
+        })
     })
 }
 
@@ -526,7 +529,7 @@ async fn manage_slot(
     create: bool,
     if_not_exists: bool,
 ) -> Result<(), Failure> {
-    let fail = |e: ReceiveError| receive_failure(&e);
+    let fail = |e: ReceiveError| receive_failure(&e, false);
     let mut conn = ReplicationConn::connect(params)
         .await
         .map_err(|e| fail(e.into()))?;
@@ -554,9 +557,10 @@ async fn manage_slot(
     })
 }
 
-pub fn receive_failure(e: &ReceiveError) -> Failure {
+/// `spooled`: the archive directory is the spool of an object store.
+pub fn receive_failure(e: &ReceiveError, spooled: bool) -> Failure {
     let failure = Failure::new(e.to_string());
-    match e.hint() {
+    match e.hint_for(spooled) {
         Some(hint) => failure.with_hint(hint),
         None => failure,
     }

@@ -213,9 +213,10 @@ pub fn run(args: RelayArgs) -> Result<(), Failure> {
             wait_for_stop_signal().await;
             let _ = stop_tx.send(true);
         });
+        let spooled = opts.receive.upload_to.is_some();
         let result = relay::run(opts, stop_rx, None).await;
         conclude(metrics.as_deref(), result, |e| match e {
-            relay::RelayError::Receive(e) => receive_failure(&e),
+            relay::RelayError::Receive(e) => receive_failure(&e, spooled),
             e => {
                 let failure = Failure::new(e.to_string());
                 match e.hint() {

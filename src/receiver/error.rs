@@ -91,6 +91,17 @@ impl ReceiveError {
         }
     }
 
+    /// [`ReceiveError::hint`] for a receiver whose directory is the spool of an object
+    /// store (`-D s3://... --spool DIR`), where a full disk means the uploads are behind.
+    pub fn hint_for(&self, spooled: bool) -> Option<String> {
+        match self {
+            ReceiveError::Archive(ArchiveError::DiskFull { .. }) if spooled => Some(
+                "the spool is full: a segment leaves it only once the object store has it, so check the uploads (errors above, walferry_upload_pending_bytes in /metrics) or give the spool more room; streaming resumes by itself once there is room".into(),
+            ),
+            _ => self.hint(),
+        }
+    }
+
     /// What the DBA can do about it, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         if let Some(hint) = match self.sqlstate() {

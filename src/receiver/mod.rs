@@ -325,18 +325,7 @@ async fn receive_sessions(
                 tracing::warn!("server ended streaming at {pos}; reconnecting");
             }
             Err(e) if e.is_fatal() || opts.no_loop || !connected_once => return Err(e),
-            // A full spool: segments leave it only once the store has them.
-            Err(e @ ReceiveError::Archive(ArchiveError::DiskFull { .. }))
-                if opts.upload_to.is_some() =>
-            {
-                tracing::warn!(
-                    "{e}\nhint: the spool is full: a segment leaves it only once the object \
-                     store has it, so check the uploads (errors above, \
-                     walferry_upload_pending_bytes in /metrics) or give the spool more room; \
-                     streaming resumes by itself once there is room"
-                )
-            }
-            Err(e) => match e.hint() {
+            Err(e) => match e.hint_for(opts.upload_to.is_some()) {
                 Some(hint) => tracing::warn!("{e}\nhint: {hint}"),
                 None => tracing::warn!("{e}"),
             },
