@@ -13,7 +13,10 @@
 #          one through the relay; a probe (examples/relay_lag_probe.rs) commits a number on
 #          the primary every BENCH_LAG_INTERVAL_MS and polls both standbys in turn until
 #          they show it: end-to-end commit-to-visible-on-standby delay, measured the same
-#          way for both. Also PostgreSQL's replay_lag for the direct standby.
+#          way for both. Also PostgreSQL's replay_lag for the direct standby. A third
+#          standby cascades from the direct one (BENCH_LAG_CASCADE=0 leaves it out): what
+#          PostgreSQL's own relay, a cascading standby, adds under the same rule (it serves
+#          only WAL it has flushed), to judge the relay's added lag against.
 #          BENCH_LAG_CLIENTS=0: no pgbench, the probe's commits only (the idle floor).
 #  sync    pgbench TPS (BENCH_SYNC_CLIENTS clients, synchronous_commit = on) with
 #          walferry relay --synchronous as the synchronous standby vs a real standby, as
@@ -43,6 +46,7 @@ FANOUT_ROUNDS=${BENCH_FANOUT_ROUNDS:-2}
 LAG_SECONDS=${BENCH_LAG_SECONDS:-20}
 LAG_CLIENTS=${BENCH_LAG_CLIENTS:-4}
 LAG_INTERVAL_MS=${BENCH_LAG_INTERVAL_MS:-50}
+LAG_CASCADE=${BENCH_LAG_CASCADE:-1}
 SYNC_SECONDS=${BENCH_SYNC_SECONDS:-15}
 SYNC_CLIENTS=${BENCH_SYNC_CLIENTS:-8}
 SYNC_ROUNDS=${BENCH_SYNC_ROUNDS:-5}
@@ -60,7 +64,7 @@ for p in $PARTS; do
 done
 NSTANDBYS=0
 want sync && NSTANDBYS=1
-want lag && NSTANDBYS=2
+want lag && NSTANDBYS=$((LAG_CASCADE == 1 ? 3 : 2))
 want fanout && NSTANDBYS=4
 
 bash scripts/setup.sh >/dev/null
@@ -174,12 +178,17 @@ start_relay() {
     return 1
 }
 
-# attach I direct|relay: (re)start standby I streaming from the primary or from the relay.
+# attach I direct|relay|cascade: (re)start standby I streaming from the primary, from the
+# relay, or from standby 1 (through its socket: standbys do not listen on TCP).
 attach() {
-    local i=$1 mode=$2 port
+    local i=$1 mode=$2 port host=127.0.0.1
     stop_standby "$i"
-    if [ "$mode" = direct ]; then port=$PORT; else port=$RELAY_PORT; fi
-    echo "primary_conninfo = 'host=127.0.0.1 port=$port user=postgres application_name=s$i'" \
+    case "$mode" in
+    direct) port=$PORT ;;
+    relay) port=$RELAY_PORT ;;
+    cascade) port=${SB_PORT[1]} host=$WORK ;;
+    esac
+    echo "primary_conninfo = 'host=$host port=$port user=postgres application_name=s$i'" \
         >>"$WORK/s$i/postgresql.auto.conf"
     as_pg "$PG_BIN/postgres" -D "$WORK/s$i" >>"$WORK/s$i.log" 2>&1 &
     SB_JOB[i]=$!
@@ -315,10 +324,17 @@ if want lag; then
     start_relay
     attach 1 direct
     attach 2 relay
+    LAG_STANDBYS=(1 2)
+    CASCADE_ARG=()
+    if [ "$LAG_CASCADE" = 1 ]; then
+        attach 3 cascade
+        LAG_STANDBYS+=(3)
+        CASCADE_ARG=(--standby "cascade=host=$WORK port=${SB_PORT[3]} user=postgres dbname=postgres")
+    fi
     pgbench_init
     psql_pg -c "DROP TABLE IF EXISTS lag_probe" -c "CREATE TABLE lag_probe (id int PRIMARY KEY, v bigint)" \
         -c "INSERT INTO lag_probe VALUES (1, 0)" -c "CHECKPOINT" >/dev/null
-    wait_replay "$(psql_pg -c "SELECT pg_current_wal_lsn()")" 1 2
+    wait_replay "$(psql_pg -c "SELECT pg_current_wal_lsn()")" "${LAG_STANDBYS[@]}"
     : >"$WORK/lag-pgbench.txt"
     if [ "$LAG_CLIENTS" -gt 0 ]; then
         as_pg "$PG_BIN/pgbench" -n -T "$LAG_SECONDS" -c "$LAG_CLIENTS" -j 2 -h "$WORK" -p "$PORT" -U postgres postgres \
@@ -332,6 +348,7 @@ if want lag; then
     "$PROBE" --primary "host=$WORK port=$PORT user=postgres dbname=postgres" \
         --standby "direct=host=$WORK port=${SB_PORT[1]} user=postgres dbname=postgres" \
         --standby "relay=host=$WORK port=${SB_PORT[2]} user=postgres dbname=postgres" \
+        "${CASCADE_ARG[@]}" \
         --seconds $((LAG_SECONDS > 3 ? LAG_SECONDS - 2 : 1)) --interval-ms "$LAG_INTERVAL_MS" \
         --stat-app s1 >"$WORK/lag-probe.txt"
     wait "${BG_PIDS[-1]}"
@@ -342,6 +359,7 @@ if want lag; then
     echo "  pgbench: $LAG_TPS tps; probe:"
     sed 's/^/    /' "$WORK/lag-probe.txt"
     stop_standby 2
+    [ "$LAG_CASCADE" = 1 ] && stop_standby 3
     stop_relay
 fi
 
@@ -429,6 +447,11 @@ if want lag; then
         printf "   direct standby:       median %7.2f ms, p99 %7.2f ms\n", dm / 1000, dp / 1000
         printf "   standby via relay:    median %7.2f ms, p99 %7.2f ms\n", rm / 1000, rp / 1000
         printf "   added by the relay:   median %+7.2f ms (target <= 1 ms), p99 %+7.2f ms (target <= 5 ms)\n", (rm - dm) / 1000, (rp - dp) / 1000 }'
+    if [ "$LAG_CASCADE" = 1 ]; then
+        awk -v dm="$dm" -v dp="$dp" -v cm="$(field probe cascade median_us)" -v cp="$(field probe cascade p99_us)" -v rm="$rm_" -v rp="$rp" 'BEGIN {
+            printf "   standby cascading from the direct one: median %7.2f ms, p99 %7.2f ms\n", cm / 1000, cp / 1000
+            printf "   added by the cascade: median %+7.2f ms, p99 %+7.2f ms; relay / cascade added: median %.2fx\n", (cm - dm) / 1000, (cp - dp) / 1000, (cm > dm ? (rm - dm) / (cm - dm) : 0) }'
+    fi
     awk -v m="$(field replay_lag s1 median_us)" -v p="$(field replay_lag s1 p99_us)" -v n="$(field replay_lag s1 samples)" 'BEGIN {
         printf "   pg_stat_replication.replay_lag of the direct standby: median %.2f ms, p99 %.2f ms (%d samples)\n", m / 1000, p / 1000, n }'
 fi

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Synchronous-standby bench: pgbench TPS on a primary whose synchronous standby is, in turn,
-#   walferry receive --synchronous, a real PostgreSQL standby, pg_receivewal --synchronous.
+#   walferry receive --synchronous, a real PostgreSQL standby, pg_receivewal --synchronous,
+# and two floors (examples/sync_floor.rs): one that acknowledges each message as it arrives
+# and keeps nothing (no standby can give more TPS), one that writes and fdatasyncs each
+# message into a preallocated file before acknowledging (the least a durable one must do).
+# BENCH_FLOORS=0 leaves the floors out.
 # With synchronous_commit=on every commit waits until the standby reports it flushed, so TPS
 # measures how fast each one makes WAL durable and says so. Phases rotate within one run
 # (BENCH_ROUNDS times) and medians are compared. A warm-up run comes first and every phase
@@ -23,6 +27,8 @@ BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
 bash scripts/setup.sh >/dev/null
 echo "==> building walferry (release)"
 cargo build --release --bin walferry
+FLOORS=${BENCH_FLOORS:-1}
+[ "$FLOORS" = 1 ] && cargo build --release --example sync_floor
 
 mkdir -p "$BENCH_DIR"
 WORK=$(mktemp -d "$BENCH_DIR/sync-XXXXXX")
@@ -82,6 +88,16 @@ phase() {
         "$PG_BIN/pg_receivewal" -D "$dir" -d "$CONNINFO" --synchronous &
         RECEIVER_PID=$!
         ;;
+    floor)
+        "$REPO/target/release/examples/sync_floor" "$CONNINFO application_name=floor" &
+        RECEIVER_PID=$!
+        ;;
+    floor_durable)
+        mkdir "$dir"
+        "$REPO/target/release/examples/sync_floor" "$CONNINFO application_name=floor_durable" \
+            --durable "$dir/ring" &
+        RECEIVER_PID=$!
+        ;;
     standby)
         as_pg "$PG_BIN/postgres" -D "$WORK/standby" >>"$WORK/standby.log" 2>&1 &
         STANDBY_JOB=$!
@@ -107,12 +123,19 @@ phase() {
 echo "==> warm-up: pgbench without a synchronous standby"
 run_pgbench >/dev/null
 ORDER=(walferry standby pg_receivewal)
+[ "$FLOORS" = 1 ] && ORDER+=(floor floor_durable)
+# BENCH_ORDER="standby floor_durable" runs only those (the summary then lacks the others).
+[ -n "${BENCH_ORDER:-}" ] && read -r -a ORDER <<<"$BENCH_ORDER"
+N=${#ORDER[@]}
 for ((round = 1; round <= ROUNDS; round++)); do
-    for ((i = 0; i < 3; i++)); do
-        phase "${ORDER[(i + round - 1) % 3]}" "$round"
+    for ((i = 0; i < N; i++)); do
+        phase "${ORDER[(i + round - 1) % N]}" "$round"
     done
 done
 
+for name in walferry standby pg_receivewal floor floor_durable; do
+    [ -n "${TPS[$name]:-}" ] || TPS[$name]="0 "
+done
 wf=$(echo "${TPS[walferry]}" | median)
 sb=$(echo "${TPS[standby]}" | median)
 pr=$(echo "${TPS[pg_receivewal]}" | median)
@@ -123,3 +146,11 @@ printf '  real standby:                 %6d tps\n' "$sb"
 printf '  pg_receivewal --synchronous:  %6d tps\n' "$pr"
 awk -v a="$wf" -v b="$sb" -v c="$pr" \
     'BEGIN { printf "  walferry / real standby: %.2fx; walferry / pg_receivewal: %.2fx (target >= 1.05x both)\n", a/b, a/c }'
+if [ "$FLOORS" = 1 ]; then
+    fl=$(echo "${TPS[floor]}" | median)
+    fd=$(echo "${TPS[floor_durable]}" | median)
+    printf '  floor, acknowledges unwritten: %6d tps\n' "$fl"
+    printf '  floor, write + fdatasync:      %6d tps\n' "$fd"
+    awk -v f="$fl" -v d="$fd" -v b="$sb" -v c="$pr" -v a="$wf" \
+        'BEGIN { printf "  ceiling over real standby / pg_receivewal: %.2fx / %.2fx unwritten, %.2fx / %.2fx durable; walferry / durable floor: %.2fx\n", f/b, f/c, d/b, d/c, a/d }'
+fi

@@ -160,6 +160,25 @@ impl SegmentWriter {
         self.sync()
     }
 
+    /// A second descriptor of an uncompressed segment, for another thread to fdatasync
+    /// (then [`SegmentWriter::note_synced`]); `None` for a compressed one, whose
+    /// compressor holds bytes back, and under `--no-sync`.
+    pub fn sync_handle(&self) -> Result<Option<File>, ArchiveError> {
+        match self.sink.as_ref() {
+            Some(Sink::Plain(p)) if !self.archive.no_sync() => p
+                .file
+                .try_clone()
+                .map(Some)
+                .map_err(|e| ArchiveError::io("duplicate the descriptor of", &self.partial_path, e)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Another thread made the first `bytes` of the segment durable.
+    pub fn note_synced(&mut self, bytes: u64) {
+        self.synced = self.synced.max(bytes.min(self.written));
+    }
+
     /// Make everything written so far durable (flushing the compressor first).
     pub fn sync(&mut self) -> Result<(), ArchiveError> {
         if self.synced == self.written {

@@ -13,6 +13,7 @@
 //! [`Session::stream_inline`]).
 
 mod error;
+pub mod flusher;
 mod policy;
 pub mod tail;
 pub mod validate;
@@ -494,7 +495,7 @@ impl Session<'_> {
                 .opts
                 .serve_unflushed
                 .then(|| (self.published.position.clone(), tli));
-            let policy = Inline::new(writer, validator, early);
+            let policy = Inline::new(writer, validator, early)?;
             return self.drive(conn, policy, start, tli, seg_size).await;
         }
         let (batches, handle) = Batches::spawn(writer, validator, start, seg_size);

@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::validate::Validator;
-use super::writer::{Progress, WalWriter, WriterCmd};
+use super::flusher::Flusher;
+use super::writer::{Progress, SyncNeed, WalWriter, WriterCmd};
 use super::{blocking, stop_requested, Batches, Position, ReceiveError};
 use crate::archive::ArchiveError;
 use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage, StreamItem, WalStart};
@@ -73,6 +74,9 @@ pub(super) struct Inline {
     /// `serve_unflushed`: where to publish written WAL as servable before its fsync, and
     /// the stream's timeline.
     early: Option<(watch::Sender<Position>, TimeLineId)>,
+    /// With `early`: the thread that fsyncs while the network task goes on (see
+    /// [`super::flusher`]).
+    flusher: Option<Flusher>,
     /// Checked WAL not written yet, from `pending_start`.
     pending: Vec<u8>,
     pending_start: Lsn,
@@ -89,20 +93,81 @@ impl Inline {
         writer: WalWriter,
         validator: Validator,
         early: Option<(watch::Sender<Position>, TimeLineId)>,
-    ) -> Self {
-        Inline {
+    ) -> Result<Self, ReceiveError> {
+        let flusher = match &early {
+            Some(_) => Some(
+                Flusher::spawn(writer.progress().flushed)
+                    .map_err(|e| ReceiveError::Internal(format!("cannot start the flush thread: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Inline {
             writer,
             validator,
             early,
+            flusher,
             pending: Vec::new(),
             pending_start: Lsn::INVALID,
             dirty: false,
+        })
+    }
+
+    /// `serve_unflushed`: write what is pending, publish it as servable, and have the
+    /// flusher make it durable; the progress now (its `flushed` moves once the flusher is
+    /// done).
+    fn write_early(&mut self) -> Result<Progress, ReceiveError> {
+        let Inline {
+            writer,
+            validator,
+            early: Some((position, tli)),
+            flusher: Some(flusher),
+            pending,
+            pending_start,
+            dirty,
+        } = self
+        else {
+            unreachable!("write_early without serve_unflushed");
+        };
+        let checked = validator.checked_end();
+        let need = blocking(|| {
+            if !pending.is_empty() {
+                writer.write_chunk(*pending_start, pending, checked)?;
+            }
+            let written = writer.progress().written.min(checked);
+            position.send_if_modified(|pos| {
+                let raise = pos.timeline == *tli && written > pos.servable;
+                if raise {
+                    pos.servable = written;
+                }
+                raise
+            });
+            writer.sync_request()
+        })?;
+        pending.clear();
+        *dirty = false;
+        match need {
+            SyncNeed::Nothing => Ok(writer.progress()),
+            SyncNeed::Request(req) => {
+                flusher.request(req);
+                Ok(writer.progress())
+            }
+            SyncNeed::Inline => Ok(blocking(|| writer.flush())?),
         }
     }
 }
 
 impl WritePolicy for Inline {
     async fn settle(&mut self, conn: &ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
+        if let Some(f) = &self.flusher {
+            let before = self.writer.progress();
+            let p = self.writer.note_synced(f.durable());
+            if p != before {
+                if (self.dirty || !self.pending.is_empty()) && !conn.has_buffered_frame() {
+                    return self.flush().await.map(Some);
+                }
+                return Ok(Some(p));
+            }
+        }
         // Once no whole message is left buffered: WAL that arrived during the last sync is
         // written with it (group commit).
         if (self.dirty || !self.pending.is_empty()) && !conn.has_buffered_frame() {
@@ -112,7 +177,18 @@ impl WritePolicy for Inline {
     }
 
     async fn next(&mut self, conn: &mut ReplicationConn) -> Result<Next, ReceiveError> {
-        Ok(match conn.read_copy_message().await? {
+        let message = match &mut self.flusher {
+            Some(f) => tokio::select! {
+                biased;
+                changed = f.changed() => {
+                    changed?;
+                    return Ok(Next::Woken);
+                }
+                m = conn.read_copy_message() => m?,
+            },
+            None => conn.read_copy_message().await?,
+        };
+        Ok(match message {
             CopyMessage::Data(payload) => match ReplicationMessage::parse(payload)? {
                 ReplicationMessage::XLogData {
                     wal_start,
@@ -160,25 +236,13 @@ impl WritePolicy for Inline {
     }
 
     async fn flush(&mut self) -> Result<Progress, ReceiveError> {
+        if self.early.is_some() {
+            return self.write_early();
+        }
         let checked = self.validator.checked_end();
         let (writer, pending, start) = (&mut self.writer, &self.pending, self.pending_start);
         let p = if pending.is_empty() {
             blocking(|| writer.flush())?
-        } else if let Some((position, tli)) = &self.early {
-            // Written (one system call), servable, then durable (another); one hand-off
-            // of the runtime's worker for the three.
-            let written = Lsn(start.0 + pending.len() as u64).min(checked);
-            blocking(|| {
-                writer.write_chunk(start, pending, checked)?;
-                position.send_if_modified(|pos| {
-                    let raise = pos.timeline == *tli && written > pos.servable;
-                    if raise {
-                        pos.servable = written;
-                    }
-                    raise
-                });
-                writer.flush()
-            })?
         } else {
             blocking(|| writer.write_durable(start, pending, checked))?
         };
@@ -195,6 +259,8 @@ impl WritePolicy for Inline {
     }
 
     async fn finish(self) -> Result<Progress, ReceiveError> {
+        // The flusher stops first; the writer's close makes everything durable.
+        drop(self.flusher);
         let writer = self.writer;
         Ok(blocking(|| writer.close())?)
     }

@@ -16,9 +16,13 @@
 //! `.partial`.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use super::flusher::SyncRequest;
 use crate::archive::{AlignedBuf, Archive, ArchiveError, SegmentWriter};
 use crate::wal::{Lsn, SegmentName, TimeLineId};
 
@@ -66,6 +70,18 @@ pub struct WalWriter {
     checked: Lsn,
     progress: Progress,
     tx: watch::Sender<Progress>,
+    /// The current segment's second descriptor, for [`WalWriter::sync_request`].
+    sync_file: Option<(SegmentName, Arc<File>, Arc<PathBuf>)>,
+}
+
+/// See [`WalWriter::sync_request`].
+pub enum SyncNeed {
+    /// Everything written is durable.
+    Nothing,
+    /// Another thread can do it.
+    Request(SyncRequest),
+    /// Only this writer can (a compressed segment): [`WalWriter::flush`].
+    Inline,
 }
 
 impl WalWriter {
@@ -92,6 +108,7 @@ impl WalWriter {
             checked: start,
             progress,
             tx,
+            sync_file: None,
         };
         (writer, rx)
     }
@@ -139,6 +156,49 @@ impl WalWriter {
     pub fn flush(&mut self) -> Result<Progress, ArchiveError> {
         self.sync()?;
         Ok(self.progress)
+    }
+
+    /// What it takes to make the written WAL durable from another thread
+    /// ([`super::flusher`]).
+    pub fn sync_request(&mut self) -> Result<SyncNeed, ArchiveError> {
+        if self.synced >= self.progress.written {
+            return Ok(SyncNeed::Nothing);
+        }
+        let Some(segment) = &self.current else {
+            // Only a full segment can be unsynced without being current, and those are
+            // synced as they fill.
+            return Ok(SyncNeed::Inline);
+        };
+        let name = segment.segment();
+        if self.sync_file.as_ref().is_none_or(|(n, _, _)| *n != name) {
+            self.sync_file = match segment.sync_handle()? {
+                Some(f) => Some((name, Arc::new(f), Arc::new(segment.partial_path().to_path_buf()))),
+                None => return Ok(SyncNeed::Inline),
+            };
+        }
+        let (_, file, path) = self.sync_file.as_ref().expect("set above");
+        Ok(SyncNeed::Request(SyncRequest {
+            file: file.clone(),
+            path: path.clone(),
+            upto: self.progress.written,
+        }))
+    }
+
+    /// Another thread made the WAL durable up to `upto` (what a [`WalWriter::sync_request`]
+    /// asked for); returns the new positions.
+    pub fn note_synced(&mut self, upto: Lsn) -> Progress {
+        let upto = upto.min(self.progress.written);
+        if upto > self.synced {
+            if let Some(segment) = &mut self.current {
+                let seg_size = self.archive.seg_size();
+                if upto.segno(seg_size) == segment.segment().segno {
+                    segment.note_synced(upto.segment_offset(seg_size));
+                }
+            }
+            self.synced = upto;
+            self.update_flushed();
+        }
+        self.progress
     }
 
     fn apply(
