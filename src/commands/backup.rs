@@ -88,6 +88,13 @@ pub struct Args {
     #[arg(long = "no-wait-wal")]
     no_wait_wal: bool,
 
+    /// Read the data files directly from DIR, which must be the data directory of the
+    /// server -d connects to, on this host, readable by walferry: much less load on the
+    /// server (like pgBackRest's pg1-path). Without it the files come over the replication
+    /// protocol (BASE_BACKUP)
+    #[arg(long = "pgdata", value_name = "DIR")]
+    pgdata: Option<std::path::PathBuf>,
+
     /// Compression and write threads [default: the number of CPUs, at most 4]
     #[arg(short = 'j', long = "jobs", value_name = "N")]
     jobs: Option<usize>,
@@ -163,8 +170,16 @@ fn take(
         }
         None => (None, None),
     };
+    let params = connection_params(&args.conn)?;
+    let sql_dbname = params
+        .dbname
+        .clone()
+        .filter(|d| !d.is_empty() && d != "replication")
+        .unwrap_or_else(|| "postgres".into());
     let opts = BackupOptions {
-        params: connection_params(&args.conn)?,
+        params,
+        pgdata: args.pgdata,
+        sql_dbname,
         label: args.label,
         checkpoint,
         compression,
