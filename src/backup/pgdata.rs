@@ -62,7 +62,7 @@ pub enum Item {
 }
 
 /// The items of one archive: the main data directory (`oid` `None`) or a tablespace,
-/// paths relative to its root (for a tablespace, its location: `PG_15_.../...`).
+/// paths relative to `root` (a tablespace's location: its items are `PG_15_.../...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archive {
     pub oid: Option<u32>,
@@ -83,7 +83,7 @@ impl Listing {
     pub fn tablespaces(&self) -> Vec<(u32, String)> {
         self.archives
             .iter()
-            .filter_map(|a| Some((a.oid?, a.root.parent()?.to_string_lossy().into_owned())))
+            .filter_map(|a| Some((a.oid?, a.root.to_string_lossy().into_owned())))
             .collect()
     }
 }
@@ -131,18 +131,18 @@ pub fn list(pgdata: &Path, version_dir_prefix: &str) -> Result<Listing, PgDataEr
             );
             continue;
         };
-        let root = location.join(&version_dir);
-        let meta = match fs::metadata(&root) {
+        let version_path = location.join(&version_dir);
+        let meta = match fs::metadata(&version_path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // dropped meanwhile
-            Err(e) => return Err(io_err("stat", &root)(e)),
+            Err(e) => return Err(io_err("stat", &version_path)(e)),
         };
         let mut items = vec![Item::Dir {
             rel: version_dir.clone(),
             mode: meta.mode() & 0o7777,
         }];
         walk(
-            &root,
+            &version_path,
             &version_dir,
             &Rules::Tablespace {
                 version_dir: &version_dir,
@@ -152,7 +152,7 @@ pub fn list(pgdata: &Path, version_dir_prefix: &str) -> Result<Listing, PgDataEr
         )?;
         archives.push(Archive {
             oid: Some(oid),
-            root,
+            root: location,
             items,
         });
     }
@@ -672,6 +672,9 @@ mod tests {
         touch(&pg.join("global/pg_control"), b"control");
         touch(&pg.join("base/1/1"), &big);
         touch(&pg.join("base/1/2"), b"gone");
+        touch(&dir.path().join("ts/PG_15_1/5/9"), b"spaced");
+        fs::create_dir(pg.join("pg_tblspc")).unwrap();
+        symlink(dir.path().join("ts"), pg.join("pg_tblspc/7")).unwrap();
         let listing = list(&pg, "PG_15_").unwrap();
         fs::remove_file(pg.join("base/1/2")).unwrap();
         let out = dir.path().join("out");
@@ -686,20 +689,26 @@ mod tests {
             progress: &mut progress,
         };
         let mut copied = Vec::new();
-        copy_archive(&listing.archives[0], &mut store, &mut reader, &mut copied)
-            .await
-            .unwrap();
+        for archive in &listing.archives {
+            copy_archive(archive, &mut store, &mut reader, &mut copied)
+                .await
+                .unwrap();
+        }
         drop(reader);
         let summary = store.finish().unwrap();
         assert_eq!(
             copied.iter().map(|c| c.rel.as_str()).collect::<Vec<_>>(),
-            ["base/1/1", "global/pg_control"]
+            ["pg_tblspc/7/PG_15_1/5/9", "base/1/1", "global/pg_control"]
+        );
+        assert_eq!(
+            summary.stored("pg_tblspc/7/PG_15_1/5/9"),
+            Some((6, crc32c::crc32c(b"spaced")))
         );
         assert_eq!(
             summary.stored("base/1/1"),
             Some((big.len() as u64, crc32c::crc32c(&big)))
         );
-        assert_eq!(seen, big.len() as u64 + 7);
+        assert_eq!(seen, big.len() as u64 + 7 + 6);
         assert_eq!(fs::read(out.join("data/base/1/1")).unwrap(), big);
     }
 }
