@@ -466,7 +466,7 @@ fn a_full_disk_during_restore_leaves_nothing_half_done() {
 
 /// `pg_verifybackup -n -m MANIFEST PGDATA` (the WAL is in the repository, not in PGDATA).
 fn verify_backup(manifest: &Path, pgdata: &Path) {
-    let out = run(&mut common::pg_command("pg_verifybackup")
+    let out = run(common::pg_command("pg_verifybackup")
         .arg("-n")
         .arg("-m")
         .arg(manifest)
@@ -507,7 +507,7 @@ fn a_pgdata_backup_under_writes_restores_with_every_acknowledged_row() {
     );
     let unlogged = pg.psql("SELECT pg_relation_filepath('u')");
     // A session holding a temporary table while the backup runs.
-    let mut temp = Proc::spawn(&mut common::pg_command("psql").args([
+    let mut temp = Proc::spawn(common::pg_command("psql").args([
         "-X",
         "-d",
         &pg.conninfo(common::roles::SUPERUSER),

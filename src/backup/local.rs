@@ -66,14 +66,14 @@ pub(super) async fn open_session(
             .await
             .map_err(|source| BackupError::Session {
                 what: "open the SQL session for pg_backup_start()",
-                source,
+                source: Box::new(source),
             })?;
     let rows = sql
         .simple_query("SELECT system_identifier FROM pg_control_system()")
         .await
         .map_err(|source| BackupError::Session {
             what: "read the server's system identifier",
-            source,
+            source: Box::new(source),
         })?;
     let server_id = first_value(&rows)
         .and_then(|v| v.parse::<u64>().ok())
@@ -115,7 +115,7 @@ pub(super) async fn take(
         .await
         .map_err(|source| BackupError::Session {
             what: "start the backup with pg_backup_start()",
-            source,
+            source: Box::new(source),
         })?;
     let start_lsn: Lsn = first_value(&rows)
         .and_then(|v| v.parse().ok())

@@ -1,4 +1,6 @@
-//! Taking a base backup into a repository: BASE_BACKUP on a replication connection, its
+//! Taking a base backup into a repository, in one of two ways that share everything but
+//! where the files come from: BASE_BACKUP on a replication connection (below), or the
+//! data directory read by walferry itself ([`local`], `--pgdata`). BASE_BACKUP's
 //! tar archives split into files as they stream ([`tar`]), each file stored compressed on
 //! its own ([`store`]), the server's manifest kept verbatim and every stored file checked
 //! against it ([`manifest`]), then — the backup being useless without its WAL — a bounded
@@ -108,7 +110,7 @@ pub enum BackupError {
     #[error("could not {what}: {source}")]
     Session {
         what: &'static str,
-        source: ClientError,
+        source: Box<ClientError>,
     },
     #[error(
         "the SQL session holding the backup open ended during the backup (PostgreSQL \
@@ -188,9 +190,11 @@ impl BackupError {
 /// Where a backup stands, for a progress line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// Bytes the server has sent (its own count, from the stream's progress messages).
+    /// Bytes the server has sent (its own count, from the stream's progress messages), or
+    /// with `--pgdata` the bytes read.
     pub done: u64,
-    /// The server's estimate of the total, from the tablespace sizes.
+    /// The server's estimate of the total, from the tablespace sizes (with `--pgdata`: the
+    /// sizes of the files listed).
     pub total: Option<u64>,
     pub phase: Phase,
 }

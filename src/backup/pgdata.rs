@@ -467,7 +467,10 @@ async fn copy_file(
 ) -> Result<Option<i64>, CopyError> {
     let mut f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::debug!("\"{}\" is gone since it was listed", path.display());
+            return Ok(None);
+        }
         Err(e) => return Err(io_err("open", path)(e).into()),
     };
     let meta = f.metadata().map_err(io_err("stat", path))?;
@@ -694,7 +697,6 @@ mod tests {
                 .await
                 .unwrap();
         }
-        drop(reader);
         let summary = store.finish().unwrap();
         assert_eq!(
             copied.iter().map(|c| c.rel.as_str()).collect::<Vec<_>>(),
