@@ -160,6 +160,7 @@ fn backups_in_each_compression_lay_out_and_pass_pg_verifybackup() {
         s.pg.psql("SELECT system_identifier FROM pg_control_system()");
     for info in &list {
         assert!(info.wal_checked);
+        assert_eq!(info.method, "protocol");
         assert_eq!(info.system_id, sysid.trim());
         assert_eq!(info.tablespaces.len(), 1);
         assert_eq!(

@@ -611,6 +611,7 @@ fn a_pgdata_backup_under_writes_restores_with_every_acknowledged_row() {
             .collect::<Vec<_>>()
     );
     assert!(info.start_lsn < info.stop_lsn);
+    assert_eq!(info.method, "pgdata");
     let stored_label =
         std::fs::read(repo_handle.backup_dir(&id).join("data/backup_label.lz4")).unwrap();
     let mut label = String::new();

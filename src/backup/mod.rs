@@ -352,6 +352,12 @@ pub async fn take(
         tablespaces: taken.tablespaces,
         wal_checked: opts.wal_timeout.is_some(),
         contents: taken.summary.contents,
+        method: if opts.pgdata.is_some() {
+            "pgdata"
+        } else {
+            "protocol"
+        }
+        .into(),
     };
     repo.publish(&partial, &info)?;
     guard.keep = true;
