@@ -14,9 +14,8 @@ use super::{current_thread_runtime, ConnArgs, Failure};
 
 pub const AFTER_HELP: &str = "\
 Takes a base backup with the replication protocol's BASE_BACKUP (PostgreSQL 15 or later), or
-by reading the data directory itself (--pgdata, below), into
-REPO/backups/<id>/, <id> being the start time in UTC (e.g. 20261127T195300Z), and prints the
-id on stdout. Each file of the data directory and of every tablespace is stored on its own,
+by reading the data directory itself (--pgdata, below), into REPO/backups/<id>/, <id> being
+the start time in UTC (e.g. 20261127T195300Z), and prints the id on stdout. Each file of the data directory and of every tablespace is stored on its own,
 compressed with -Z (none, lz4, zstd[:LEVEL], gzip[:LEVEL]) in independent 1 MiB pieces on
 --jobs threads as the stream arrives (one LZ4 frame of 1 MiB blocks, or a zstd frame or gzip
 member per MiB: lz4 -d, zstd -d and gzip -d read them); the server's backup_manifest is kept
