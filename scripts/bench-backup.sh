@@ -6,6 +6,9 @@
 #  backup   Full backups, same compression and parallelism: walferry backup -Z lz4 vs
 #           pgbackrest backup --compress-type=lz4, walferry -Z zstd:1 vs --compress-type=zst
 #           --compress-level=1; walferry -j BENCH_JOBS, pgBackRest --process-max=BENCH_JOBS.
+#           walferry once per method of BENCH_BACKUP_METHODS (default "pgdata protocol"):
+#           pgdata = --pgdata PGDATA (reads the files itself, as pgBackRest does), protocol =
+#           BASE_BACKUP (the server's walsender sends them); a ratio for each.
 #           Both archivers run all along: archive_command = pgbackrest archive-push (what
 #           pgBackRest's backup waits for) and walferry receive -S walferry into REPO/wal
 #           (what walferry's waits for). BENCH_ROUNDS rounds, order alternated, medians.
@@ -47,12 +50,20 @@ REPLAY_ROUNDS=${BENCH_REPLAY_ROUNDS:-3}
 REPLAY_VARIANTS=${BENCH_REPLAY_VARIANTS:-1}
 WAL_COMPRESS=${BENCH_WAL_COMPRESS:-lz4}
 FSYNC=${BENCH_FSYNC:-on}
+BACKUP_METHODS=${BENCH_BACKUP_METHODS:-pgdata protocol}
 BENCH_DIR=${BENCH_DIR:-$REPO_ROOT/target/bench}
 
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 for p in $PARTS; do
     case "$p" in backup | restore | replay) ;; *)
         echo "BENCH_PARTS: unknown part '$p' (backup, restore, replay)" >&2
+        exit 2
+        ;;
+    esac
+done
+for m in $BACKUP_METHODS; do
+    case "$m" in pgdata | protocol) ;; *)
+        echo "BENCH_BACKUP_METHODS: unknown method '$m' (pgdata, protocol)" >&2
         exit 2
         ;;
     esac
@@ -175,20 +186,21 @@ declare -A T          # timings, ms, space-separated per key
 declare -A WF_ID PGBR_LABEL SIZE
 
 # --- backup ----------------------------------------------------------------------------
-# backup_one TOOL COMP: TOOL walferry|pgbackrest, COMP lz4|zstd.
+# backup_one TOOL COMP: TOOL walferry-pgdata|walferry-protocol|pgbackrest, COMP lz4|zstd.
 backup_one() {
     local tool=$1 comp=$2 t0 ms id before cpu
     psql_pg -c "CHECKPOINT" >/dev/null
     sync
-    if [ "$tool" = walferry ]; then
-        local z=lz4
+    if [[ "$tool" == walferry-* ]]; then
+        local z=lz4 method=()
         [ "$comp" = zstd ] && z=zstd:1
+        [ "$tool" = walferry-pgdata ] && method=(--pgdata "$PGDATA_DIR")
         t0=${EPOCHREALTIME/./}
-        id=$(as_pg "${CPU[@]}" "$WALFERRY" backup --repo "$WF_REPO" -d "$CONNINFO" -Z "$z" -j "$JOBS" 2>>"$WORK/backup.log") ||
+        id=$(as_pg "${CPU[@]}" "$WALFERRY" backup --repo "$WF_REPO" -d "$CONNINFO" -Z "$z" -j "$JOBS" "${method[@]}" 2>>"$WORK/backup.log") ||
             failed "walferry backup" "$WORK/backup.log"
         ms=$(ms_since "$t0")
         WF_ID[$comp]=$id
-        SIZE[walferry-$comp]=$(du_mb "$WF_REPO/backups/$id")
+        SIZE[$tool-$comp]=$(du_mb "$WF_REPO/backups/$id")
     else
         local c=(--compress-type=lz4)
         [ "$comp" = zstd ] && c=(--compress-type=zst --compress-level=1)
@@ -208,10 +220,12 @@ backup_one() {
 }
 
 if want backup; then
-    echo "==> backup: $DB_MB MiB database, -j / --process-max $JOBS, $ROUNDS round(s), order alternated"
+    echo "==> backup: $DB_MB MiB database, -j / --process-max $JOBS, $ROUNDS round(s), order alternated, walferry methods: $BACKUP_METHODS (load average $(cut -d" " -f1-3 /proc/loadavg))"
     for ((round = 1; round <= ROUNDS; round++)); do
         echo "  round $round"
-        if ((round % 2)); then order=(walferry pgbackrest); else order=(pgbackrest walferry); fi
+        order=()
+        for m in $BACKUP_METHODS; do order+=("walferry-$m"); done
+        if ((round % 2)); then order+=(pgbackrest); else order=(pgbackrest "${order[@]}"); fi
         for comp in lz4 zstd; do
             for tool in "${order[@]}"; do backup_one "$tool" "$comp"; done
         done
@@ -221,7 +235,7 @@ fi
 # The restore and replay parts need a backup of each kind; taken here when the backup part
 # did not run.
 need_backups() {
-    [ -n "${WF_ID[lz4]:-}" ] || backup_one walferry lz4 >/dev/null
+    [ -n "${WF_ID[lz4]:-}" ] || backup_one "walferry-${BACKUP_METHODS%% *}" lz4 >/dev/null
     [ -n "${PGBR_LABEL[lz4]:-}" ] || backup_one pgbackrest lz4 >/dev/null
 }
 
@@ -342,7 +356,7 @@ replay_one() { # NAME [postgresql.auto.conf lines...]
 }
 
 if want replay; then
-    [ -n "${WF_ID[lz4]:-}${WF_ID[zstd]:-}" ] || backup_one walferry lz4 >/dev/null
+    [ -n "${WF_ID[lz4]:-}${WF_ID[zstd]:-}" ] || backup_one "walferry-${BACKUP_METHODS%% *}" lz4 >/dev/null
     echo "==> replay: writing $REPLAY_MB MiB of WAL with pgbench after the backup"
     lsn0=$(psql_pg -c "SELECT pg_current_wal_lsn()")
     t0=${EPOCHREALTIME/./}
@@ -455,16 +469,19 @@ echo "walferry vs pgBackRest $(pgbackrest version | awk '{print $2}') ($(df --ou
 if want backup; then
     echo " full backup, median of $ROUNDS round(s) (target: walferry <= 0.8x pgBackRest):"
     for comp in lz4 zstd; do
-        w=$(med backup-walferry-$comp)
         b=$(med backup-pgbackrest-$comp)
+        bc=$(med backup-cpu-pgbackrest-$comp)
         label=$comp
         [ "$comp" = zstd ] && label="zstd:1"
-        printf '   %-7s walferry %7d ms (%5s MiB), pgBackRest %7d ms (%5s MiB): %s\n' "$label" "$w" \
-            "${SIZE[walferry-$comp]}" "$b" "${SIZE[pgbackrest-$comp]}" "$(ratio "$w" "$b")"
-        wc_=$(med backup-cpu-walferry-$comp)
-        bc=$(med backup-cpu-pgbackrest-$comp)
-        printf '           cpu of the tool (not the server'"'"'s): walferry %7d ms, pgBackRest %7d ms: %s\n' "$wc_" "$bc" "$(ratio "$wc_" "$bc")"
+        for m in $BACKUP_METHODS; do
+            w=$(med backup-walferry-$m-$comp)
+            printf '   %-7s walferry (%-8s) %7d ms (%5s MiB), pgBackRest %7d ms (%5s MiB): %s\n' "$label" "$m" "$w" \
+                "${SIZE[walferry-$m-$comp]}" "$b" "${SIZE[pgbackrest-$comp]}" "$(ratio "$w" "$b")"
+            wc_=$(med backup-cpu-walferry-$m-$comp)
+            printf '           cpu of the tool (not the server'"'"'s): walferry %7d ms, pgBackRest %7d ms: %s\n' "$wc_" "$bc" "$(ratio "$wc_" "$bc")"
+        done
     done
+    echo "   load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
 if want restore; then
     echo " restore (laying out PGDATA), median of $ROUNDS round(s) (targets: walferry <= 0.8x pgBackRest; delta <= 0.3x full):"

@@ -160,6 +160,7 @@ fn backups_in_each_compression_lay_out_and_pass_pg_verifybackup() {
         s.pg.psql("SELECT system_identifier FROM pg_control_system()");
     for info in &list {
         assert!(info.wal_checked);
+        assert_eq!(info.method, "protocol");
         assert_eq!(info.system_id, sysid.trim());
         assert_eq!(info.tablespaces.len(), 1);
         assert_eq!(
@@ -396,4 +397,92 @@ fn a_full_repository_disk_fails_the_backup_cleanly() {
         partial_dirs(&repo).is_empty(),
         "the partial backup was removed"
     );
+}
+
+/// `--pgdata` naming another cluster's directory: an error naming both system
+/// identifiers, exit 1, nothing kept.
+#[test]
+fn a_pgdata_of_another_cluster_is_refused_naming_both_systems() {
+    let s = setup();
+    let other = PgCluster::primary();
+    let out = run_bounded(
+        backup_cmd(&s)
+            .arg("--no-wait-wal")
+            .arg("--pgdata")
+            .arg(other.data_dir()),
+        Duration::from_secs(120),
+    );
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let ours = s.pg.system_identifier().to_string();
+    let theirs = other.system_identifier().to_string();
+    assert!(
+        err.contains(&ours) && err.contains(&theirs),
+        "names both system identifiers: {err}"
+    );
+    assert!(err.contains("hint: --pgdata must be"), "{err}");
+    assert!(s.repo.list().unwrap().is_empty());
+    assert!(partial_dirs(&s.repo).is_empty());
+
+    // Not a data directory at all.
+    let out = run_bounded(
+        backup_cmd(&s)
+            .arg("--no-wait-wal")
+            .arg("--pgdata")
+            .arg(s.ts_dir.path()),
+        Duration::from_secs(120),
+    );
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a PostgreSQL data directory"), "{err}");
+    assert!(s.repo.list().unwrap().is_empty());
+}
+
+/// The SQL session holding the backup open is terminated while the files are read: the
+/// backup fails at once, clearly, and leaves nothing.
+#[test]
+fn a_pgdata_backup_whose_session_is_terminated_fails_cleanly() {
+    let s = setup();
+    let mut slow = Proc::spawn(
+        backup_cmd(&s)
+            .args(["--max-rate", "512k", "--no-wait-wal", "--pgdata"])
+            .arg(s.pg.data_dir()),
+    );
+    let mut pid = String::new();
+    wait_until(
+        "the backup's session to start the backup",
+        Duration::from_secs(60),
+        || {
+            pid = s.pg.psql(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND query LIKE 'SELECT pg_backup_start(%'",
+            );
+            !pid.is_empty()
+                && partial_dirs(&s.repo)
+                    .first()
+                    .is_some_and(|p| p.join("data/base").is_dir())
+        },
+    );
+    s.pg.psql(&format!("SELECT pg_terminate_backend({pid})"));
+    let status = slow.wait();
+    let err = slow.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the SQL session holding the backup open ended"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was kept"), "{err}");
+    assert!(s.repo.list().unwrap().is_empty());
+    assert!(partial_dirs(&s.repo).is_empty());
+    // The server's backup was aborted with the session: another can start.
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_backup_start(%' AND state = 'active'"),
+        "0"
+    );
+    let (id, _) = run_backup(
+        backup_cmd(&s)
+            .args(["--no-wait-wal", "--pgdata"])
+            .arg(s.pg.data_dir()),
+    );
+    assert_eq!(s.repo.list().unwrap()[0].id, id.0);
 }

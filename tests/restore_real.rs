@@ -463,3 +463,203 @@ fn a_full_disk_during_restore_leaves_nothing_half_done() {
     assert!(err.contains("nothing was kept"), "{err}");
     assert!(!dest.exists(), "the partial data directory was removed");
 }
+
+/// `pg_verifybackup -n -m MANIFEST PGDATA` (the WAL is in the repository, not in PGDATA).
+fn verify_backup(manifest: &Path, pgdata: &Path) {
+    let out = run(common::pg_command("pg_verifybackup")
+        .arg("-n")
+        .arg("-m")
+        .arg(manifest)
+        .arg(pgdata));
+    assert!(
+        out.status.success(),
+        "pg_verifybackup: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
+/// `backup --pgdata` reads the data directory itself: of a primary with a tablespace, an
+/// unlogged table, a temporary table in use and inserts running all along, the backup
+/// holds neither WAL nor the unlogged table's data nor the temporary table's files, passes
+/// pg_verifybackup once laid out, and the restored cluster has every acknowledged row.
+#[test]
+fn a_pgdata_backup_under_writes_restores_with_every_acknowledged_row() {
+    let mut pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let repo = tempdir();
+    let mut rx = receiver(&pg, repo.path());
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walferry'");
+    pg.psql("SELECT pg_reload_conf()");
+    let ts = tempdir();
+    common::chown_to_postgres(ts.path());
+    pg.psql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'",
+        ts.path().display()
+    ));
+    pg.psql(
+        "CREATE TABLE t (id serial PRIMARY KEY, v text);
+         INSERT INTO t (v) SELECT md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE TABLE spaced TABLESPACE ts AS SELECT g, repeat('y', 200) AS pad \
+           FROM generate_series(1, 5000) g;
+         CREATE UNLOGGED TABLE u AS SELECT g FROM generate_series(1, 10000) g;
+         CHECKPOINT;",
+    );
+    let unlogged = pg.psql("SELECT pg_relation_filepath('u')");
+    // A session holding a temporary table while the backup runs.
+    let mut temp = Proc::spawn(common::pg_command("psql").args([
+        "-X",
+        "-d",
+        &pg.conninfo(common::roles::SUPERUSER),
+        "-c",
+        "CREATE TEMP TABLE tt AS SELECT g FROM generate_series(1, 10000) g",
+        "-c",
+        "SELECT pg_sleep(120)",
+    ]));
+    let mut temp_file = String::new();
+    common::wait_until(
+        "the temporary table's file",
+        Duration::from_secs(30),
+        || {
+            temp_file = pg.psql(
+                "SELECT pg_relation_filepath(c.oid) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'tt' AND n.nspname LIKE 'pg_temp%'",
+            );
+            !temp_file.is_empty()
+        },
+    );
+    assert!(pg.data_dir().join(&temp_file).is_file());
+
+    // Inserts, one row per transaction, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let conninfo = pg.conninfo(common::roles::SUPERUSER);
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = common::psql_conn(
+                    &conninfo,
+                    None,
+                    "INSERT INTO t (v) SELECT 'during' FROM generate_series(1, 50)",
+                );
+                assert!(out.status.success(), "{}", stderr(&out));
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let data = pg.data_dir().to_str().unwrap().to_string();
+    let out = backup(
+        &pg,
+        repo.path(),
+        &["-Z", "lz4", "-j", "2", "--pgdata", &data],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(rounds > 0);
+    temp.kill9();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    let repo_handle = walferry::repo::Repo::open(repo.path()).unwrap();
+    let info = repo_handle
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|b| b.id == id)
+        .expect("the backup is listed");
+    let files: Vec<&str> = info
+        .contents
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert!(files.contains(&"backup_label"), "{files:?}");
+    assert!(files.contains(&"global/pg_control"));
+    assert!(files.contains(&format!("{unlogged}_init").as_str()));
+    assert!(
+        !files.contains(&unlogged.as_str()),
+        "unlogged data left out"
+    );
+    assert!(
+        !files.iter().any(|f| f.starts_with(&temp_file)),
+        "temporary relation left out"
+    );
+    assert!(
+        !files.iter().any(|f| f.starts_with("pg_wal/")),
+        "pg_wal is empty in the backup: {:?}",
+        files
+            .iter()
+            .filter(|f| f.starts_with("pg_wal/"))
+            .collect::<Vec<_>>()
+    );
+    assert!(info
+        .contents
+        .directories
+        .iter()
+        .any(|d| d.path == "pg_wal/archive_status"));
+    assert_eq!(info.tablespaces.len(), 1);
+    assert_eq!(Path::new(&info.tablespaces[0].location), ts.path());
+    let spaced = pg.psql("SELECT pg_relation_filepath('spaced')");
+    assert!(
+        files.contains(&spaced.as_str()),
+        "{spaced} in {:?}",
+        files
+            .iter()
+            .filter(|f| f.starts_with("pg_tblspc"))
+            .collect::<Vec<_>>()
+    );
+    assert!(info.start_lsn < info.stop_lsn);
+    assert_eq!(info.method, "pgdata");
+    let stored_label =
+        std::fs::read(repo_handle.backup_dir(&id).join("data/backup_label.lz4")).unwrap();
+    let mut label = String::new();
+    std::io::Read::read_to_string(
+        &mut lz4_flex::frame::FrameDecoder::new(&stored_label[..]),
+        &mut label,
+    )
+    .unwrap();
+    assert!(label.contains("BACKUP METHOD: streamed"), "{label}");
+    assert!(label.contains("START TIMELINE: 1"), "{label}");
+
+    let expected: u64 = pg.psql("SELECT count(*) FROM t").parse().unwrap();
+    assert_eq!(expected, 20000 + 50 * rounds as u64);
+    stop_when_archived(&pg, &mut rx);
+    pg.kill9();
+
+    let new_ts = tempdir();
+    common::chown_to_postgres(new_ts.path());
+    let mapping = format!(
+        "{}={}",
+        ts.path().display(),
+        new_ts.path().join("ts").display()
+    );
+    let mut restored = PgCluster::restored_from(&pg, |dir| {
+        ok(&mut walferry(&[
+            "restore",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--tablespace-mapping",
+            &mapping,
+        ]));
+        verify_backup(&repo_handle.backup_dir(&id).join("backup_manifest"), dir);
+    });
+    restored.start();
+    common::wait_until("recovery to end", Duration::from_secs(60), || {
+        restored.try_psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f")
+    });
+    assert_eq!(count(&restored), expected, "every acknowledged row");
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM t WHERE v = 'during'"),
+        (50 * rounds).to_string()
+    );
+    assert_eq!(restored.psql("SELECT count(*) FROM spaced"), "5000");
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM u"),
+        "0",
+        "an unlogged table comes back empty"
+    );
+}

@@ -790,8 +790,10 @@ fn synchronous_remote_acknowledges_only_what_the_store_holds() {
     );
 }
 
-/// A receiver into the store and a backup (uncompressed) of `pg` taken into it; the
-/// receiver stopped cleanly. Returns the backup id.
+/// A receiver into the store and a backup (uncompressed) of `pg` taken into it, its files
+/// read from the data directory (`--pgdata`: the other way of `backup`, which hands its
+/// files to the upload as the protocol's does); the receiver stopped cleanly. Returns the
+/// backup id.
 fn backup_into_store(lab: &Lab, pg: &PgCluster) -> String {
     pg.create_physical_slot("wf");
     let spool = spool_dir();
@@ -803,6 +805,8 @@ fn backup_into_store(lab: &Lab, pg: &PgCluster) -> String {
             &lab.url("repo"),
             "-d",
             &pg.conninfo(common::roles::SUPERUSER),
+            "--pgdata",
+            pg.data_dir().to_str().unwrap(),
         ])
         .output()
         .unwrap();

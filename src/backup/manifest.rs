@@ -1,12 +1,15 @@
-//! The parts of PostgreSQL's backup manifest walferry relies on: each file's path, size and
-//! CRC-32C (BASE_BACKUP is asked for `MANIFEST_CHECKSUMS 'CRC32C'`). The manifest itself is
-//! kept verbatim beside the backup for `pg_verifybackup`; this reading serves two checks:
-//! the backup checks every file it stored against it, and a delta restore keeps a file
-//! already in place only when its size and checksum match it.
+//! PostgreSQL's backup manifest: reading the parts walferry relies on (each file's path,
+//! size and CRC-32C; BASE_BACKUP is asked for `MANIFEST_CHECKSUMS 'CRC32C'`), and writing
+//! one for a backup that read the data directory itself (`backup --pgdata`), in the format
+//! `pg_verifybackup` reads. The manifest is kept verbatim beside the backup; the reading
+//! serves two checks: the backup checks every file it stored against it, and a delta
+//! restore keeps a file already in place only when its size and checksum match it.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
+
+use crate::wal::{Lsn, TimeLineId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
@@ -115,6 +118,79 @@ pub fn format_crc32c(crc: u32) -> String {
         .collect()
 }
 
+/// A file for [`write_manifest`]: its path relative to the data directory (tablespace
+/// files under `pg_tblspc/<oid>/`), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenFile {
+    pub path: String,
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    pub crc32c: u32,
+}
+
+/// A backup manifest of version 1 as backup_manifest.c writes one: a file per line, then
+/// the WAL range, then `Manifest-Checksum`, the SHA-256 of every byte before that line
+/// (pg_verifybackup recomputes it over the text up to the newline ending the line before
+/// it, so the layout of the last two lines is fixed; the rest is ordinary JSON).
+pub fn write_manifest(
+    files: &[WrittenFile],
+    timeline: TimeLineId,
+    start_lsn: Lsn,
+    end_lsn: Lsn,
+) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+
+    let mut text = String::from("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [");
+    for (i, f) in files.iter().enumerate() {
+        text.push_str(if i == 0 { "\n" } else { ",\n" });
+        text.push_str("{ \"Path\": ");
+        json_string(&f.path, &mut text);
+        let (y, mo, d, h, mi, s) = crate::inspect::time::utc_parts(f.mtime);
+        let _ = write!(
+            text,
+            ", \"Size\": {}, \"Last-Modified\": \"{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} GMT\", \
+             \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{}\" }}",
+            f.size,
+            format_crc32c(f.crc32c)
+        );
+    }
+    let _ = write!(
+        text,
+        "\n],\n\"WAL-Ranges\": [\n{{ \"Timeline\": {}, \"Start-LSN\": \"{start_lsn}\", \
+         \"End-LSN\": \"{end_lsn}\" }}\n],\n",
+        timeline.0
+    );
+    let digest = Sha256::digest(text.as_bytes());
+    text.push_str("\"Manifest-Checksum\": \"");
+    for b in digest.iter() {
+        let _ = write!(text, "{b:02x}");
+    }
+    text.push_str("\"}\n");
+    text.into_bytes()
+}
+
+/// `s` as a JSON string, escaped as PostgreSQL's escape_json does: the two-character
+/// escapes, `\u00XX` for other control characters, everything else as it is.
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if hex.len() % 2 != 0 {
         return None;
@@ -156,6 +232,63 @@ mod tests {
             None
         );
         assert_eq!(format_crc32c(0xd8c1_a1f6), "f6a1c1d8");
+    }
+
+    #[test]
+    fn written_manifests_read_back_and_carry_their_checksum() {
+        let files = vec![
+            WrittenFile {
+                path: "backup_label".into(),
+                size: 225,
+                mtime: 1_795_809_180,
+                crc32c: 0xd8c1_a1f6,
+            },
+            WrittenFile {
+                path: "pg_tblspc/16389/PG_15_202209061/5/a \"q\"\\b\n\u{1}".into(),
+                size: 0,
+                mtime: 0,
+                crc32c: 0,
+            },
+        ];
+        let bytes = write_manifest(&files, TimeLineId(2), Lsn(0x0200_0028), Lsn(0x1_0000_0100));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with(
+            "{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [\n{ \"Path\": \"backup_label\", \
+             \"Size\": 225, \"Last-Modified\": \"2026-11-27 19:53:00 GMT\", \
+             \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"f6a1c1d8\" },\n"
+        ));
+        assert!(text.contains(r#""Path": "pg_tblspc/16389/PG_15_202209061/5/a \"q\"\\b\n\u0001""#));
+        assert!(text.contains(
+            "\n],\n\"WAL-Ranges\": [\n{ \"Timeline\": 2, \"Start-LSN\": \"0/2000028\", \
+             \"End-LSN\": \"1/100\" }\n],\n\"Manifest-Checksum\": \""
+        ));
+        // As pg_verifybackup checks it: SHA-256 of everything up to and including the
+        // newline before the last line.
+        let body_end = text[..text.len() - 1].rfind('\n').unwrap() + 1;
+        let last = &text[body_end..];
+        use sha2::{Digest, Sha256};
+        let want: String = Sha256::digest(&bytes[..body_end])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(last, format!("\"Manifest-Checksum\": \"{want}\"}}\n"));
+
+        let m = Manifest::parse(&bytes).unwrap();
+        assert_eq!(m.files.len(), 2);
+        assert_eq!(
+            m.files["backup_label"],
+            ManifestFile {
+                size: 225,
+                crc32c: Some(0xd8c1_a1f6)
+            }
+        );
+        assert_eq!(
+            m.files["pg_tblspc/16389/PG_15_202209061/5/a \"q\"\\b\n\u{1}"],
+            ManifestFile {
+                size: 0,
+                crc32c: Some(0)
+            }
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Taking a base backup into a repository: BASE_BACKUP on a replication connection, its
+//! Taking a base backup into a repository, in one of two ways that share everything but
+//! where the files come from: BASE_BACKUP on a replication connection (below), or the
+//! data directory read by walferry itself ([`local`], `--pgdata`). BASE_BACKUP's
 //! tar archives split into files as they stream ([`tar`]), each file stored compressed on
 //! its own ([`store`]), the server's manifest kept verbatim and every stored file checked
 //! against it ([`manifest`]), then — the backup being useless without its WAL — a bounded
@@ -9,7 +11,9 @@
 //! backup. The first two remove the partial directory at once; a crash's leftover is
 //! removed by the next backup, which holds the repository's backup lock while it runs.
 
+pub mod local;
 pub mod manifest;
+pub mod pgdata;
 pub mod store;
 pub mod tar;
 pub mod wal;
@@ -52,6 +56,12 @@ pub struct BackupOptions {
     pub wal_timeout: Option<Duration>,
     /// Compression and write threads.
     pub threads: usize,
+    /// Read the files from this data directory (of the server `params` reaches, on this
+    /// host) between `pg_backup_start()` and `pg_backup_stop()` on an SQL session, instead
+    /// of receiving them with BASE_BACKUP.
+    pub pgdata: Option<PathBuf>,
+    /// The database of that SQL session.
+    pub sql_dbname: String,
     /// Each stored file, once durable, is handed over here by path (a repository in
     /// object storage uploads and removes it while the backup goes on).
     pub hand_over: Option<tokio::sync::mpsc::Sender<PathBuf>>,
@@ -83,6 +93,30 @@ pub enum BackupError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("{0}")]
+    PgData(#[from] pgdata::PgDataError),
+    #[error("\"{}\" is not a PostgreSQL data directory (it has no global/pg_control)", .0.display())]
+    NotADataDir(PathBuf),
+    #[error(
+        "\"{}\" is the data directory of database system {dir_id}, but the server -d \
+         connects to is database system {server_id}",
+        dir.display()
+    )]
+    WrongCluster {
+        dir: PathBuf,
+        dir_id: u64,
+        server_id: u64,
+    },
+    #[error("could not {what}: {source}")]
+    Session {
+        what: &'static str,
+        source: Box<ClientError>,
+    },
+    #[error(
+        "the SQL session holding the backup open ended during the backup (PostgreSQL \
+         aborts a backup whose session ends): {0}"
+    )]
+    SessionLost(ClientError),
     #[error(
         "backup not kept: after {waited:?} the WAL archive \"{}\" still lacks the WAL up to \
          the backup's stop position {stop_lsn} on timeline {tli} ({why})",
@@ -113,6 +147,38 @@ impl BackupError {
                 "another walferry backup is running on this repository; wait for it to end".into(),
             ),
             BackupError::Exists(_) => Some("try again in a second".into()),
+            BackupError::WrongCluster { .. } => Some(
+                "--pgdata must be the data directory of the server -d connects to, on this host \
+                 (SHOW data_directory on that server names it)"
+                    .into(),
+            ),
+            BackupError::NotADataDir(_) => Some(
+                "--pgdata must be the data directory of the server -d connects to (SHOW \
+                 data_directory on that server names it)"
+                    .into(),
+            ),
+            BackupError::Session { source, .. } if source.sqlstate() == Some("42501") => Some(
+                "the user of -d needs the right to run pg_backup_start() and pg_backup_stop(): \
+                 GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), \
+                 pg_backup_stop(boolean) TO that user (or use a superuser)"
+                    .into(),
+            ),
+            BackupError::Session { source, .. } => source.hint(),
+            BackupError::SessionLost(_) => Some(
+                "the session was ended (pg_terminate_backend, a server restart, a lost \
+                 connection, idle_session_timeout): take the backup again"
+                    .into(),
+            ),
+            BackupError::Io {
+                op: "read the data directory" | "read",
+                source,
+                ..
+            }
+            | BackupError::PgData(pgdata::PgDataError::Io { source, .. })
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                Some("walferry reads the data directory itself with --pgdata: run it as the user that owns the data directory (postgres), or as one in its group on a cluster initialised with --allow-group-access".into())
+            }
             BackupError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 Some("the repository's disk is full: free space there (walferry expire --keep N removes old backups), then take the backup again".into())
             }
@@ -124,9 +190,11 @@ impl BackupError {
 /// Where a backup stands, for a progress line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// Bytes the server has sent (its own count, from the stream's progress messages).
+    /// Bytes the server has sent (its own count, from the stream's progress messages), or
+    /// with `--pgdata` the bytes read.
     pub done: u64,
-    /// The server's estimate of the total, from the tablespace sizes.
+    /// The server's estimate of the total, from the tablespace sizes (with `--pgdata`: the
+    /// sizes of the files listed).
     pub total: Option<u64>,
     pub phase: Phase,
 }
@@ -173,9 +241,9 @@ pub async fn take(
 
     let mut conn = ReplicationConn::connect(&opts.params).await?;
     let server_version = conn.parameter("server_version").unwrap_or("").to_string();
-    if conn.server_version_num().is_none_or(|v| v < 150000) {
+    let Some(version_num) = conn.server_version_num().filter(|&v| v >= 150000) else {
         return Err(BackupError::ServerVersion(server_version));
-    }
+    };
     let system = conn.identify_system().await?;
     let seg_text = conn.show("wal_segment_size").await?;
     let seg_size = parse_size_setting(&seg_text)
@@ -192,6 +260,10 @@ pub async fn take(
             );
         }
     }
+    let session = match &opts.pgdata {
+        Some(dir) => Some(local::open_session(opts, dir, system.system_id).await?),
+        None => None,
+    };
 
     // Ids are start times to the second: a backup right after another waits for its own.
     let mut start_secs = unix_now();
@@ -216,37 +288,49 @@ pub async fn take(
         phase: Phase::Checkpoint,
     });
     tracing::info!(
-        "starting base backup {id} (checkpoint: {:?})",
-        opts.checkpoint
+        "starting base backup {id} (checkpoint: {:?}, files {})",
+        opts.checkpoint,
+        match &opts.pgdata {
+            Some(dir) => format!("read from \"{}\"", dir.display()),
+            None => "sent by the server".into(),
+        }
     );
-    let start = conn
-        .base_backup(&base_backup_sql(
-            &opts.label,
-            opts.checkpoint,
-            opts.max_rate_kb,
-        ))
-        .await?;
-    tracing::info!(
-        "backup {id} starts at {} on timeline {}",
-        start.start_lsn,
-        start.timeline
-    );
-    let (summary, manifest_bytes) = stream(&mut conn, &partial, &start, opts, progress).await?;
-    let (stop_lsn, stop_tli) = conn.finish_base_backup().await?;
+    let taken = match (session, &opts.pgdata) {
+        (Some(session), Some(dir)) => {
+            local::take(
+                session,
+                &mut conn,
+                dir,
+                version_num,
+                &partial,
+                opts,
+                progress,
+            )
+            .await?
+        }
+        _ => via_protocol(&mut conn, &partial, opts, progress).await?,
+    };
     conn.close().await;
-    tracing::info!("backup {id} stream ended at {stop_lsn} on timeline {stop_tli}");
+    tracing::info!(
+        "backup {id} ended at {} on timeline {}",
+        taken.stop_lsn,
+        taken.stop_tli
+    );
 
-    let manifest = Manifest::parse(&manifest_bytes)?;
-    summary.check_against(&manifest)?;
+    let manifest = Manifest::parse(&taken.manifest)?;
+    taken.summary.check_against(&manifest)?;
 
     if let Some(timeout) = opts.wal_timeout {
         progress(Progress {
-            done: summary.size,
-            total: Some(summary.size),
+            done: taken.summary.size,
+            total: Some(taken.summary.size),
             phase: Phase::WaitingForWal,
         });
-        wait_for_wal(repo, seg_size, stop_tli, stop_lsn, timeout).await?;
-        tracing::info!("the WAL archive holds the backup's WAL up to {stop_lsn}");
+        wait_for_wal(repo, seg_size, taken.stop_tli, taken.stop_lsn, timeout).await?;
+        tracing::info!(
+            "the WAL archive holds the backup's WAL up to {}",
+            taken.stop_lsn
+        );
     }
 
     let info = BackupInfo {
@@ -255,16 +339,71 @@ pub async fn take(
         system_id: system.system_id.to_string(),
         server_version,
         wal_segment_size: seg_size,
-        start_lsn: start.start_lsn,
-        start_timeline: start.timeline.0,
-        stop_lsn,
-        stop_timeline: stop_tli.0,
+        start_lsn: taken.start_lsn,
+        start_timeline: taken.start_tli.0,
+        stop_lsn: taken.stop_lsn,
+        stop_timeline: taken.stop_tli.0,
         start_time: rfc3339(start_secs),
         stop_time: rfc3339(unix_now()),
-        size: summary.size,
-        stored_size: summary.stored_size,
-        files: summary.files(),
+        size: taken.summary.size,
+        stored_size: taken.summary.stored_size,
+        files: taken.summary.files(),
         compression: opts.compression.to_string(),
+        tablespaces: taken.tablespaces,
+        wal_checked: opts.wal_timeout.is_some(),
+        contents: taken.summary.contents,
+        method: if opts.pgdata.is_some() {
+            "pgdata"
+        } else {
+            "protocol"
+        }
+        .into(),
+    };
+    repo.publish(&partial, &info)?;
+    guard.keep = true;
+    Ok(info)
+}
+
+/// What either way of taking a backup yields: where it starts and ends, what was stored,
+/// and its manifest (as written to `backup_manifest` in the partial directory).
+struct Taken {
+    start_lsn: Lsn,
+    start_tli: TimeLineId,
+    stop_lsn: Lsn,
+    stop_tli: TimeLineId,
+    summary: store::Summary,
+    manifest: Vec<u8>,
+    tablespaces: Vec<Tablespace>,
+}
+
+/// BASE_BACKUP on the replication connection: the server sends every file.
+async fn via_protocol(
+    conn: &mut ReplicationConn,
+    partial: &Path,
+    opts: &BackupOptions,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Taken, BackupError> {
+    let start = conn
+        .base_backup(&base_backup_sql(
+            &opts.label,
+            opts.checkpoint,
+            opts.max_rate_kb,
+        ))
+        .await?;
+    tracing::info!(
+        "backup starts at {} on timeline {}",
+        start.start_lsn,
+        start.timeline
+    );
+    let (summary, manifest) = stream(conn, partial, &start, opts, progress).await?;
+    let (stop_lsn, stop_tli) = conn.finish_base_backup().await?;
+    Ok(Taken {
+        start_lsn: start.start_lsn,
+        start_tli: start.timeline,
+        stop_lsn,
+        stop_tli,
+        summary,
+        manifest,
         tablespaces: start
             .tablespaces
             .iter()
@@ -275,12 +414,7 @@ pub async fn take(
                 })
             })
             .collect(),
-        wal_checked: opts.wal_timeout.is_some(),
-        contents: summary.contents,
-    };
-    repo.publish(&partial, &info)?;
-    guard.keep = true;
-    Ok(info)
+    })
 }
 
 /// Where the stream's bytes go.

@@ -43,7 +43,7 @@ use crate::repo::{stored_dir_path, stored_file_path, Contents, DirEntry, FileEnt
 /// Bytes compressed as one piece (an LZ4 block, a zstd frame, a gzip member). 1 MiB: the
 /// LZ4 frame's block size, and large enough that independent pieces cost zstd level 1
 /// about 1% of ratio on relation files.
-const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 1 << 20;
 /// Chunks queued per worker before the stream waits.
 const QUEUE_DEPTH: usize = 4;
 /// Spare chunk buffers kept for reuse (a fresh 1 MiB buffer costs its page faults).
@@ -322,6 +322,34 @@ impl Store {
         Ok(())
     }
 
+    /// A buffer of [`CHUNK`] bytes' capacity for [`Store::data_owned`] (a spare one when
+    /// there is).
+    pub fn buffer(&self) -> Vec<u8> {
+        self.shared.buffer()
+    }
+
+    /// Data of the current file, handed over: a whole chunk read into a buffer from
+    /// [`Store::buffer`] goes to a worker as it is, without the copy [`Store::data`] makes.
+    pub async fn data_owned(&mut self, data: Vec<u8>) -> Result<(), StoreError> {
+        match self.current.as_mut() {
+            Some(cur) if cur.buf.is_empty() && data.len() == CHUNK => {
+                let job = Job {
+                    file: cur.file.clone(),
+                    seq: cur.seq,
+                    data,
+                    last: false,
+                };
+                cur.seq += 1;
+                self.send(job).await
+            }
+            _ => {
+                self.data(&data).await?;
+                self.shared.recycle(data);
+                Ok(())
+            }
+        }
+    }
+
     /// The end of the current member.
     pub async fn end(&mut self) -> Result<(), StoreError> {
         if let Some(cur) = self.current.take() {
@@ -465,6 +493,11 @@ impl Summary {
 
     pub fn files(&self) -> u64 {
         self.stored.len() as u64
+    }
+
+    /// The size and CRC-32C of a file as stored.
+    pub fn stored(&self, path: &str) -> Option<(u64, u32)> {
+        self.stored.get(path).map(|s| (s.size, s.crc32c))
     }
 }
 

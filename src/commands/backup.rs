@@ -13,15 +13,31 @@ use super::remote_repo::{RemoteRepo, RepoArg};
 use super::{current_thread_runtime, ConnArgs, Failure};
 
 pub const AFTER_HELP: &str = "\
-Takes a base backup with the replication protocol's BASE_BACKUP (PostgreSQL 15 or later) into
-REPO/backups/<id>/, <id> being the start time in UTC (e.g. 20261127T195300Z), and prints the
-id on stdout. Each file of the data directory and of every tablespace is stored on its own,
+Takes a base backup with the replication protocol's BASE_BACKUP (PostgreSQL 15 or later), or
+by reading the data directory itself (--pgdata, below), into REPO/backups/<id>/, <id> being
+the start time in UTC (e.g. 20261127T195300Z), and prints the id on stdout. Each file of the data directory and of every tablespace is stored on its own,
 compressed with -Z (none, lz4, zstd[:LEVEL], gzip[:LEVEL]) in independent 1 MiB pieces on
 --jobs threads as the stream arrives (one LZ4 frame of 1 MiB blocks, or a zstd frame or gzip
 member per MiB: lz4 -d, zstd -d and gzip -d read them); the server's backup_manifest is kept
 as sent (pg_verifybackup reads it), every stored file is checked against its size and CRC-32C
 there, and all are made durable (one syncfs of the repository's file system, then each
 directory fsynced) before the backup is kept.
+
+With --pgdata DIR, walferry reads the files itself instead (as pgBackRest does with its
+pg1-path): it opens an ordinary SQL session with -d (on -d's dbname, else postgres; the user
+needs a superuser's rights or EXECUTE on pg_backup_start and pg_backup_stop), checks that
+DIR's global/pg_control has that server's system identifier, runs pg_backup_start() there,
+copies DIR and each tablespace that pg_tblspc/ links to with BASE_BACKUP's exclusions (no
+WAL, no unlogged relation but its init fork, no temporary files or relations, no
+postmaster.pid ...), runs pg_backup_stop() and writes its backup_label and a backup_manifest
+in PostgreSQL's format (pg_verifybackup reads it) from the CRC-32C of each stored file. DIR
+must be on this host and readable by walferry (run it as the data directory's owner, or a
+member of its group on a cluster initialised with --allow-group-access). The server's
+walsender then does no work for the backup: use it whenever walferry runs beside the
+server; without it (walferry on another host), the files come over the replication
+protocol. The SQL session must last the whole backup: if it ends (pg_terminate_backend, a
+restart), PostgreSQL aborts the backup and walferry fails at once. --max-rate limits
+walferry's reading then.
 
 A backup restores only with the WAL from its start to its stop position. walferry does not put
 WAL in the backup: run `walferry receive -D REPO/wal -d ...` for the same server. backup warns
@@ -39,6 +55,8 @@ estimate); -v logs each step.
 Examples:
   walferry backup --repo /srv/repo -d 'host=db1 user=replicator' -Z zstd
   walferry backup --repo /srv/repo -d 'host=db1 user=replicator' --checkpoint spread --max-rate 50M
+  walferry backup --repo /srv/repo -d 'host=/run/postgresql user=postgres' -Z lz4 \
+      --pgdata /var/lib/postgresql/15/main
 
 Exit status: 0 when the backup is complete and kept, 1 on any failure (nothing kept), 2 on an
 invalid command line.";
@@ -76,7 +94,8 @@ pub struct Args {
     )]
     label: String,
 
-    /// Limit the server's transfer rate, in kB/s, or with a k or M suffix (32k to 1024M)
+    /// Limit the server's transfer rate (with --pgdata: walferry's reading), in kB/s, or
+    /// with a k or M suffix (32k to 1024M)
     #[arg(short = 'r', long = "max-rate", value_name = "RATE")]
     max_rate: Option<String>,
 
@@ -87,6 +106,13 @@ pub struct Args {
     /// Do not wait for (nor check) the backup's WAL in REPO/wal
     #[arg(long = "no-wait-wal")]
     no_wait_wal: bool,
+
+    /// Read the data files directly from DIR, which must be the data directory of the
+    /// server -d connects to, on this host, readable by walferry: much less load on the
+    /// server (like pgBackRest's pg1-path). Without it the files come over the replication
+    /// protocol (BASE_BACKUP)
+    #[arg(long = "pgdata", value_name = "DIR")]
+    pgdata: Option<std::path::PathBuf>,
 
     /// Compression and write threads [default: the number of CPUs, at most 4]
     #[arg(short = 'j', long = "jobs", value_name = "N")]
@@ -163,8 +189,16 @@ fn take(
         }
         None => (None, None),
     };
+    let params = connection_params(&args.conn)?;
+    let sql_dbname = params
+        .dbname
+        .clone()
+        .filter(|d| !d.is_empty() && d != "replication")
+        .unwrap_or_else(|| "postgres".into());
     let opts = BackupOptions {
-        params: connection_params(&args.conn)?,
+        params,
+        pgdata: args.pgdata,
+        sql_dbname,
         label: args.label,
         checkpoint,
         compression,

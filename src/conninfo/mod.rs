@@ -232,9 +232,32 @@ pub struct ConnParams {
     /// TCP keepalives and user timeout (libpq's `keepalives*`, `tcp_user_timeout`).
     pub keepalives: Keepalives,
     pub prompt: PasswordPrompt,
+    /// What the startup packet asks for: a physical replication session (every command
+    /// of walferry's but `backup --pgdata`'s second session), or an ordinary SQL session.
+    pub session: SessionKind,
+}
+
+/// The kind of session a connection opens.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum SessionKind {
+    /// `replication=true`, `database=replication`, as pg_receivewal.
+    #[default]
+    PhysicalReplication,
+    /// An ordinary session on database `dbname` (for SQL such as `pg_backup_start()`).
+    Sql { dbname: String },
 }
 
 impl ConnParams {
+    /// The same server, for an ordinary SQL session on `dbname`.
+    pub fn sql_session(&self, dbname: &str) -> ConnParams {
+        ConnParams {
+            session: SessionKind::Sql {
+                dbname: dbname.to_string(),
+            },
+            ..self.clone()
+        }
+    }
+
     /// The (host, port) pairs to try, in order.
     pub fn targets(&self) -> impl Iterator<Item = (&Host, u16)> + '_ {
         self.hosts.iter().zip(self.ports.iter().copied())
@@ -675,6 +698,7 @@ pub fn resolve_with(
         connect_timeout,
         keepalives,
         prompt: opts.prompt,
+        session: SessionKind::PhysicalReplication,
     })
 }
 

@@ -38,8 +38,8 @@ use super::stream::Stream;
 use super::target::{self, Check, ServerState};
 use super::tls::{self, TlsConfigError, TlsSetup};
 use crate::conninfo::{
-    self, ChannelBindingMode, ConnParams, Host, Keepalives, Password, PasswordPrompt, SslMode,
-    TargetSessionAttrs,
+    self, ChannelBindingMode, ConnParams, Host, Keepalives, Password, PasswordPrompt, SessionKind,
+    SslMode, TargetSessionAttrs,
 };
 use crate::wal::{Lsn, TimeLineId};
 
@@ -589,13 +589,17 @@ impl ReplicationConn {
             parameters: HashMap::new(),
             backend_key: None,
         };
-        let startup_params = [
-            ("user", params.user.as_str()),
-            ("database", "replication"),
-            ("replication", "true"),
+        let mut startup_params = vec![("user", params.user.as_str())];
+        match &params.session {
+            SessionKind::PhysicalReplication => {
+                startup_params.extend([("database", "replication"), ("replication", "true")])
+            }
+            SessionKind::Sql { dbname } => startup_params.push(("database", dbname.as_str())),
+        }
+        startup_params.extend([
             ("application_name", params.application_name.as_str()),
             ("client_encoding", "UTF8"),
-        ];
+        ]);
         frontend::startup_message(&startup_params, &mut conn.write_buf)?;
         conn.flush_writes().await?;
 
@@ -901,6 +905,32 @@ impl ReplicationConn {
                         "unexpected {} in reply to a simple query",
                         message_kind(&other)
                     )));
+                }
+            }
+        }
+    }
+
+    /// For a session left idle while other work goes on (`backup --pgdata`'s, whose end
+    /// would abort the server's backup): waits until the server ends it, and says how.
+    /// Cancel-safe: dropped, it leaves the connection ready for the next command.
+    pub async fn closed(&mut self) -> ClientError {
+        loop {
+            match self.next_message().await {
+                Err(e) => return e,
+                Ok(BackendMessage::ErrorResponse(e)) => {
+                    self.state = State::Broken;
+                    return ClientError::Server(e);
+                }
+                Ok(BackendMessage::ParameterStatus { name, value }) => {
+                    self.parameters.insert(name, value);
+                }
+                Ok(BackendMessage::NoticeResponse(n)) => log_notice(&n),
+                Ok(other) => {
+                    self.state = State::Broken;
+                    return ClientError::Protocol(format!(
+                        "unexpected {} on an idle session",
+                        message_kind(&other)
+                    ));
                 }
             }
         }

@@ -213,6 +213,7 @@ fn params_for(hosts: Vec<Host>, ports: Vec<u16>) -> ConnParams {
         connect_timeout: Some(Duration::from_secs(5)),
         keepalives: Default::default(),
         prompt: PasswordPrompt::Never,
+        session: Default::default(),
     }
 }
 

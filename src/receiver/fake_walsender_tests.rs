@@ -235,6 +235,7 @@ fn options(port: u16, dir: &std::path::Path) -> ReceiveOptions {
         connect_timeout: Some(Duration::from_secs(5)),
         keepalives: Default::default(),
         prompt: PasswordPrompt::Never,
+        session: Default::default(),
     };
     let mut opts = ReceiveOptions::new(conn, dir.to_path_buf());
     opts.synchronous = true;

@@ -107,6 +107,14 @@ pub struct BackupInfo {
     /// What a data directory restored from this backup holds besides the files' bytes.
     #[serde(default)]
     pub contents: Contents,
+    /// Where the files came from: `protocol` (BASE_BACKUP; every backup written before this
+    /// field) or `pgdata` (read from the data directory, `backup --pgdata`).
+    #[serde(default = "protocol_method")]
+    pub method: String,
+}
+
+fn protocol_method() -> String {
+    "protocol".into()
 }
 
 /// The entries of a backup, by path relative to the data directory, as the server sent
@@ -196,6 +204,7 @@ impl BackupInfo {
             tablespaces: vec![],
             wal_checked: true,
             contents: Contents::default(),
+            method: protocol_method(),
         }
     }
 
