@@ -73,7 +73,7 @@ cargo build --release --bin walferry
 if want lag; then
     cargo build --release --example relay_lag_probe
 fi
-WALFERRY=$REPO/target/release/walferry
+WALFERRY=${BENCH_WALFERRY:-$REPO/target/release/walferry}  # BENCH_WALFERRY: another build, for A/B runs
 PROBE=$REPO/target/release/examples/relay_lag_probe
 CLK_TCK=$(getconf CLK_TCK)
 

@@ -777,6 +777,20 @@ impl ReplicationConn {
         self.bytes_read(read).map(drop)
     }
 
+    /// Take in what the socket holds already, without waiting; true if anything arrived.
+    /// The synchronous receive path asks before it fsyncs, so that WAL which is already
+    /// here joins the group, as a walreceiver drains its socket before it flushes.
+    pub fn fill_ready(&mut self) -> Result<bool, ClientError> {
+        self.check_streaming("fill_ready")?;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let fill = std::pin::pin!(self.fill());
+        // `fill` is one socket read: dropped while pending, it has taken nothing.
+        match std::future::Future::poll(fill, &mut cx) {
+            std::task::Poll::Ready(r) => r.map(|()| true),
+            std::task::Poll::Pending => Ok(false),
+        }
+    }
+
     /// Read at most `max` bytes into the buffer (one socket read).
     async fn fill_at_most(&mut self, max: usize) -> Result<(), ClientError> {
         self.read_buf.reserve(max);

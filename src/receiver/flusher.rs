@@ -16,8 +16,10 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::watch;
 
+use super::policy::raise_servable;
+use super::Position;
 use crate::archive::ArchiveError;
-use crate::wal::Lsn;
+use crate::wal::{Lsn, TimeLineId};
 
 /// What the thread is asked for: the newest request, and whether to stop.
 #[derive(Default)]
@@ -27,11 +29,13 @@ struct Requests {
     failure: Option<ArchiveError>,
 }
 
-/// Make `file` (at `path`, for errors) durable; the WAL it holds then reaches `upto`.
+/// Make `file` (at `path`, for errors) durable; the WAL it holds then reaches `upto`, and
+/// is validated up to `servable`.
 pub struct SyncRequest {
     pub file: Arc<File>,
     pub path: Arc<PathBuf>,
     pub upto: Lsn,
+    pub servable: Lsn,
 }
 
 pub struct Flusher {
@@ -41,14 +45,32 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// Start the thread; `start` is what is durable already.
-    pub fn spawn(start: Lsn) -> std::io::Result<Flusher> {
+    /// Start the thread; `start` is what is durable already. With `publish`, each request's
+    /// `servable` is published there as soon as it is durable (see [`raise_servable`]).
+    pub fn spawn(
+        start: Lsn,
+        publish: Option<(watch::Sender<Position>, TimeLineId)>,
+    ) -> std::io::Result<Flusher> {
+        Self::spawn_with(start, move |req| {
+            req.file.sync_data()?;
+            if let Some((position, tli)) = &publish {
+                raise_servable(position, *tli, req.servable);
+            }
+            Ok(())
+        })
+    }
+
+    /// As [`Flusher::spawn`], making a request durable with `sync` (tests slow it down).
+    fn spawn_with(
+        start: Lsn,
+        sync: impl Fn(&SyncRequest) -> std::io::Result<()> + Send + 'static,
+    ) -> std::io::Result<Flusher> {
         let shared = Arc::new((Mutex::new(Requests::default()), Condvar::new()));
         let (tx, done) = watch::channel(start);
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("walferry-flush".into())
-            .spawn(move || run(&theirs, &tx))?;
+            .spawn(move || run(&theirs, &tx, sync))?;
         Ok(Flusher {
             shared,
             done,
@@ -111,7 +133,11 @@ impl Drop for Flusher {
     }
 }
 
-fn run(shared: &(Mutex<Requests>, Condvar), done: &watch::Sender<Lsn>) {
+fn run(
+    shared: &(Mutex<Requests>, Condvar),
+    done: &watch::Sender<Lsn>,
+    sync: impl Fn(&SyncRequest) -> std::io::Result<()>,
+) {
     let (lock, wake) = shared;
     loop {
         let req = {
@@ -126,7 +152,7 @@ fn run(shared: &(Mutex<Requests>, Condvar), done: &watch::Sender<Lsn>) {
                 r = wake.wait(r).unwrap_or_else(|p| p.into_inner());
             }
         };
-        if let Err(e) = req.file.sync_data() {
+        if let Err(e) = sync(&req) {
             let mut r = lock.lock().unwrap_or_else(|p| p.into_inner());
             r.failure = Some(ArchiveError::io("fsync", &req.path, e));
             // Dropping `done` with the return tells the network task.
@@ -151,13 +177,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = Arc::new(File::create(&path).unwrap());
-        let mut f = Flusher::spawn(Lsn(100)).unwrap();
+        let mut f = Flusher::spawn(Lsn(100), None).unwrap();
         assert_eq!(f.durable(), Lsn(100));
         for upto in [200, 300, 250] {
             f.request(SyncRequest {
                 file: file.clone(),
                 path: Arc::new(path.clone()),
                 upto: Lsn(upto),
+                servable: Lsn(upto),
             });
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -171,16 +198,62 @@ mod tests {
         assert_eq!(f.durable(), Lsn(300));
     }
 
+    /// Requests made during one fsync are covered by one more, for the newest of them.
+    #[tokio::test]
+    async fn requests_that_arrive_during_an_fsync_are_merged_into_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = Arc::new(File::create(&path).unwrap());
+        let (entered_tx, entered) = std::sync::mpsc::channel::<Lsn>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let mut f = Flusher::spawn_with(Lsn(0), move |req| {
+            entered_tx.send(req.upto).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+            Ok(())
+        })
+        .unwrap();
+        let ask = |upto| {
+            f.request(SyncRequest {
+                file: file.clone(),
+                path: Arc::new(path.clone()),
+                upto: Lsn(upto),
+                servable: Lsn(upto),
+            })
+        };
+        ask(100);
+        let wait = std::time::Duration::from_secs(10);
+        assert_eq!(entered.recv_timeout(wait).unwrap(), Lsn(100));
+        // The thread is inside the first fsync: these wait for it, then go as one.
+        ask(200);
+        ask(300);
+        ask(400);
+        release.send(()).unwrap();
+        assert_eq!(entered.recv_timeout(wait).unwrap(), Lsn(400));
+        release.send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + wait;
+        while f.durable() < Lsn(400) {
+            tokio::time::timeout_at(deadline, f.changed())
+                .await
+                .expect("published within 10 s")
+                .unwrap();
+        }
+        drop(f);
+        // Two fsyncs in all.
+        assert!(entered.try_recv().is_err());
+    }
+
     #[tokio::test]
     async fn an_fsync_error_reaches_the_network_task() {
         // fdatasync of a directory opened read-only succeeds on most file systems; a pipe
         // refuses it (EINVAL), which is what a failing disk looks like to the thread.
         let (r, _w) = nix_pipe();
-        let mut f = Flusher::spawn(Lsn(0)).unwrap();
+        let mut f = Flusher::spawn(Lsn(0), None).unwrap();
         f.request(SyncRequest {
             file: Arc::new(r),
             path: Arc::new(PathBuf::from("/the/segment.partial")),
             upto: Lsn(10),
+            servable: Lsn(10),
         });
         let err = tokio::time::timeout(std::time::Duration::from_secs(10), f.changed())
             .await

@@ -42,7 +42,7 @@ pub(super) enum Next {
 /// How WAL reaches the disk; see the module documentation.
 pub(super) trait WritePolicy {
     /// Progress to report before waiting for the next event, if any.
-    async fn settle(&mut self, conn: &ReplicationConn) -> Result<Option<Progress>, ReceiveError>;
+    async fn settle(&mut self, conn: &mut ReplicationConn) -> Result<Option<Progress>, ReceiveError>;
     /// The next event. Cancel-safe: it runs in a `select!` against stop and the ticker.
     async fn next(&mut self, conn: &mut ReplicationConn) -> Result<Next, ReceiveError>;
     /// Take the whole of the message's WAL (not cancelled). False if a stop was requested
@@ -71,10 +71,9 @@ pub(super) trait WritePolicy {
 pub(super) struct Inline {
     writer: WalWriter,
     validator: Validator,
-    /// `serve_unflushed`: where to publish written WAL as servable before its fsync, and
-    /// the stream's timeline.
-    early: Option<(watch::Sender<Position>, TimeLineId)>,
-    /// With `early`: the thread that fsyncs while the network task goes on (see
+    /// A relay's: how its downstreams are served from this stream.
+    serve: Option<Serve>,
+    /// With `serve`: the thread that fsyncs while the network task goes on (see
     /// [`super::flusher`]).
     flusher: Option<Flusher>,
     /// Checked WAL not written yet, from `pending_start`.
@@ -82,6 +81,17 @@ pub(super) struct Inline {
     pending_start: Lsn,
     /// WAL written but not yet durable (a large group written early).
     dirty: bool,
+}
+
+/// How a relay serves its downstreams from the stream: where servable WAL is published, the
+/// stream's timeline, and whether WAL is servable once written (`--serve-unflushed`: the
+/// network task publishes it before the fsync) or once durable (the flush thread publishes
+/// it as its fsync returns, waking the downstream sessions without a detour through the
+/// network task).
+pub(super) struct Serve {
+    pub position: watch::Sender<Position>,
+    pub tli: TimeLineId,
+    pub unflushed: bool,
 }
 
 /// Gathered WAL beyond this is written at once (catch-up in `--synchronous` mode), made
@@ -92,19 +102,23 @@ impl Inline {
     pub fn new(
         writer: WalWriter,
         validator: Validator,
-        early: Option<(watch::Sender<Position>, TimeLineId)>,
+        serve: Option<Serve>,
     ) -> Result<Self, ReceiveError> {
-        let flusher = match &early {
-            Some(_) => Some(
-                Flusher::spawn(writer.progress().flushed)
-                    .map_err(|e| ReceiveError::Internal(format!("cannot start the flush thread: {e}")))?,
-            ),
+        let flusher = match &serve {
+            Some(s) => {
+                let publish = (!s.unflushed).then(|| (s.position.clone(), s.tli));
+                Some(
+                    Flusher::spawn(writer.progress().flushed, publish).map_err(|e| {
+                        ReceiveError::Internal(format!("cannot start the flush thread: {e}"))
+                    })?,
+                )
+            }
             None => None,
         };
         Ok(Inline {
             writer,
             validator,
-            early,
+            serve,
             flusher,
             pending: Vec::new(),
             pending_start: Lsn::INVALID,
@@ -112,35 +126,31 @@ impl Inline {
         })
     }
 
-    /// `serve_unflushed`: write what is pending, publish it as servable, and have the
-    /// flusher make it durable; the progress now (its `flushed` moves once the flusher is
-    /// done).
-    fn write_early(&mut self) -> Result<Progress, ReceiveError> {
+    /// A relay's: write what is pending, publish it as servable if it may be served
+    /// unflushed, and have the flusher make it durable (and then servable); the progress
+    /// now (its `flushed` moves once the flusher is done).
+    fn hand_over(&mut self) -> Result<Progress, ReceiveError> {
         let Inline {
             writer,
             validator,
-            early: Some((position, tli)),
+            serve: Some(serve),
             flusher: Some(flusher),
             pending,
             pending_start,
             dirty,
         } = self
         else {
-            unreachable!("write_early without serve_unflushed");
+            unreachable!("hand_over without a flusher");
         };
         let checked = validator.checked_end();
         let need = blocking(|| {
             if !pending.is_empty() {
                 writer.write_chunk(*pending_start, pending, checked)?;
             }
-            let written = writer.progress().written.min(checked);
-            position.send_if_modified(|pos| {
-                let raise = pos.timeline == *tli && written > pos.servable;
-                if raise {
-                    pos.servable = written;
-                }
-                raise
-            });
+            if serve.unflushed {
+                let written = writer.progress().written.min(checked);
+                raise_servable(&serve.position, serve.tli, written);
+            }
             writer.sync_request()
         })?;
         pending.clear();
@@ -156,24 +166,36 @@ impl Inline {
     }
 }
 
+/// Let downstreams of `tli` be sent WAL up to `servable`.
+pub(super) fn raise_servable(position: &watch::Sender<Position>, tli: TimeLineId, servable: Lsn) {
+    position.send_if_modified(|pos| {
+        let raise = pos.timeline == tli && servable > pos.servable;
+        if raise {
+            pos.servable = servable;
+        }
+        raise
+    });
+}
+
 impl WritePolicy for Inline {
-    async fn settle(&mut self, conn: &ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
+    async fn settle(&mut self, conn: &mut ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
+        // What the flusher made durable since (serve_unflushed).
+        let mut news = None;
         if let Some(f) = &self.flusher {
             let before = self.writer.progress();
             let p = self.writer.note_synced(f.durable());
-            if p != before {
-                if (self.dirty || !self.pending.is_empty()) && !conn.has_buffered_frame() {
-                    return self.flush().await.map(Some);
-                }
-                return Ok(Some(p));
-            }
+            news = (p != before).then_some(p);
         }
-        // Once no whole message is left buffered: WAL that arrived during the last sync is
-        // written with it (group commit).
+        // Once no whole message is left, in the buffer or in the socket: WAL that arrived
+        // during the last sync is written with it (group commit). A group that has grown
+        // past GATHER_MAX (catch-up) is made durable without looking further.
         if (self.dirty || !self.pending.is_empty()) && !conn.has_buffered_frame() {
+            if !self.dirty && conn.fill_ready()? && conn.has_buffered_frame() {
+                return Ok(news);
+            }
             return self.flush().await.map(Some);
         }
-        Ok(None)
+        Ok(news)
     }
 
     async fn next(&mut self, conn: &mut ReplicationConn) -> Result<Next, ReceiveError> {
@@ -236,8 +258,8 @@ impl WritePolicy for Inline {
     }
 
     async fn flush(&mut self) -> Result<Progress, ReceiveError> {
-        if self.early.is_some() {
-            return self.write_early();
+        if self.serve.is_some() {
+            return self.hand_over();
         }
         let checked = self.validator.checked_end();
         let (writer, pending, start) = (&mut self.writer, &self.pending, self.pending_start);
@@ -295,7 +317,7 @@ impl Batched {
 }
 
 impl WritePolicy for Batched {
-    async fn settle(&mut self, _conn: &ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
+    async fn settle(&mut self, _conn: &mut ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
         Ok(Some(*self.progress.borrow_and_update()))
     }
 

@@ -181,6 +181,7 @@ impl WalWriter {
             file: file.clone(),
             path: path.clone(),
             upto: self.progress.written,
+            servable: self.progress.written.min(self.checked),
         }))
     }
 
