@@ -165,11 +165,11 @@ impl SegmentWriter {
     /// compressor holds bytes back, and under `--no-sync`.
     pub fn sync_handle(&self) -> Result<Option<File>, ArchiveError> {
         match self.sink.as_ref() {
-            Some(Sink::Plain(p)) if !self.archive.no_sync() => p
-                .file
-                .try_clone()
-                .map(Some)
-                .map_err(|e| ArchiveError::io("duplicate the descriptor of", &self.partial_path, e)),
+            Some(Sink::Plain(p)) if !self.archive.no_sync() => {
+                p.file.try_clone().map(Some).map_err(|e| {
+                    ArchiveError::io("duplicate the descriptor of", &self.partial_path, e)
+                })
+            }
             _ => Ok(None),
         }
     }

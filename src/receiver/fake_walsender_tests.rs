@@ -562,7 +562,7 @@ struct Observed {
 
 /// Receive from a fake walsender to an `--endpos` short of its WAL's end, with a live tail,
 /// recording every position published.
-async fn observe_positions(synchronous: bool, serve_unflushed: bool, flush_thread: bool) -> Observed {
+async fn observe_positions(synchronous: bool, serve_unflushed: bool) -> Observed {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = wal();
     let end = Lsn(SEG + wal.len() as u64 - 100_000);
@@ -573,7 +573,6 @@ async fn observe_positions(synchronous: bool, serve_unflushed: bool, flush_threa
     opts.endpos = Some(end);
     opts.synchronous = synchronous;
     opts.serve_unflushed = serve_unflushed;
-    opts.flush_thread = flush_thread;
     let tail = Arc::new(LiveTail::new(4 << 20));
     opts.live_tail = Some(tail.clone());
     let (_stop_tx, stop_rx) = watch::channel(false);
@@ -615,7 +614,7 @@ async fn the_durable_validated_position_is_published() {
             tail,
             upstream,
             ..
-        } = observe_positions(synchronous, false, false).await;
+        } = observe_positions(synchronous, false).await;
         assert_eq!((upstream.system_id, upstream.seg_size), (SYSID, SEG));
         assert_eq!(seen.first().map(|p| p.flushed), Some(Lsn(SEG)), "{seen:?}");
         assert!(seen.iter().all(|p| p.timeline == TimeLineId(1)), "{seen:?}");
@@ -655,7 +654,7 @@ async fn written_wal_is_servable_with_serve_unflushed_and_the_reported_flush_kee
         flushes,
         tail,
         ..
-    } = observe_positions(true, true, false).await;
+    } = observe_positions(true, true).await;
     assert!(seen.iter().all(|p| p.servable >= p.flushed), "{seen:?}");
     assert!(
         seen.windows(2).all(|w| w[0].servable <= w[1].servable),
@@ -714,32 +713,4 @@ async fn acknowledgements_wait_for_the_ack_limit() {
         );
         assert!(flushes[first_over] >= all_received, "{flushes:?}");
     }
-}
-
-/// `flush_thread` (a relay's default): WAL becomes servable as the flush thread makes it
-/// durable, before the network task publishes it as flushed, and never past the last valid
-/// record; the flush reported upstream is what the thread made durable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_flush_thread_durable_wal_is_servable_and_the_reported_flush_follows() {
-    let Observed {
-        wal,
-        end,
-        seen,
-        flushes,
-        tail,
-        ..
-    } = observe_positions(true, false, true).await;
-    assert!(
-        seen.windows(2).all(|w| w[0].servable <= w[1].servable && w[0].flushed <= w[1].flushed),
-        "{seen:?}"
-    );
-    assert!(seen.iter().all(|p| p.servable >= p.flushed), "{seen:?}");
-    let last = *seen.last().unwrap();
-    assert!(last.flushed >= end, "{seen:?}");
-    // The thread may have made more durable than the loop reported before it stopped.
-    assert!(last.servable >= end, "{seen:?}");
-    assert!(last.servable.0 <= SEG + wal.len() as u64);
-    assert!(tail.range().2 >= last.servable);
-    assert!(flushes.iter().all(|f| *f <= last.flushed), "{flushes:?}");
-    assert!(flushes.iter().any(|f| *f >= end), "{flushes:?}");
 }

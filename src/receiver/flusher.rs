@@ -16,10 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::watch;
 
-use super::policy::raise_servable;
-use super::Position;
 use crate::archive::ArchiveError;
-use crate::wal::{Lsn, TimeLineId};
+use crate::wal::Lsn;
 
 /// What the thread is asked for: the newest request, and whether to stop.
 #[derive(Default)]
@@ -29,13 +27,11 @@ struct Requests {
     failure: Option<ArchiveError>,
 }
 
-/// Make `file` (at `path`, for errors) durable; the WAL it holds then reaches `upto`, and
-/// is validated up to `servable`.
+/// Make `file` (at `path`, for errors) durable; the WAL it holds then reaches `upto`.
 pub struct SyncRequest {
     pub file: Arc<File>,
     pub path: Arc<PathBuf>,
     pub upto: Lsn,
-    pub servable: Lsn,
 }
 
 pub struct Flusher {
@@ -45,19 +41,9 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// Start the thread; `start` is what is durable already. With `publish`, each request's
-    /// `servable` is published there as soon as it is durable (see [`raise_servable`]).
-    pub fn spawn(
-        start: Lsn,
-        publish: Option<(watch::Sender<Position>, TimeLineId)>,
-    ) -> std::io::Result<Flusher> {
-        Self::spawn_with(start, move |req| {
-            req.file.sync_data()?;
-            if let Some((position, tli)) = &publish {
-                raise_servable(position, *tli, req.servable);
-            }
-            Ok(())
-        })
+    /// Start the thread; `start` is what is durable already.
+    pub fn spawn(start: Lsn) -> std::io::Result<Flusher> {
+        Self::spawn_with(start, |req| req.file.sync_data())
     }
 
     /// As [`Flusher::spawn`], making a request durable with `sync` (tests slow it down).
@@ -177,14 +163,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = Arc::new(File::create(&path).unwrap());
-        let mut f = Flusher::spawn(Lsn(100), None).unwrap();
+        let mut f = Flusher::spawn(Lsn(100)).unwrap();
         assert_eq!(f.durable(), Lsn(100));
         for upto in [200, 300, 250] {
             f.request(SyncRequest {
                 file: file.clone(),
                 path: Arc::new(path.clone()),
                 upto: Lsn(upto),
-                servable: Lsn(upto),
             });
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -218,7 +203,6 @@ mod tests {
                 file: file.clone(),
                 path: Arc::new(path.clone()),
                 upto: Lsn(upto),
-                servable: Lsn(upto),
             })
         };
         ask(100);
@@ -248,12 +232,11 @@ mod tests {
         // fdatasync of a directory opened read-only succeeds on most file systems; a pipe
         // refuses it (EINVAL), which is what a failing disk looks like to the thread.
         let (r, _w) = nix_pipe();
-        let mut f = Flusher::spawn(Lsn(0), None).unwrap();
+        let mut f = Flusher::spawn(Lsn(0)).unwrap();
         f.request(SyncRequest {
             file: Arc::new(r),
             path: Arc::new(PathBuf::from("/the/segment.partial")),
             upto: Lsn(10),
-            servable: Lsn(10),
         });
         let err = tokio::time::timeout(std::time::Duration::from_secs(10), f.changed())
             .await

@@ -38,7 +38,7 @@ use crate::protocol::replication::{
 use crate::protocol::ReplicationConn;
 use crate::service::Metrics;
 use crate::wal::{parse_history, tli_of_point_in_history, HistoryEntry, Lsn, TimeLineId};
-use policy::{Batched, Inline, Next, Serve, WritePolicy};
+use policy::{Batched, Inline, Next, WritePolicy};
 use validate::Validator;
 use writer::{Progress, WalWriter, WriterCmd, WriterOptions};
 
@@ -90,11 +90,6 @@ pub struct ReceiveOptions {
     /// fsync that makes it durable (a relay's `--serve-unflushed`). What is reported
     /// upstream as flushed does not change.
     pub serve_unflushed: bool,
-    /// With `synchronous`: fsync on a thread of its own, which publishes what became
-    /// durable as servable at once (a relay: downstreams are sent WAL as soon as it is
-    /// durable, and WAL arriving meanwhile is written without waiting). Implied by
-    /// `serve_unflushed`.
-    pub flush_thread: bool,
 }
 
 impl ReceiveOptions {
@@ -118,7 +113,6 @@ impl ReceiveOptions {
             upload_to: None,
             synchronous_remote: false,
             serve_unflushed: false,
-            flush_thread: false,
         }
     }
 }
@@ -497,12 +491,11 @@ impl Session<'_> {
         let (writer, progress) = WalWriter::new(archive.clone(), tli, start, writer_opts);
         let seg_size = archive.seg_size();
         if self.opts.synchronous {
-            let serve = (self.opts.serve_unflushed || self.opts.flush_thread).then(|| Serve {
-                position: self.published.position.clone(),
-                tli,
-                unflushed: self.opts.serve_unflushed,
-            });
-            let policy = Inline::new(writer, validator, serve)?;
+            let early = self
+                .opts
+                .serve_unflushed
+                .then(|| (self.published.position.clone(), tli));
+            let policy = Inline::new(writer, validator, early)?;
             return self.drive(conn, policy, start, tli, seg_size).await;
         }
         let (batches, handle) = Batches::spawn(writer, validator, start, seg_size);

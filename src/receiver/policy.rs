@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::validate::Validator;
 use super::flusher::Flusher;
+use super::validate::Validator;
 use super::writer::{Progress, SyncNeed, WalWriter, WriterCmd};
 use super::{blocking, stop_requested, Batches, Position, ReceiveError};
 use crate::archive::ArchiveError;
@@ -42,7 +42,10 @@ pub(super) enum Next {
 /// How WAL reaches the disk; see the module documentation.
 pub(super) trait WritePolicy {
     /// Progress to report before waiting for the next event, if any.
-    async fn settle(&mut self, conn: &mut ReplicationConn) -> Result<Option<Progress>, ReceiveError>;
+    async fn settle(
+        &mut self,
+        conn: &mut ReplicationConn,
+    ) -> Result<Option<Progress>, ReceiveError>;
     /// The next event. Cancel-safe: it runs in a `select!` against stop and the ticker.
     async fn next(&mut self, conn: &mut ReplicationConn) -> Result<Next, ReceiveError>;
     /// Take the whole of the message's WAL (not cancelled). False if a stop was requested
@@ -71,9 +74,10 @@ pub(super) trait WritePolicy {
 pub(super) struct Inline {
     writer: WalWriter,
     validator: Validator,
-    /// A relay's: how its downstreams are served from this stream.
-    serve: Option<Serve>,
-    /// With `serve`: the thread that fsyncs while the network task goes on (see
+    /// `serve_unflushed`: where to publish written WAL as servable before its fsync, and
+    /// the stream's timeline.
+    early: Option<(watch::Sender<Position>, TimeLineId)>,
+    /// With `early`: the thread that fsyncs while the network task goes on (see
     /// [`super::flusher`]).
     flusher: Option<Flusher>,
     /// Checked WAL not written yet, from `pending_start`.
@@ -81,17 +85,6 @@ pub(super) struct Inline {
     pending_start: Lsn,
     /// WAL written but not yet durable (a large group written early).
     dirty: bool,
-}
-
-/// How a relay serves its downstreams from the stream: where servable WAL is published, the
-/// stream's timeline, and whether WAL is servable once written (`--serve-unflushed`: the
-/// network task publishes it before the fsync) or once durable (the flush thread publishes
-/// it as its fsync returns, waking the downstream sessions without a detour through the
-/// network task).
-pub(super) struct Serve {
-    pub position: watch::Sender<Position>,
-    pub tli: TimeLineId,
-    pub unflushed: bool,
 }
 
 /// Gathered WAL beyond this is written at once (catch-up in `--synchronous` mode), made
@@ -102,23 +95,18 @@ impl Inline {
     pub fn new(
         writer: WalWriter,
         validator: Validator,
-        serve: Option<Serve>,
+        early: Option<(watch::Sender<Position>, TimeLineId)>,
     ) -> Result<Self, ReceiveError> {
-        let flusher = match &serve {
-            Some(s) => {
-                let publish = (!s.unflushed).then(|| (s.position.clone(), s.tli));
-                Some(
-                    Flusher::spawn(writer.progress().flushed, publish).map_err(|e| {
-                        ReceiveError::Internal(format!("cannot start the flush thread: {e}"))
-                    })?,
-                )
-            }
+        let flusher = match &early {
+            Some(_) => Some(Flusher::spawn(writer.progress().flushed).map_err(|e| {
+                ReceiveError::Internal(format!("cannot start the flush thread: {e}"))
+            })?),
             None => None,
         };
         Ok(Inline {
             writer,
             validator,
-            serve,
+            early,
             flusher,
             pending: Vec::new(),
             pending_start: Lsn::INVALID,
@@ -126,31 +114,35 @@ impl Inline {
         })
     }
 
-    /// A relay's: write what is pending, publish it as servable if it may be served
-    /// unflushed, and have the flusher make it durable (and then servable); the progress
-    /// now (its `flushed` moves once the flusher is done).
-    fn hand_over(&mut self) -> Result<Progress, ReceiveError> {
+    /// `serve_unflushed`: write what is pending, publish it as servable, and have the
+    /// flusher make it durable; the progress now (its `flushed` moves once the flusher is
+    /// done).
+    fn write_early(&mut self) -> Result<Progress, ReceiveError> {
         let Inline {
             writer,
             validator,
-            serve: Some(serve),
+            early: Some((position, tli)),
             flusher: Some(flusher),
             pending,
             pending_start,
             dirty,
         } = self
         else {
-            unreachable!("hand_over without a flusher");
+            unreachable!("write_early without serve_unflushed");
         };
         let checked = validator.checked_end();
         let need = blocking(|| {
             if !pending.is_empty() {
                 writer.write_chunk(*pending_start, pending, checked)?;
             }
-            if serve.unflushed {
-                let written = writer.progress().written.min(checked);
-                raise_servable(&serve.position, serve.tli, written);
-            }
+            let written = writer.progress().written.min(checked);
+            position.send_if_modified(|pos| {
+                let raise = pos.timeline == *tli && written > pos.servable;
+                if raise {
+                    pos.servable = written;
+                }
+                raise
+            });
             writer.sync_request()
         })?;
         pending.clear();
@@ -166,19 +158,11 @@ impl Inline {
     }
 }
 
-/// Let downstreams of `tli` be sent WAL up to `servable`.
-pub(super) fn raise_servable(position: &watch::Sender<Position>, tli: TimeLineId, servable: Lsn) {
-    position.send_if_modified(|pos| {
-        let raise = pos.timeline == tli && servable > pos.servable;
-        if raise {
-            pos.servable = servable;
-        }
-        raise
-    });
-}
-
 impl WritePolicy for Inline {
-    async fn settle(&mut self, conn: &mut ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
+    async fn settle(
+        &mut self,
+        conn: &mut ReplicationConn,
+    ) -> Result<Option<Progress>, ReceiveError> {
         // What the flusher made durable since (serve_unflushed).
         let mut news = None;
         if let Some(f) = &self.flusher {
@@ -258,8 +242,8 @@ impl WritePolicy for Inline {
     }
 
     async fn flush(&mut self) -> Result<Progress, ReceiveError> {
-        if self.serve.is_some() {
-            return self.hand_over();
+        if self.early.is_some() {
+            return self.write_early();
         }
         let checked = self.validator.checked_end();
         let (writer, pending, start) = (&mut self.writer, &self.pending, self.pending_start);
@@ -317,7 +301,10 @@ impl Batched {
 }
 
 impl WritePolicy for Batched {
-    async fn settle(&mut self, _conn: &mut ReplicationConn) -> Result<Option<Progress>, ReceiveError> {
+    async fn settle(
+        &mut self,
+        _conn: &mut ReplicationConn,
+    ) -> Result<Option<Progress>, ReceiveError> {
         Ok(Some(*self.progress.borrow_and_update()))
     }
 

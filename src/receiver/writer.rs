@@ -172,7 +172,11 @@ impl WalWriter {
         let name = segment.segment();
         if self.sync_file.as_ref().is_none_or(|(n, _, _)| *n != name) {
             self.sync_file = match segment.sync_handle()? {
-                Some(f) => Some((name, Arc::new(f), Arc::new(segment.partial_path().to_path_buf()))),
+                Some(f) => Some((
+                    name,
+                    Arc::new(f),
+                    Arc::new(segment.partial_path().to_path_buf()),
+                )),
                 None => return Ok(SyncNeed::Inline),
             };
         }
@@ -181,7 +185,6 @@ impl WalWriter {
             file: file.clone(),
             path: path.clone(),
             upto: self.progress.written,
-            servable: self.progress.written.min(self.checked),
         }))
     }
 
