@@ -145,13 +145,13 @@ echo "pgbench TPS, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, median of $ROU
 printf '  walferry --synchronous:       %6d tps\n' "$wf"
 printf '  real standby:                 %6d tps\n' "$sb"
 printf '  pg_receivewal --synchronous:  %6d tps\n' "$pr"
-awk -v a="$wf" -v b="$sb" -v c="$pr" \
-    'BEGIN { printf "  walferry / real standby: %.2fx; walferry / pg_receivewal: %.2fx (target >= 1.05x both)\n", a/b, a/c }'
+# Ratios; "n/a" for a contender BENCH_ORDER left out.
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (x > 0 && y > 0) printf "%.2fx", x / y; else printf "n/a" }'; }
+echo "  walferry / real standby: $(ratio "$wf" "$sb"); walferry / pg_receivewal: $(ratio "$wf" "$pr") (target >= 1.05x both)"
 if [ "$FLOORS" = 1 ]; then
     fl=$(echo "${TPS[floor]}" | median)
     fd=$(echo "${TPS[floor_durable]}" | median)
     printf '  ceiling, acknowledges unwritten:  %6d tps\n' "$fl"
     printf '  plain write + fdatasync per group: %5d tps\n' "$fd"
-    awk -v f="$fl" -v d="$fd" -v b="$sb" -v c="$pr" -v a="$wf" \
-        'BEGIN { printf "  the ceiling over real standby / pg_receivewal: %.2fx / %.2fx (no receiver can do better); walferry / plain: %.2fx\n", f/b, f/c, a/d }'
+    echo "  the ceiling over real standby / pg_receivewal: $(ratio "$fl" "$sb") / $(ratio "$fl" "$pr") (no receiver can do better); walferry / plain: $(ratio "$wf" "$fd")"
 fi
