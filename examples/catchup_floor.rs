@@ -11,9 +11,10 @@
 //! catchup_floor CONNINFO START_LSN END_LSN
 //! ```
 
-use walferry::conninfo::{self, ConnOptions};
-use walferry::protocol::client::{CopyMessage, ReplicationConn, StreamItem};
+use walferry::protocol::client::{CopyMessage, StreamItem};
 use walferry::wal::Lsn;
+
+mod common;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -30,18 +31,7 @@ async fn run() -> Result<(), String> {
     };
     let start: Lsn = start.parse().map_err(|e| format!("{e}"))?;
     let end: Lsn = end.parse().map_err(|e| format!("{e}"))?;
-    let params = conninfo::resolve(&ConnOptions {
-        dbname: Some(conninfo.clone()),
-        ..ConnOptions::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let mut conn = ReplicationConn::connect(&params)
-        .await
-        .map_err(|e| e.to_string())?;
-    let system = conn.identify_system().await.map_err(|e| e.to_string())?;
-    conn.start_replication(None, start, system.timeline)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut conn, _) = common::stream_from(conninfo, Some(start)).await?;
     // The memory receive reads into (huge pages where the kernel gives them).
     let mut batch = walferry::archive::AlignedBuf::new(1 << 20);
     batch.reset(0);

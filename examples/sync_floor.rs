@@ -15,10 +15,11 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 
 use bytes::BytesMut;
-use walferry::conninfo::{self, ConnOptions};
-use walferry::protocol::client::{CopyMessage, ReplicationConn};
+use walferry::protocol::client::CopyMessage;
 use walferry::protocol::replication::{encode_status_update, pg_now, ReplicationMessage};
 use walferry::wal::Lsn;
+
+mod common;
 
 /// The ring FILE holds: large enough that writes never wait on one another's pages.
 const RING: u64 = 64 << 20;
@@ -43,18 +44,7 @@ async fn run() -> Result<(), String> {
         [c, flag, file] if flag == "--durable" => (c, Some(ring_file(file)?)),
         _ => return Err("usage: sync_floor CONNINFO [--durable FILE]".into()),
     };
-    let params = conninfo::resolve(&ConnOptions {
-        dbname: Some(conninfo.clone()),
-        ..ConnOptions::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let mut conn = ReplicationConn::connect(&params)
-        .await
-        .map_err(|e| e.to_string())?;
-    let system = conn.identify_system().await.map_err(|e| e.to_string())?;
-    conn.start_replication(None, system.xlogpos, system.timeline)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut conn, system) = common::stream_from(conninfo, None).await?;
     let mut received = system.xlogpos;
     let mut reply = BytesMut::new();
     loop {

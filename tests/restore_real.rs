@@ -56,6 +56,18 @@ fn receiver(pg: &PgCluster, repo: &Path) -> Proc {
     ]))
 }
 
+/// A primary whose synchronous standby is a receiver into a new repository's `wal/`: every
+/// commit acknowledged is in the archive.
+fn synchronously_archived_primary() -> (PgCluster, tempfile::TempDir, Proc) {
+    let pg = PgCluster::primary();
+    pg.create_physical_slot("wf");
+    let repo = tempdir();
+    let rx = receiver(&pg, repo.path());
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walferry'");
+    pg.psql("SELECT pg_reload_conf()");
+    (pg, repo, rx)
+}
+
 /// Once the receiver has flushed everything the primary wrote, stop it (cleanly).
 fn stop_when_archived(pg: &PgCluster, rx: &mut Proc) {
     common::wait_until(
@@ -100,12 +112,7 @@ fn count(pg: &PgCluster) -> u64 {
 
 #[test]
 fn a_deleted_primary_is_rebuilt_with_every_acknowledged_commit() {
-    let mut pg = PgCluster::primary();
-    pg.create_physical_slot("wf");
-    let repo = tempdir();
-    let mut rx = receiver(&pg, repo.path());
-    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walferry'");
-    pg.psql("SELECT pg_reload_conf()");
+    let (mut pg, repo, mut rx) = synchronously_archived_primary();
     pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)");
     pg.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
     backup(&pg, repo.path(), &["-Z", "lz4"]);
@@ -485,12 +492,7 @@ fn verify_backup(manifest: &Path, pgdata: &Path) {
 /// pg_verifybackup once laid out, and the restored cluster has every acknowledged row.
 #[test]
 fn a_pgdata_backup_under_writes_restores_with_every_acknowledged_row() {
-    let mut pg = PgCluster::primary();
-    pg.create_physical_slot("wf");
-    let repo = tempdir();
-    let mut rx = receiver(&pg, repo.path());
-    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walferry'");
-    pg.psql("SELECT pg_reload_conf()");
+    let (mut pg, repo, mut rx) = synchronously_archived_primary();
     let ts = tempdir();
     common::chown_to_postgres(ts.path());
     pg.psql(&format!(
