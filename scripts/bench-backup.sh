@@ -54,20 +54,8 @@ BACKUP_METHODS=${BENCH_BACKUP_METHODS:-pgdata protocol}
 BENCH_DIR=${BENCH_DIR:-$REPO_ROOT/target/bench}
 
 want() { [[ " $PARTS " == *" $1 "* ]]; }
-for p in $PARTS; do
-    case "$p" in backup | restore | replay) ;; *)
-        echo "BENCH_PARTS: unknown part '$p' (backup, restore, replay)" >&2
-        exit 2
-        ;;
-    esac
-done
-for m in $BACKUP_METHODS; do
-    case "$m" in pgdata | protocol) ;; *)
-        echo "BENCH_BACKUP_METHODS: unknown method '$m' (pgdata, protocol)" >&2
-        exit 2
-        ;;
-    esac
-done
+check_choices BENCH_PARTS "$PARTS" backup restore replay
+check_choices BENCH_BACKUP_METHODS "$BACKUP_METHODS" pgdata protocol
 case "$WAL_COMPRESS" in
 lz4) PGBR_WAL_COMPRESS=lz4 ;;
 none) PGBR_WAL_COMPRESS=none ;;

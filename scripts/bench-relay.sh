@@ -55,13 +55,7 @@ read -r -a RELAY_FLAGS <<<"${BENCH_RELAY_FLAGS:-}"
 BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
 
 want() { [[ " $PARTS " == *" $1 "* ]]; }
-for p in $PARTS; do
-    case "$p" in fanout | lag | sync) ;; *)
-        echo "BENCH_PARTS: unknown part '$p' (fanout, lag, sync)" >&2
-        exit 2
-        ;;
-    esac
-done
+check_choices BENCH_PARTS "$PARTS" fanout lag sync
 NSTANDBYS=0
 want sync && NSTANDBYS=1
 want lag && NSTANDBYS=$((LAG_CASCADE == 1 ? 3 : 2))

@@ -44,13 +44,7 @@ TIMEOUT=${BENCH_TIMEOUT:-600}
 BENCH_DIR=${BENCH_DIR:-$REPO_ROOT/target/bench}
 
 want() { [[ " $PARTS " == *" $1 "* ]]; }
-for p in $PARTS; do
-    case "$p" in catchup | restore) ;; *)
-        echo "BENCH_PARTS: unknown part '$p' (catchup, restore)" >&2
-        exit 2
-        ;;
-    esac
-done
+check_choices BENCH_PARTS "$PARTS" catchup restore
 
 bash scripts/setup.sh >/dev/null
 S3S_FS=${WALFERRY_S3S_FS:-${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs}

@@ -123,3 +123,16 @@ run_pgbench() {
 }
 # The median of the numbers on standard input (separated by blanks or newlines).
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# check_choices NAME "WORDS" CHOICE...: every one of WORDS is one of the CHOICEs, or say which
+# is not and exit 2 (for the BENCH_* variables that list parts or methods).
+check_choices() {
+    local name=$1 words=$2 w
+    shift 2
+    for w in $words; do
+        [[ " $* " == *" $w "* ]] || {
+            echo "$name: unknown value '$w' (one of: $*)" >&2
+            exit 2
+        }
+    done
+}
