@@ -15,13 +15,14 @@ use super::{current_thread_runtime, ConnArgs, Failure};
 pub const AFTER_HELP: &str = "\
 Takes a base backup with the replication protocol's BASE_BACKUP (PostgreSQL 15 or later), or
 by reading the data directory itself (--pgdata, below), into REPO/backups/<id>/, <id> being
-the start time in UTC (e.g. 20261127T195300Z), and prints the id on stdout. Each file of the data directory and of every tablespace is stored on its own,
-compressed with -Z (none, lz4, zstd[:LEVEL], gzip[:LEVEL]) in independent 1 MiB pieces on
---jobs threads as the stream arrives (one LZ4 frame of 1 MiB blocks, or a zstd frame or gzip
-member per MiB: lz4 -d, zstd -d and gzip -d read them); the server's backup_manifest is kept
-as sent (pg_verifybackup reads it), every stored file is checked against its size and CRC-32C
-there, and all are made durable (one syncfs of the repository's file system, then each
-directory fsynced) before the backup is kept.
+the start time in UTC (e.g. 20261127T195300Z), and prints the id on stdout. Each file of the
+data directory and of every tablespace is stored on its own, compressed with -Z (none, lz4,
+zstd[:LEVEL], gzip[:LEVEL]) in independent 1 MiB pieces on --jobs threads as the stream
+arrives (one LZ4 frame of 1 MiB blocks, or a zstd frame or gzip member per MiB: lz4 -d, zstd
+-d and gzip -d read them); the server's backup_manifest is kept as sent (pg_verifybackup
+reads it), every stored file is checked against its size and CRC-32C there, and all are made
+durable (one syncfs of the repository's file system, then each directory fsynced) before the
+backup is kept.
 
 With --pgdata DIR, walferry reads the files itself instead (as pgBackRest does with its
 pg1-path): it opens an ordinary SQL session with -d (on -d's dbname, else postgres; the user
