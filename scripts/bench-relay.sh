@@ -85,15 +85,7 @@ stop_relay() {
         RELAY_PID=
     fi
 }
-stop_standby() {
-    local i=$1
-    if [ -n "${SB_JOB[i]:-}" ]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$WORK/s$i" -m fast -w stop >/dev/null 2>&1 ||
-            kill -9 "${SB_JOB[i]}" 2>/dev/null || true
-        wait "${SB_JOB[i]}" 2>/dev/null || true
-        SB_JOB[i]=
-    fi
-}
+stop_standby() { stop_server "SB_JOB[$1]" "$WORK/s$1"; }
 cleanup() {
     local rc=$? pid i
     for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -42,14 +42,7 @@ stop_receiver() {
         RECEIVER_PID=
     fi
 }
-stop_standby() {
-    if [ -n "$STANDBY_JOB" ]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$WORK/standby" -m fast -w stop >/dev/null 2>&1 ||
-            kill -9 "$STANDBY_JOB" 2>/dev/null || true
-        wait "$STANDBY_JOB" 2>/dev/null || true
-        STANDBY_JOB=
-    fi
-}
+stop_standby() { stop_server STANDBY_JOB "$WORK/standby"; }
 cleanup() {
     local rc=$?
     stop_receiver

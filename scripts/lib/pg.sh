@@ -22,15 +22,20 @@ free_port_from() {
     echo "$p"
 }
 
-# For the restore benches: stop the restored server started as job $RS_JOB (data in $RS_DIR).
-stop_restored() {
-    if [ -n "${RS_JOB:-}" ]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$RS_DIR" -m immediate -w stop >/dev/null 2>&1 ||
-            kill -9 "$RS_JOB" 2>/dev/null || true
-        wait "$RS_JOB" 2>/dev/null || true
-        RS_JOB=
-    fi
+# stop_server VAR DATADIR [MODE]: stop the postgres started as background job $VAR (pg_ctl
+# stop -m MODE, fast by default; kill -9 if that fails), then empty VAR.
+stop_server() {
+    local var=$1 dir=$2 mode=${3:-fast} job
+    job=${!var:-}
+    [ -n "$job" ] || return 0
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" -m "$mode" -w stop >/dev/null 2>&1 ||
+        kill -9 "$job" 2>/dev/null || true
+    wait "$job" 2>/dev/null || true
+    printf -v "$var" '%s' ""
 }
+
+# For the restore benches: stop the restored server started as job $RS_JOB (data in $RS_DIR).
+stop_restored() { stop_server RS_JOB "$RS_DIR" immediate; }
 
 # pg_start WORK [extra postgresql.conf lines...]
 pg_start() {
@@ -76,14 +81,7 @@ pg_start() {
     PG_SOCKET_DIR=$work
 }
 
-pg_stop() {
-    if [ -n "${PM_JOB:-}" ]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 ||
-            kill -9 "$PM_JOB" 2>/dev/null || true
-        wait "$PM_JOB" 2>/dev/null || true
-        PM_JOB=
-    fi
-}
+pg_stop() { stop_server PM_JOB "$PGDATA_DIR"; }
 
 psql_pg() { as_pg "$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PORT" -U postgres -d postgres "$@"; }
 lsn_to_int() { local hi=${1%/*} lo=${1#*/}; echo $(((0x$hi << 32) | 0x$lo)); }
