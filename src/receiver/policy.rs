@@ -74,17 +74,22 @@ pub(super) trait WritePolicy {
 pub(super) struct Inline {
     writer: WalWriter,
     validator: Validator,
-    /// `serve_unflushed`: where to publish written WAL as servable before its fsync, and
-    /// the stream's timeline.
-    early: Option<(watch::Sender<Position>, TimeLineId)>,
-    /// With `early`: the thread that fsyncs while the network task goes on (see
-    /// [`super::flusher`]).
-    flusher: Option<Flusher>,
+    /// `serve_unflushed`: see [`Early`].
+    early: Option<Early>,
     /// Checked WAL not written yet, from `pending_start`.
     pending: Vec<u8>,
     pending_start: Lsn,
     /// WAL written but not yet durable (a large group written early).
     dirty: bool,
+}
+
+/// `serve_unflushed`: where written WAL is published as servable before its fsync, the
+/// stream's timeline, and the thread that fsyncs while the network task goes on (see
+/// [`super::flusher`]).
+struct Early {
+    position: watch::Sender<Position>,
+    tli: TimeLineId,
+    flusher: Flusher,
 }
 
 /// Gathered WAL beyond this is written at once (catch-up in `--synchronous` mode), made
@@ -97,17 +102,20 @@ impl Inline {
         validator: Validator,
         early: Option<(watch::Sender<Position>, TimeLineId)>,
     ) -> Result<Self, ReceiveError> {
-        let flusher = match &early {
-            Some(_) => Some(Flusher::spawn(writer.progress().flushed).map_err(|e| {
-                ReceiveError::Internal(format!("cannot start the flush thread: {e}"))
-            })?),
+        let early = match early {
+            Some((position, tli)) => Some(Early {
+                position,
+                tli,
+                flusher: Flusher::spawn(writer.progress().flushed).map_err(|e| {
+                    ReceiveError::Internal(format!("cannot start the flush thread: {e}"))
+                })?,
+            }),
             None => None,
         };
         Ok(Inline {
             writer,
             validator,
             early,
-            flusher,
             pending: Vec::new(),
             pending_start: Lsn::INVALID,
             dirty: false,
@@ -121,8 +129,12 @@ impl Inline {
         let Inline {
             writer,
             validator,
-            early: Some((position, tli)),
-            flusher: Some(flusher),
+            early:
+                Some(Early {
+                    position,
+                    tli,
+                    flusher,
+                }),
             pending,
             pending_start,
             dirty,
@@ -165,9 +177,9 @@ impl WritePolicy for Inline {
     ) -> Result<Option<Progress>, ReceiveError> {
         // What the flusher made durable since (serve_unflushed).
         let mut news = None;
-        if let Some(f) = &self.flusher {
+        if let Some(early) = &self.early {
             let before = self.writer.progress();
-            let p = self.writer.note_synced(f.durable());
+            let p = self.writer.note_synced(early.flusher.durable());
             news = (p != before).then_some(p);
         }
         // Once no whole message is left, in the buffer or in the socket: WAL that arrived
@@ -183,10 +195,10 @@ impl WritePolicy for Inline {
     }
 
     async fn next(&mut self, conn: &mut ReplicationConn) -> Result<Next, ReceiveError> {
-        let message = match &mut self.flusher {
-            Some(f) => tokio::select! {
+        let message = match &mut self.early {
+            Some(early) => tokio::select! {
                 biased;
-                changed = f.changed() => {
+                changed = early.flusher.changed() => {
                     changed?;
                     return Ok(Next::Woken);
                 }
@@ -266,7 +278,7 @@ impl WritePolicy for Inline {
 
     async fn finish(self) -> Result<Progress, ReceiveError> {
         // The flusher stops first; the writer's close makes everything durable.
-        drop(self.flusher);
+        drop(self.early);
         let writer = self.writer;
         Ok(blocking(|| writer.close())?)
     }
