@@ -28,6 +28,7 @@ BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
 bash scripts/setup.sh >/dev/null
 echo "==> building walferry (release)"
 cargo build --release --bin walferry --example catchup_floor
+WALFERRY=${BENCH_WALFERRY:-$REPO/target/release/walferry} # another build, for A/B runs
 
 mkdir -p "$BENCH_DIR"
 WORK=$(mktemp -d "$BENCH_DIR/catchup-XXXXXX")
@@ -65,11 +66,11 @@ run_one() {
     sync
     local cmd
     if [ "$tool" = walferry ] && [ -n "${BENCH_PERF:-}" ]; then
-        cmd=(perf record -q -F 1999 -g -o "$REPO/target/perf-catchup.data" "$REPO/target/release/walferry" receive)
+        cmd=(perf record -q -F 1999 -g -o "$REPO/target/perf-catchup.data" "$WALFERRY" receive)
     elif [ "$tool" = walferry ]; then
-        cmd=("$REPO/target/release/walferry" receive)
+        cmd=("$WALFERRY" receive)
     elif [ "$tool" = walferry-novalidate ]; then
-        cmd=("$REPO/target/release/walferry" receive --no-validate)
+        cmd=("$WALFERRY" receive --no-validate)
     elif [ "$tool" = floor ]; then
         cmd=()
     else
