@@ -31,8 +31,21 @@ pub struct SegmentWriter {
     synced: u64,
 }
 
+/// How a new uncompressed segment is made ready for WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Prepare {
+    /// As the archive says ([`Archive::zero_filled`]).
+    Default,
+    /// Preallocate even in a zero-filling archive ([`Archive::create_bulk_segment`]).
+    Bulk,
+}
+
 impl SegmentWriter {
-    pub(super) fn create(archive: &Archive, segment: SegmentName) -> Result<Self, ArchiveError> {
+    pub(super) fn create(
+        archive: &Archive,
+        segment: SegmentName,
+        prepare: Prepare,
+    ) -> Result<Self, ArchiveError> {
         let seg_size = archive.seg_size();
         let kind = archive.compression().kind();
         let final_name = WalFileName {
@@ -50,7 +63,8 @@ impl SegmentWriter {
             .map_err(|e| ArchiveError::io("create", &partial_path, e))?;
         let sink = match archive.compression() {
             CompressionSpec::None => {
-                let prepared = if archive.zero_fill() {
+                let zeroed = archive.zero_fill() && prepare == Prepare::Default;
+                let prepared = if zeroed {
                     zero_fill(&file, seg_size)
                 } else {
                     preallocate(&file, seg_size)
@@ -64,7 +78,9 @@ impl SegmentWriter {
                     }
                     return Err(ArchiveError::io("preallocate", &partial_path, e));
                 }
-                Sink::Plain(PlainSink::new(file, &partial_path))
+                // A zero-filled segment's pages are in the page cache: WAL goes there too
+                // (a direct write would have the kernel invalidate them first).
+                Sink::Plain(PlainSink::new(file, &partial_path, !zeroed))
             }
             CompressionSpec::Gzip(level) => Sink::Gzip(flate2::write::GzEncoder::new(
                 file,
@@ -278,15 +294,19 @@ struct DirectWriter {
 }
 
 impl PlainSink {
-    fn new(file: File, path: &std::path::Path) -> Self {
+    fn new(file: File, path: &std::path::Path, direct: bool) -> Self {
         use std::os::unix::fs::OpenOptionsExt;
         // File systems without direct I/O (tmpfs on older kernels) refuse the open:
         // then every write is buffered.
-        let direct = fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok()
+        let direct = direct
+            .then(|| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .ok()
+            })
+            .flatten()
             .map(|file| DirectWriter {
                 file,
                 bounce: Vec::new(),

@@ -128,6 +128,16 @@ impl Walsender {
         wal: Vec<u8>,
         cut: Option<(usize, Sent)>,
     ) -> Vec<Lsn> {
+        Self::serve_with(listener, wal, cut, 128 * 1024).await
+    }
+
+    /// As [`Walsender::serve_cut`], sending `message` bytes of WAL per XLogData message.
+    async fn serve_with(
+        listener: TcpListener,
+        wal: Vec<u8>,
+        cut: Option<(usize, Sent)>,
+        message: usize,
+    ) -> Vec<Lsn> {
         let (sock, _) = listener.accept().await.unwrap();
         let mut s = Walsender {
             sock,
@@ -180,8 +190,8 @@ impl Walsender {
         .await;
         let mut payload = BytesMut::new();
         let mut frames = BytesMut::new();
-        for (i, chunk) in wal.chunks(128 * 1024).enumerate() {
-            let start = Lsn(SEG + (i * 128 * 1024) as u64);
+        for (i, chunk) in wal.chunks(message).enumerate() {
+            let start = Lsn(SEG + (i * message) as u64);
             payload.clear();
             encode_xlog_data(
                 start,
@@ -295,6 +305,37 @@ async fn valid_wal_is_archived_and_acknowledged_in(synchronous: bool) {
         &wal[..SEG as usize]
     );
     assert!(flushes.iter().any(|f| *f >= end), "{flushes:?}");
+}
+
+/// `--synchronous` gathers the messages read in one go into one buffer before writing:
+/// small ones, ones that overflow what is gathered, and ones larger than the whole buffer
+/// (no PostgreSQL walsender sends those, another server might) all reach the archive intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_mode_archives_messages_of_any_size() {
+    let (wal, _) = wal_into_segment_2(SEG + 300_000);
+    let end = Lsn(3 * SEG);
+    for message in [3001, 700_001, 1_500_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(Walsender::serve_with(listener, wal.clone(), None, message));
+        let mut opts = options(port, dir.path());
+        opts.endpos = Some(end);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let result = tokio::time::timeout(Duration::from_secs(30), receive(&opts, stop_rx))
+            .await
+            .expect("receive did not finish");
+        assert!(
+            matches!(result, Ok(Outcome::EndposReached(l)) if l >= end),
+            "{message}-byte messages: {result:?}"
+        );
+        for (i, name) in [SEG1, "000000010000000000000002"].into_iter().enumerate() {
+            let want = &wal[i * SEG as usize..(i + 1) * SEG as usize];
+            let got = std::fs::read(dir.path().join(name)).unwrap();
+            assert!(got == want, "{message}-byte messages: {name} differs");
+        }
+        server.abort();
+    }
 }
 
 async fn corrupt_wal_is_never_acknowledged_nor_given_a_final_name_in(synchronous: bool) {

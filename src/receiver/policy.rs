@@ -17,7 +17,7 @@ use super::flusher::Flusher;
 use super::validate::Validator;
 use super::writer::{Progress, SyncNeed, WalWriter, WriterCmd};
 use super::{blocking, stop_requested, Batches, Position, ReceiveError};
-use crate::archive::ArchiveError;
+use crate::archive::{AlignedBuf, ArchiveError};
 use crate::protocol::{CopyMessage, ReplicationConn, ReplicationMessage, StreamItem, WalStart};
 use crate::wal::{Lsn, TimeLineId};
 
@@ -76,8 +76,9 @@ pub(super) struct Inline {
     validator: Validator,
     /// `serve_unflushed`: see [`Early`].
     early: Option<Early>,
-    /// Checked WAL not written yet, from `pending_start`.
-    pending: Vec<u8>,
+    /// Checked WAL not written yet, from `pending_start`, at its segment offset's phase so
+    /// that its whole pages go to a direct write as they are (no bounce copy).
+    pending: AlignedBuf,
     pending_start: Lsn,
     /// WAL written but not yet durable (a large group written early).
     dirty: bool,
@@ -95,6 +96,9 @@ struct Early {
 /// Gathered WAL beyond this is written at once (catch-up in `--synchronous` mode), made
 /// durable with the rest of the group.
 const GATHER_MAX: usize = 1 << 20;
+/// Room past [`GATHER_MAX`] in the gathering buffer: the message that crosses it (a
+/// walsender sends at most 128 KiB of WAL in one), and its first page's phase.
+const PENDING_SLACK: usize = 256 * 1024;
 
 impl Inline {
     pub fn new(
@@ -116,10 +120,23 @@ impl Inline {
             writer,
             validator,
             early,
-            pending: Vec::new(),
+            pending: AlignedBuf::new(GATHER_MAX + PENDING_SLACK),
             pending_start: Lsn::INVALID,
             dirty: false,
         })
+    }
+
+    /// Write what is gathered, to be made durable with the rest of the group.
+    fn write_pending(&mut self) -> Result<(), ReceiveError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let checked = self.validator.checked_end();
+        let (writer, pending, start) = (&mut self.writer, &self.pending, self.pending_start);
+        blocking(|| writer.write_chunk(start, pending.as_slice(), checked))?;
+        self.pending.reset(0);
+        self.dirty = true;
+        Ok(())
     }
 
     /// `serve_unflushed`: write what is pending, publish it as servable, and have the
@@ -145,7 +162,7 @@ impl Inline {
         let checked = validator.checked_end();
         let need = blocking(|| {
             if !pending.is_empty() {
-                writer.write_chunk(*pending_start, pending, checked)?;
+                writer.write_chunk(*pending_start, pending.as_slice(), checked)?;
             }
             let written = writer.progress().written.min(checked);
             position.send_if_modified(|pos| {
@@ -157,7 +174,7 @@ impl Inline {
             });
             writer.sync_request()
         })?;
-        pending.clear();
+        pending.reset(0);
         *dirty = false;
         match need {
             SyncNeed::Nothing => Ok(writer.progress()),
@@ -234,21 +251,30 @@ impl WritePolicy for Inline {
         wal: WalStart,
         _shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, ReceiveError> {
-        if let Err(e) = self.validator.check(&wal.head) {
+        if let Err(e) = self.validator.check_shared(&wal.head) {
             // What was checked before the bad message still goes to its `.partial`.
             let _ = self.flush().await;
             return Err(e.into());
         }
+        if wal.head.len() > self.pending.spare() {
+            self.write_pending()?;
+        }
+        if wal.head.len() > self.pending.spare() {
+            // Larger than the whole buffer (no PostgreSQL walsender sends that much in
+            // one message): written from where it is.
+            let checked = self.validator.checked_end();
+            let writer = &mut self.writer;
+            blocking(|| writer.write_chunk(wal.wal_start, &wal.head, checked))?;
+            self.dirty = true;
+            return Ok(true);
+        }
         if self.pending.is_empty() {
             self.pending_start = wal.wal_start;
+            self.pending.reset(wal.wal_start.0);
         }
         self.pending.extend_from_slice(&wal.head);
         if self.pending.len() >= GATHER_MAX {
-            let checked = self.validator.checked_end();
-            let (writer, pending) = (&mut self.writer, &self.pending);
-            blocking(|| writer.write_chunk(self.pending_start, pending, checked))?;
-            self.pending.clear();
-            self.dirty = true;
+            self.write_pending()?;
         }
         Ok(true)
     }
@@ -262,9 +288,9 @@ impl WritePolicy for Inline {
         let p = if pending.is_empty() {
             blocking(|| writer.flush())?
         } else {
-            blocking(|| writer.write_durable(start, pending, checked))?
+            blocking(|| writer.write_durable(start, pending.as_slice(), checked))?
         };
-        self.pending.clear();
+        self.pending.reset(0);
         self.dirty = false;
         Ok(p)
     }

@@ -60,12 +60,20 @@ impl LiveTail {
         c.end = start;
     }
 
-    /// The next WAL of the stream (continuing where the last push ended).
+    /// The next WAL of the stream (continuing where the last push ended), copied.
     pub fn push(&self, data: &[u8]) {
-        if data.is_empty() {
+        if !data.is_empty() {
+            self.push_shared(Bytes::copy_from_slice(data));
+        }
+    }
+
+    /// As [`LiveTail::push`], keeping a reference to `chunk` instead of a copy (WAL that
+    /// already lives in an immutable buffer: a whole message from the connection).
+    pub fn push_shared(&self, chunk: Bytes) {
+        if chunk.is_empty() {
             return;
         }
-        let chunk = Bytes::copy_from_slice(data);
+        let data = &chunk[..];
         let mut c = self.lock();
         let start = c.end;
         c.end = Lsn(start.0 + data.len() as u64);

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::tail::LiveTail;
 use crate::archive::{Archive, ArchiveError};
 use crate::wal::{Lsn, SegmentName, TimeLineId, WalDecoder, WalError};
@@ -67,24 +69,35 @@ impl Validator {
     /// a decoder in its ended state would otherwise take every later byte unchecked while
     /// the acknowledged position froze.
     pub fn check(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
+        self.verify(data)?;
+        if let Some(tail) = &self.tail {
+            tail.push(data);
+        }
+        Ok(())
+    }
+
+    /// As [`Validator::check`], for WAL in an immutable buffer: the tail keeps a reference
+    /// to it rather than a copy.
+    pub fn check_shared(&mut self, data: &Bytes) -> Result<(), ArchiveError> {
+        self.verify(data)?;
+        if let Some(tail) = &self.tail {
+            tail.push_shared(data.clone());
+        }
+        Ok(())
+    }
+
+    fn verify(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
         self.fed = Lsn(self.fed.0 + data.len() as u64);
         let Some(decoder) = &mut self.decoder else {
-            if let Some(tail) = &self.tail {
-                tail.push(data);
-            }
             return Ok(());
         };
         let fed = decoder.feed_with(data, |_| {});
         let ended = decoder.end_of_wal();
         match (fed, ended) {
-            (Err(source), _) => return Err(self.invalid(source)),
-            (Ok(()), Some(lsn)) => return Err(self.invalid(WalError::UnexpectedEnd { lsn })),
-            (Ok(()), None) => {}
+            (Err(source), _) => Err(self.invalid(source)),
+            (Ok(()), Some(lsn)) => Err(self.invalid(WalError::UnexpectedEnd { lsn })),
+            (Ok(()), None) => Ok(()),
         }
-        if let Some(tail) = &self.tail {
-            tail.push(data);
-        }
-        Ok(())
     }
 
     fn invalid(&self, source: WalError) -> ArchiveError {
