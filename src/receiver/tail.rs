@@ -143,6 +143,17 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_chunk_is_served_without_a_copy() {
+        let tail = LiveTail::new(1 << 20);
+        tail.restart(T1, Lsn(0));
+        let message = Bytes::from(vec![7u8; 300]);
+        tail.push_shared(message.slice(100..));
+        let b = tail.read(T1, Lsn(50), 1000).unwrap();
+        assert_eq!(b.len(), 150);
+        assert_eq!(b.as_ptr(), message[150..].as_ptr(), "a copy was made");
+    }
+
+    #[test]
     fn drops_the_oldest_chunks_beyond_its_capacity() {
         let tail = LiveTail::new(250);
         tail.restart(T1, Lsn(0));
