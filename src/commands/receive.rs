@@ -29,8 +29,10 @@ One process per directory: walferry holds a lock on DIR/.walferry.lock while it 
 second receiver on the same directory exits 1 naming the first one's pid.
 
 Segments are written as NAME.partial, fsynced, renamed to NAME and the directory fsynced.
-Uncompressed .partial files are preallocated to the full segment size (zero-filled with
---synchronous, so that each fsync writes only WAL).
+Uncompressed .partial files are preallocated to the full segment size. With --synchronous
+(and in a relay) a segment whose first write is small is zero-filled instead, so that each
+per-commit fsync writes only WAL. A segment that begins with catch-up-sized writes is
+preallocated.
 
 Validation (unless --no-validate): every page and record header and every record's CRC-32C
 is checked as PostgreSQL's own WAL reader would, as the WAL arrives. Nothing unchecked is
