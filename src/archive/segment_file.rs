@@ -217,8 +217,13 @@ impl SegmentWriter {
     /// different one is a conflict.
     pub fn finish(mut self) -> Result<(), ArchiveError> {
         assert!(self.is_full(), "finish() on an incomplete segment");
+        // Every byte of an uncompressed segment that was made durable (fdatasync: its data
+        // and what it takes to read them back; the size was set when it was created) needs
+        // no fsync of its own: that would only commit its timestamps to the journal, one
+        // more journal commit per segment while the primary waits.
+        let durable = self.synced == self.written && matches!(self.sink, Some(Sink::Plain(_)));
         let file = self.end_stream()?;
-        if !self.archive.no_sync() {
+        if !self.archive.no_sync() && !durable {
             file.sync_all()
                 .map_err(|e| ArchiveError::io("fsync", &self.partial_path, e))?;
         }
