@@ -29,7 +29,6 @@ pub use compress::{decompressing, CompressSpecError, CompressionSpec, SegmentRea
 pub use lock::{ArchiveLock, LOCK_FILE};
 pub use reader::{ArchiveReader, ReaderError, ReaderStats, SegmentSource};
 pub use scan::{list_dir, ArchiveScan, DirFile, ScannedFile};
-use segment_file::Prepare;
 pub use segment_file::SegmentWriter;
 
 use std::fs::{self, File, OpenOptions};
@@ -308,15 +307,20 @@ impl Archive {
 
     /// Start writing a segment (as `.partial`).
     pub fn create_segment(&self, segment: SegmentName) -> Result<SegmentWriter, ArchiveError> {
-        SegmentWriter::create(self, segment, Prepare::Default)
+        self.create_segment_for(segment, 0)
     }
 
-    /// A new segment whose first write is catch-up sized: preallocated even when the
-    /// archive zero-fills. Per-commit fsync latency does not matter for it, and 16 MiB of
-    /// zeros written through the page cache (which the direct writes of the WAL then have
-    /// the kernel invalidate) cost more CPU than the WAL itself.
-    pub fn create_bulk_segment(&self, segment: SegmentName) -> Result<SegmentWriter, ArchiveError> {
-        SegmentWriter::create(self, segment, Prepare::Bulk)
+    /// As [`Archive::create_segment`], saying how long its first write is: one that will go
+    /// by direct I/O (catch-up sized) preallocates the segment even when the archive
+    /// zero-fills. Per-commit fsync latency does not matter for it, and 16 MiB of zeros
+    /// written through the page cache (which the direct writes of the WAL then have the
+    /// kernel invalidate) cost more CPU than the WAL itself.
+    pub fn create_segment_for(
+        &self,
+        segment: SegmentName,
+        first_write: usize,
+    ) -> Result<SegmentWriter, ArchiveError> {
+        SegmentWriter::create(self, segment, first_write)
     }
 
     pub(crate) fn durable_rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError> {

@@ -31,20 +31,11 @@ pub struct SegmentWriter {
     synced: u64,
 }
 
-/// How a new uncompressed segment is made ready for WAL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Prepare {
-    /// As the archive says ([`Archive::zero_filled`]).
-    Default,
-    /// Preallocate even in a zero-filling archive ([`Archive::create_bulk_segment`]).
-    Bulk,
-}
-
 impl SegmentWriter {
     pub(super) fn create(
         archive: &Archive,
         segment: SegmentName,
-        prepare: Prepare,
+        first_write: usize,
     ) -> Result<Self, ArchiveError> {
         let seg_size = archive.seg_size();
         let kind = archive.compression().kind();
@@ -63,7 +54,8 @@ impl SegmentWriter {
             .map_err(|e| ArchiveError::io("create", &partial_path, e))?;
         let sink = match archive.compression() {
             CompressionSpec::None => {
-                let zeroed = archive.zero_fill() && prepare == Prepare::Default;
+                // See Archive::create_segment_for.
+                let zeroed = archive.zero_fill() && first_write < DIRECT_MIN;
                 let prepared = if zeroed {
                     zero_fill(&file, seg_size)
                 } else {
@@ -273,6 +265,7 @@ impl SegmentWriter {
 /// The least run of whole pages worth a direct write: catch-up sizes. A commit's few
 /// kilobytes in `--synchronous` mode stay buffered, so that they cost one device round trip
 /// (the fdatasync), not two.
+/// The same size decides whether a new segment is zero-filled ([`Archive::create_segment_for`]).
 const DIRECT_MIN: usize = 64 * 1024;
 /// Bounce buffer size, for page runs that are not page-aligned in memory.
 const BOUNCE_LEN: usize = 128 * 1024;

@@ -26,11 +26,6 @@ use super::flusher::SyncRequest;
 use crate::archive::{AlignedBuf, Archive, ArchiveError, SegmentWriter};
 use crate::wal::{Lsn, SegmentName, TimeLineId};
 
-/// A segment whose first write is at least this long is being caught up (or filled by a
-/// bulk load): it is preallocated even where the archive zero-fills, see
-/// [`Archive::create_bulk_segment`]. A commit's few kilobytes stay below it.
-const BULK_FIRST_WRITE: usize = 64 * 1024;
-
 /// Work for the writer.
 #[derive(Debug)]
 pub enum WriterCmd {
@@ -288,12 +283,8 @@ impl WalWriter {
                     }
                     let name = SegmentName::new(self.tli, pos.segno(seg_size));
                     let first = data.len().min(seg_size as usize);
-                    let created = if first >= BULK_FIRST_WRITE {
-                        self.archive.create_bulk_segment(name)?
-                    } else {
-                        self.archive.create_segment(name)?
-                    };
-                    self.current.insert(created)
+                    self.current
+                        .insert(self.archive.create_segment_for(name, first)?)
                 }
             };
             let n = data.len().min((seg_size - offset) as usize);
