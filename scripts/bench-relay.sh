@@ -143,7 +143,7 @@ echo "==> $NSTANDBYS standby(s) made with pg_basebackup -R (ports ${SB_PORT[*]:1
 
 start_relay() {
     [ -n "$RELAY_PID" ] && return 0
-    "$WALFERRY" relay -D "$WORK/relay-archive" -d "$CONNINFO" -S relay \
+    "${OWN_SESSION[@]}" "$WALFERRY" relay -D "$WORK/relay-archive" -d "$CONNINFO" -S relay \
         --listen "127.0.0.1:$RELAY_PORT" "${RELAY_FLAGS[@]}" 2>>"$WORK/relay.log" &
     RELAY_PID=$!
     for _ in $(seq 1 300); do
@@ -359,7 +359,7 @@ sync_phase() {
     relay)
         mkdir "$dir"
         [ -n "$SYNC_RELAY_PORT" ] || free_port SYNC_RELAY_PORT $((PORT + 20))
-        "$WALFERRY" relay -D "$dir" -d "$CONNINFO" --synchronous \
+        "${OWN_SESSION[@]}" "$WALFERRY" relay -D "$dir" -d "$CONNINFO" --synchronous \
             --listen "127.0.0.1:$SYNC_RELAY_PORT" 2>>"$WORK/sync-relay.log" &
         SYNC_RELAY_PID=$!
         BG_PIDS+=("$SYNC_RELAY_PID")

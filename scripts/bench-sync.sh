@@ -74,21 +74,21 @@ phase() {
     case "$name" in
     walferry)
         mkdir "$dir"
-        "$WALFERRY" receive -D "$dir" -d "$CONNINFO" --synchronous &
+        "${OWN_SESSION[@]}" "$WALFERRY" receive -D "$dir" -d "$CONNINFO" --synchronous &
         RECEIVER_PID=$!
         ;;
     pg_receivewal)
         mkdir "$dir"
-        "$PG_BIN/pg_receivewal" -D "$dir" -d "$CONNINFO" --synchronous &
+        "${OWN_SESSION[@]}" "$PG_BIN/pg_receivewal" -D "$dir" -d "$CONNINFO" --synchronous &
         RECEIVER_PID=$!
         ;;
     floor)
-        "$REPO/target/release/examples/sync_floor" "$CONNINFO application_name=floor" &
+        "${OWN_SESSION[@]}" "$REPO/target/release/examples/sync_floor" "$CONNINFO application_name=floor" &
         RECEIVER_PID=$!
         ;;
     floor_durable)
         mkdir "$dir"
-        "$REPO/target/release/examples/sync_floor" "$CONNINFO application_name=floor_durable" \
+        "${OWN_SESSION[@]}" "$REPO/target/release/examples/sync_floor" "$CONNINFO application_name=floor_durable" \
             --durable "$dir/ring" &
         RECEIVER_PID=$!
         ;;

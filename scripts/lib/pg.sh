@@ -6,6 +6,16 @@
 PG_BIN=${WALFERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
 SEG=$((16 * 1024 * 1024))
 
+# Prefix for a long-running tool a bench measures against PostgreSQL's own processes:
+# start it in a session of its own, as a service manager would and as PostgreSQL starts
+# every backend, walsender and walreceiver (each calls setsid). Under the kernel's autogroup
+# scheduling (/proc/sys/kernel/sched_autogroup_enabled) a tool left in the bench's session
+# shares one CPU share with pgbench's client threads while each PostgreSQL process has one
+# of its own. Used as `"${OWN_SESSION[@]}" tool ... &`: setsid then runs in the background
+# job's own process, which is no process group leader, so it execs the tool in place and $!
+# is the tool's pid.
+OWN_SESSION=(setsid)
+
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
         runuser -u postgres -- "$@"

@@ -577,12 +577,18 @@ impl Session<'_> {
         });
         publish(start);
         loop {
+            let seen = *self.published.position.borrow();
             if let Some(p) = policy.settle(conn).await? {
                 st.last = p;
                 publish(p.flushed);
                 self.streamed |= st.made_progress(p);
                 if let Some(end) = st.report(conn, p, opts.endpos).await? {
                     return Ok(end);
+                }
+                if *self.published.position.borrow() != seen {
+                    // Whoever waits for this WAL (a relay's downstream sessions, on this
+                    // thread) sends it before the next message is taken in and written.
+                    tokio::task::yield_now().await;
                 }
             }
             let next = tokio::select! {

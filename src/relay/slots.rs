@@ -6,13 +6,15 @@
 //! file in the archive directory, replaced atomically (written aside, fsynced, renamed,
 //! directory fsynced) on every create and drop, and at most once a second while their
 //! positions move; a crash loses at most that second of progress, which only makes a slot
-//! keep more WAL. Temporary slots exist in memory for the life of their session.
+//! keep more WAL. Those once-a-second saves run on a blocking thread: the fsyncs must not
+//! stall the relay's one runtime thread. Temporary slots exist in memory for the life of
+//! their session.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -83,8 +85,8 @@ struct SavedSlot {
 /// The relay's slots; see the module documentation.
 #[derive(Debug)]
 pub struct Slots {
-    path: PathBuf,
     inner: Mutex<Inner>,
+    file: Arc<FileWriter>,
 }
 
 #[derive(Debug)]
@@ -92,6 +94,31 @@ struct Inner {
     slots: BTreeMap<String, Slot>,
     saved_at: Instant,
     dirty: bool,
+    /// Snapshots taken for saving, numbered from 1.
+    snapshots: u64,
+}
+
+/// Writes snapshots of the slots to the slot file, one at a time; a snapshot older than
+/// the one already written (a background save that finished late) is skipped.
+#[derive(Debug)]
+struct FileWriter {
+    path: PathBuf,
+    written: Mutex<u64>,
+}
+
+impl FileWriter {
+    fn write(&self, snapshot: u64, text: &[u8]) -> Result<(), SlotError> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if snapshot <= *written {
+            return Ok(());
+        }
+        write_durably(&self.path, text).map_err(|source| SlotError::Save {
+            path: self.path.clone(),
+            source,
+        })?;
+        *written = snapshot;
+        Ok(())
+    }
 }
 
 impl Slots {
@@ -133,11 +160,15 @@ impl Slots {
             }
         }
         Ok(Slots {
-            path,
             inner: Mutex::new(Inner {
                 slots,
                 saved_at: Instant::now(),
                 dirty: false,
+                snapshots: 0,
+            }),
+            file: Arc::new(FileWriter {
+                path,
+                written: Mutex::new(0),
             }),
         })
     }
@@ -235,7 +266,17 @@ impl Slots {
         }
         inner.dirty = true;
         if inner.saved_at.elapsed() >= SAVE_EVERY {
-            self.save(&mut inner)?;
+            let (n, text) = snapshot(&mut inner);
+            let file = self.file.clone();
+            let save = move || {
+                if let Err(e) = file.write(n, &text) {
+                    tracing::error!("relay: {e}");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(save)),
+                Err(_) => save(),
+            }
         }
         Ok(())
     }
@@ -258,32 +299,40 @@ impl Slots {
         Ok(())
     }
 
+    /// Save now (a create or a drop is durable before it is answered).
     fn save(&self, inner: &mut Inner) -> Result<(), SlotError> {
-        let file = SlotFile {
-            slots: inner
-                .slots
-                .values()
-                .filter(|s| !s.temporary)
-                .map(|s| SavedSlot {
-                    name: s.name.clone(),
-                    restart_lsn: s.restart_lsn.to_string(),
-                    restart_tli: s.restart_tli.map(|t| t.0),
-                })
-                .collect(),
-        };
-        let text = serde_json::to_vec_pretty(&file).expect("slots serialize");
-        write_durably(&self.path, &text).map_err(|source| SlotError::Save {
-            path: self.path.clone(),
-            source,
-        })?;
-        inner.saved_at = Instant::now();
-        inner.dirty = false;
-        Ok(())
+        let (n, text) = snapshot(inner);
+        self.file
+            .write(n, &text)
+            .inspect_err(|_| inner.dirty = true)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The permanent slots as the slot file holds them, numbered; they count as saved.
+fn snapshot(inner: &mut Inner) -> (u64, Vec<u8>) {
+    let file = SlotFile {
+        slots: inner
+            .slots
+            .values()
+            .filter(|s| !s.temporary)
+            .map(|s| SavedSlot {
+                name: s.name.clone(),
+                restart_lsn: s.restart_lsn.to_string(),
+                restart_tli: s.restart_tli.map(|t| t.0),
+            })
+            .collect(),
+    };
+    inner.snapshots += 1;
+    inner.saved_at = Instant::now();
+    inner.dirty = false;
+    (
+        inner.snapshots,
+        serde_json::to_vec_pretty(&file).expect("slots serialize"),
+    )
 }
 
 /// As PostgreSQL's ReplicationSlotValidateName.
@@ -338,6 +387,32 @@ mod tests {
         assert_eq!(keep.restart_tli, Some(TimeLineId(2)));
         assert_eq!(keep.active_pid, None);
         assert_eq!(again.list().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_periodic_save_is_written_in_the_background_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = Slots::load(dir.path()).unwrap();
+        slots.create("s", false, None, 1).unwrap();
+        slots.lock().saved_at -= SAVE_EVERY;
+        slots.advance("s", Lsn(0x5000), TimeLineId(1)).unwrap();
+        let saved = || {
+            Slots::load(dir.path())
+                .unwrap()
+                .get("s")
+                .unwrap()
+                .restart_lsn
+        };
+        for _ in 0..500 {
+            if saved() == Lsn(0x5000) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(saved(), Lsn(0x5000));
+        // A snapshot older than the one written, finishing late, is skipped.
+        slots.file.write(1, br#"{"slots": []}"#).unwrap();
+        assert_eq!(saved(), Lsn(0x5000));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The streaming phase of `START_REPLICATION`; see the session module's documentation.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -29,11 +30,10 @@ pub(super) struct Stream {
     pid: i32,
     sent: Lsn,
     /// The requested timeline's history (ancestors), for reading the archive.
-    history: Vec<HistoryEntry>,
+    history: Arc<[HistoryEntry]>,
     /// For a timeline the relay has moved past: where it ends and the next one.
     end_of_timeline: Option<(Lsn, TimeLineId)>,
-    reader: ArchiveReader,
-    buf: Vec<u8>,
+    reader: Reader,
     /// WAL fetched from the store for this session (an `s3://` archive's spool let it go).
     fill: Option<Fill>,
     /// `begin` found the start in neither the tail nor the spool, but there is a store.
@@ -44,7 +44,61 @@ pub(super) struct Stream {
 /// segments before it), removed when the session ends.
 struct Fill {
     dir: std::path::PathBuf,
-    reader: ArchiveReader,
+    reader: Reader,
+}
+
+/// An archive reader whose reads run on a blocking thread: the relay's runtime has one
+/// thread, which also carries the upstream stream and every other downstream, and a read
+/// from a cold archive (or of a compressed segment, decoded as it is read) must not stall
+/// them.
+struct Reader {
+    inner: Arc<Mutex<ArchiveReader>>,
+    seg_size: u64,
+}
+
+impl Reader {
+    fn new(reader: ArchiveReader) -> Self {
+        Reader {
+            seg_size: reader.seg_size(),
+            inner: Arc::new(Mutex::new(reader)),
+        }
+    }
+
+    fn get(&self) -> std::sync::MutexGuard<'_, ArchiveReader> {
+        // A read that panicked is a bug the panic already reported; the reader's state
+        // is only a cache of what it found.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Up to `want` bytes of what timeline `tli` (history `history`) sees at `lsn`.
+    async fn read(
+        &self,
+        tli: TimeLineId,
+        history: &Arc<[HistoryEntry]>,
+        lsn: Lsn,
+        want: usize,
+    ) -> Result<Bytes, ReaderError> {
+        let (inner, history) = (self.inner.clone(), history.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; want];
+            let mut reader = inner.lock().unwrap_or_else(|e| e.into_inner());
+            let n = reader.read_timeline(tli, &history, lsn, &mut buf)?;
+            buf.truncate(n);
+            Ok(Bytes::from(buf))
+        });
+        match read.await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only a runtime shutting down cancels it.
+                Err(e) => Err(ReaderError::Io {
+                    op: "read",
+                    path: self.get().dir().to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            },
+        }
+    }
 }
 
 impl Drop for Fill {
@@ -128,10 +182,9 @@ impl Stream {
             slot,
             pid,
             sent: start,
-            history,
+            history: history.into(),
             end_of_timeline,
-            reader,
-            buf: vec![0; MAX_SEND as usize],
+            reader: Reader::new(reader),
             fill: None,
             start_in_store: false,
         };
@@ -140,7 +193,8 @@ impl Stream {
         // (With a store, whether it holds the WAL is asked in `fetch_start`.)
         let limit = stream.limit(pos.timeline, pos.servable);
         if start < limit && hub.tail.read(tli, start, 1).is_none() {
-            match stream.reader.locate(tli, &stream.history, start) {
+            let found = stream.reader.get().locate(tli, &stream.history, start);
+            match found {
                 Ok(_) => {}
                 Err(ReaderError::NotFound { .. }) if hub.store.is_some() => {
                     stream.start_in_store = true;
@@ -282,6 +336,7 @@ impl Stream {
     fn learn_switch(&mut self, cur: TimeLineId) -> Result<(), SessionError> {
         let history = self
             .reader
+            .get()
             .history(cur)
             .map_err(|e| SessionError::Fatal(fatal("58P01", e.to_string())))?;
         let idx = history.iter().position(|h| h.tli == self.tli).ok_or_else(|| {
@@ -314,7 +369,11 @@ impl Stream {
         }
         let data = match hub.tail.read(self.tli, self.sent, want as usize) {
             Some(b) => b,
-            None => match self.read_archive(want as usize) {
+            None => match self
+                .reader
+                .read(self.tli, &self.history, self.sent, want as usize)
+                .await
+            {
                 Ok(b) => b,
                 Err(ReaderError::NotFound { .. }) if hub.store.is_some() => {
                     self.read_store(hub, want as usize).await.map_err(|e| {
@@ -327,7 +386,7 @@ impl Stream {
                 Err(ReaderError::NotFound { .. }) => {
                     return Err(SessionError::Fatal(fatal(
                         "58P01",
-                        removed(self.tli, self.sent, self.reader.seg_size()),
+                        removed(self.tli, self.sent, self.reader.seg_size),
                     )))
                 }
                 Err(other) => return Err(SessionError::Fatal(fatal("58030", other.to_string()))),
@@ -352,20 +411,13 @@ impl Stream {
         Ok(())
     }
 
-    fn read_archive(&mut self, want: usize) -> Result<Bytes, ReaderError> {
-        let (tli, sent) = (self.tli, self.sent);
-        let (reader, history, buf) = (&mut self.reader, &self.history, &mut self.buf);
-        let n = block(|| reader.read_timeline(tli, history, sent, &mut buf[..want]))?;
-        Ok(Bytes::copy_from_slice(&self.buf[..n]))
-    }
-
     /// Reads up to `want` bytes at `sent` from the store's copy of the WAL (the spool let it
     /// go), fetching the objects of its segment into this session's directory first when
     /// that lacks them. Each segment fetched is checked before it is served: its first page
     /// must be the long header of this system's segment at that position.
     async fn read_store(&mut self, hub: &Hub, want: usize) -> Result<Bytes, ServerError> {
         let store = hub.store.as_ref().expect("called only with a store");
-        let seg_size = self.reader.seg_size();
+        let seg_size = self.reader.seg_size;
         let (tli, sent) = (self.tli, self.sent);
         if self.fill.is_none() {
             let dir = store.dir.join(self.pid.to_string());
@@ -378,17 +430,16 @@ impl Stream {
             })?;
             let reader =
                 ArchiveReader::open(&dir, seg_size).map_err(|e| error("58030", e.to_string()))?;
-            self.fill = Some(Fill { dir, reader });
+            self.fill = Some(Fill {
+                dir,
+                reader: Reader::new(reader),
+            });
         }
         let mut fetched = false;
         loop {
             let fill = self.fill.as_mut().expect("made above");
-            let (history, buf) = (&self.history, &mut self.buf);
-            let looked_for = match block(|| {
-                fill.reader
-                    .read_timeline(tli, history, sent, &mut buf[..want])
-            }) {
-                Ok(n) => return Ok(Bytes::copy_from_slice(&self.buf[..n])),
+            let looked_for = match fill.reader.read(tli, &self.history, sent, want).await {
+                Ok(data) => return Ok(data),
                 Err(ReaderError::NotFound { looked_for, .. }) if !fetched => looked_for,
                 Err(ReaderError::NotFound { .. }) => {
                     return Err(error("58P01", removed(tli, sent, seg_size)))
@@ -419,8 +470,10 @@ impl Stream {
             check_fetched(&fill.dir, &looked_for, hub.upstream().system_id, seg_size)
                 .map_err(|m| error("XX001", m))?;
             // The reader's view of the directory changed under it.
-            fill.reader = ArchiveReader::open(&fill.dir, seg_size)
-                .map_err(|e| error("58030", e.to_string()))?;
+            fill.reader = Reader::new(
+                ArchiveReader::open(&fill.dir, seg_size)
+                    .map_err(|e| error("58030", e.to_string()))?,
+            );
             tracing::info!(
                 "relay: fetched WAL segment {} from {} for a downstream at {sent} ({} ms)",
                 looked_for.first().map_or("?", String::as_str),
@@ -552,8 +605,4 @@ fn check_fetched(
         }
     }
     Ok(())
-}
-
-fn block<R>(f: impl FnOnce() -> R) -> R {
-    tokio::task::block_in_place(f)
 }
