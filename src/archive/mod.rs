@@ -29,7 +29,7 @@ pub use compress::{decompressing, CompressSpecError, CompressionSpec, SegmentRea
 pub use lock::{ArchiveLock, LOCK_FILE};
 pub use reader::{ArchiveReader, ReaderError, ReaderStats, SegmentSource};
 pub use scan::{list_dir, ArchiveScan, DirFile, ScannedFile};
-pub use segment_file::SegmentWriter;
+pub use segment_file::{SegmentWriter, Spare, SPARE_FILE};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -320,7 +320,18 @@ impl Archive {
         segment: SegmentName,
         first_write: usize,
     ) -> Result<SegmentWriter, ArchiveError> {
-        SegmentWriter::create(self, segment, first_write)
+        SegmentWriter::create(self, segment, first_write, None)
+    }
+
+    /// As [`Archive::create_segment_for`]; a segment that is zero-filled becomes `spare`'s
+    /// file when one is ready, and `spare` starts on the next.
+    pub fn create_segment_with(
+        &self,
+        segment: SegmentName,
+        first_write: usize,
+        spare: &mut Spare,
+    ) -> Result<SegmentWriter, ArchiveError> {
+        SegmentWriter::create(self, segment, first_write, Some(spare))
     }
 
     pub(crate) fn durable_rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError> {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::flusher::SyncRequest;
-use crate::archive::{AlignedBuf, Archive, ArchiveError, SegmentWriter};
+use crate::archive::{AlignedBuf, Archive, ArchiveError, SegmentWriter, Spare};
 use crate::wal::{Lsn, SegmentName, TimeLineId};
 
 /// Work for the writer.
@@ -72,6 +72,8 @@ pub struct WalWriter {
     tx: watch::Sender<Progress>,
     /// The current segment's second descriptor, for [`WalWriter::sync_request`].
     sync_file: Option<(SegmentName, Arc<File>, Arc<PathBuf>)>,
+    /// The next zero-filled segment, made ahead (see [`Spare`]).
+    spare: Spare,
 }
 
 /// See [`WalWriter::sync_request`].
@@ -99,6 +101,7 @@ impl WalWriter {
         };
         let (tx, rx) = watch::channel(progress);
         let writer = WalWriter {
+            spare: Spare::new(&archive),
             archive,
             tli,
             opts,
@@ -283,8 +286,11 @@ impl WalWriter {
                     }
                     let name = SegmentName::new(self.tli, pos.segno(seg_size));
                     let first = data.len().min(seg_size as usize);
-                    self.current
-                        .insert(self.archive.create_segment_for(name, first)?)
+                    self.current.insert(self.archive.create_segment_with(
+                        name,
+                        first,
+                        &mut self.spare,
+                    )?)
                 }
             };
             let n = data.len().min((seg_size - offset) as usize);
