@@ -18,7 +18,11 @@
 //! ```
 //!
 //! Prints one line per standby (`probe NAME samples=N timeouts=N median_us=.. p99_us=..
-//! max_us=..`) and, with `--stat-app`, one `replay_lag NAME ...` line in the same format.
+//! max_us=..`); for each standby after the first, one `paired NAME ...` line in the same
+//! format: per commit, how much later it showed on NAME than on the first standby, over the
+//! commits both showed (a stall both paths share, on the primary or in the probe, cancels
+//! out; a difference is negative when the first standby was the later one); and, with `--stat-app`, one `replay_lag NAME ...`
+//! line.
 
 use std::time::{Duration, Instant};
 
@@ -80,7 +84,7 @@ async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
 }
 
 /// Nearest-rank quantile of sorted samples.
-fn quantile(sorted: &[u64], q: f64) -> u64 {
+fn quantile(sorted: &[i64], q: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -88,7 +92,7 @@ fn quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn summary(kind: &str, name: &str, mut samples: Vec<u64>, timeouts: usize) -> String {
+fn summary(kind: &str, name: &str, mut samples: Vec<i64>, timeouts: usize) -> String {
     samples.sort_unstable();
     format!(
         "{kind} {name} samples={} timeouts={timeouts} median_us={} p99_us={} max_us={}",
@@ -125,7 +129,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let k = standbys.len();
-    let mut lags: Vec<Vec<u64>> = vec![Vec::new(); k];
+    let mut lags: Vec<Vec<i64>> = vec![Vec::new(); k];
+    let mut paired: Vec<Vec<i64>> = vec![Vec::new(); k];
     let mut timeouts = vec![0usize; k];
     let mut stat_lags = Vec::new();
     let mut stat_missing = 0usize;
@@ -153,14 +158,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         for (i, s) in seen.iter().enumerate() {
             match s {
-                Some(d) => lags[i].push(d.as_micros() as u64),
+                Some(d) => lags[i].push(d.as_micros() as i64),
                 None => timeouts[i] += 1,
+            }
+            if let (Some(d), Some(first)) = (s, seen[0]) {
+                paired[i].push(d.as_micros() as i64 - first.as_micros() as i64);
             }
         }
         if let Some(app) = &args.stat_app {
             match primary.query_opt(&stat, &[app]).await? {
                 Some(row) => match row.get::<_, Option<f64>>(0) {
-                    Some(us) => stat_lags.push(us as u64),
+                    Some(us) => stat_lags.push(us as i64),
                     None => stat_missing += 1,
                 },
                 None => stat_missing += 1,
@@ -175,6 +183,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{}",
             summary("probe", name, std::mem::take(&mut lags[i]), timeouts[i])
+        );
+    }
+    for (i, (name, _, _)) in standbys.iter().enumerate().skip(1) {
+        let missed = timeouts[i].max(timeouts[0]);
+        println!(
+            "{}",
+            summary("paired", name, std::mem::take(&mut paired[i]), missed)
         );
     }
     if let Some(app) = &args.stat_app {

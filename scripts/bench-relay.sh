@@ -16,7 +16,9 @@
 #          way for both. Also PostgreSQL's replay_lag for the direct standby. A third
 #          standby cascades from the direct one (BENCH_LAG_CASCADE=0 leaves it out): what
 #          PostgreSQL's own relay, a cascading standby, adds under the same rule (it serves
-#          only WAL it has flushed), to judge the relay's added lag against.
+#          only WAL it has flushed), to judge the relay's added lag against. Added lag is
+#          given two ways: the difference of each standby's median and p99, and the median
+#          and p99 of the per-commit difference to the direct standby (common stalls cancel).
 #          BENCH_LAG_CLIENTS=0: no pgbench, the probe's commits only (the idle floor).
 #  sync    pgbench TPS (BENCH_SYNC_CLIENTS clients, synchronous_commit = on) with
 #          walferry relay --synchronous as the synchronous standby vs a real standby, as
@@ -438,6 +440,13 @@ if want lag; then
             printf "   standby cascading from the direct one: median %7.2f ms, p99 %7.2f ms\n", cm / 1000, cp / 1000
             printf "   added by the cascade: median %+7.2f ms, p99 %+7.2f ms; relay / cascade added: median %.2fx\n", (cm - dm) / 1000, (cp - dp) / 1000, (cm > dm ? (rm - dm) / (cm - dm) : 0) }'
     fi
+    echo " per commit, paired with the direct standby (how much later it showed there; a stall on the"
+    echo " primary or in the probe, which both paths share, cancels out):"
+    for who in relay cascade; do
+        [ "$who" = cascade ] && [ "$LAG_CASCADE" != 1 ] && continue
+        awk -v w="$who" -v m="$(field paired "$who" median_us)" -v p="$(field paired "$who" p99_us)" -v n="$(field paired "$who" samples)" 'BEGIN {
+            printf "   %-8s median %+7.2f ms, p99 %+7.2f ms (%d commits)\n", w ":", m / 1000, p / 1000, n }'
+    done
     awk -v m="$(field replay_lag s1 median_us)" -v p="$(field replay_lag s1 p99_us)" -v n="$(field replay_lag s1 samples)" 'BEGIN {
         printf "   pg_stat_replication.replay_lag of the direct standby: median %.2f ms, p99 %.2f ms (%d samples)\n", m / 1000, p / 1000, n }'
 fi
