@@ -708,12 +708,17 @@ mod zero_fill_tests {
 
     const SEG: u64 = 1 << 20;
 
-    #[test]
-    fn zero_filled_segments_are_full_size_and_keep_bytes_already_there() {
+    fn zero_filling_archive() -> (tempfile::TempDir, Archive) {
         let dir = tempfile::tempdir().unwrap();
         let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false)
             .unwrap()
             .zero_filled(true);
+        (dir, archive)
+    }
+
+    #[test]
+    fn zero_filled_segments_are_full_size_and_keep_bytes_already_there() {
+        let (dir, archive) = zero_filling_archive();
         let name = SegmentName::new(TimeLineId(1), SegNo(2));
         let path = dir.path().join("000000010000000000000002.partial");
         // A .partial cut short by a crash, as resume finds it.
@@ -734,10 +739,7 @@ mod zero_fill_tests {
 
     #[test]
     fn a_live_streams_next_segment_is_the_spare_made_ahead() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false)
-            .unwrap()
-            .zero_filled(true);
+        let (dir, archive) = zero_filling_archive();
         let spare_path = dir.path().join(SPARE_FILE);
         let mut spare = Spare::new(&archive);
         // A commit-sized first write: zero-filled in place, and the next one is started.
@@ -780,10 +782,7 @@ mod zero_fill_tests {
 
     #[test]
     fn an_existing_partial_is_not_replaced_by_the_spare() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(dir.path(), SEG, CompressionSpec::None, false)
-            .unwrap()
-            .zero_filled(true);
+        let (dir, archive) = zero_filling_archive();
         let mut spare = Spare::new(&archive);
         spare.prepare(&archive);
         let path = dir.path().join("000000010000000000000002.partial");
