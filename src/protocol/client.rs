@@ -277,7 +277,9 @@ struct Target<'a> {
 impl ReplicationConn {
     /// Open a physical replication connection: hosts in order, each address of each host,
     /// like libpq. Connection failures and timeouts move on to the next address; an error
-    /// reported by a server (e.g. authentication failed) ends the search, as in libpq. A
+    /// reported by a server (e.g. authentication failed) ends the search, as in libpq,
+    /// except "cannot connect now" (starting up, shutting down), which moves on to the
+    /// next host. A
     /// server that is not the kind `target_session_attrs` asks for is left for the next
     /// host; `prefer-standby` takes any server in a second pass when no standby was found.
     pub async fn connect(params: &ConnParams) -> Result<Self, ClientError> {
@@ -400,8 +402,13 @@ impl ReplicationConn {
                         match with_timeout(timeout, &desc, attempt).await {
                             Ok(conn) => return Ok(conn),
                             Err(e) if ends_search(&e) => return Err(e),
-                            // As libpq: the server's kind is the host's, so its other
-                            // addresses are skipped.
+                            // As libpq: the server's kind (or state) is the host's, so
+                            // its other addresses are skipped.
+                            Err(e) if cannot_connect_now(&e) => {
+                                tracing::debug!("{desc}: {e}");
+                                errors.push(e);
+                                break;
+                            }
                             Err(e @ ClientError::WrongSessionKind { .. }) => {
                                 tracing::debug!("{e}");
                                 errors.push(e);
@@ -1626,6 +1633,9 @@ pub(crate) fn set_keepalives(tcp: &TcpStream, k: &Keepalives) -> std::io::Result
 /// Errors after which libpq does not try the remaining hosts: the server was reached and
 /// turned us down, or our own configuration is wrong.
 fn ends_search(e: &ClientError) -> bool {
+    if cannot_connect_now(e) {
+        return false;
+    }
     matches!(
         e,
         ClientError::Server(_)
@@ -1635,6 +1645,12 @@ fn ends_search(e: &ClientError) -> bool {
             | ClientError::ChannelBinding(_)
             | ClientError::TlsConfig(_)
     )
+}
+
+/// The server is starting up, shutting down or in recovery without hot standby (SQLSTATE
+/// 57P03): as libpq, the next host is tried (this host's other addresses are not).
+fn cannot_connect_now(e: &ClientError) -> bool {
+    matches!(e, ClientError::Server(s) if s.code == "57P03")
 }
 
 /// The SASL mechanism and channel-binding flag, as libpq's pg_SASL_init and

@@ -630,6 +630,50 @@ async fn server_error_stops_the_host_search() {
     s2.await.unwrap();
 }
 
+/// As libpq: "cannot connect now" (57P03: starting up, shutting down, not yet accepting
+/// connections) moves on to the next host. After a failover the old primary, listed first,
+/// is often starting up as a standby while the new one, listed second, takes writes.
+#[tokio::test]
+async fn a_server_not_accepting_connections_yet_is_skipped() {
+    let (starting, s1) = serve_one(|mut s| async move {
+        s.startup().await;
+        s.send(&[error(
+            "FATAL",
+            "57P03",
+            "the database system is starting up",
+        )])
+        .await;
+    })
+    .await;
+    let (primary, s2) = reporting_server(false, false, 1).await;
+    let conn = connect(&two_hosts(
+        [starting, primary],
+        TargetSessionAttrs::ReadWrite,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(conn.parameter("in_hot_standby"), Some("off"));
+    conn.close().await;
+    s1.await.unwrap();
+    s2.await.unwrap();
+
+    // With no other host, it is the error, naming the server, and worth retrying.
+    let (starting, s1) = serve_one(|mut s| async move {
+        s.startup().await;
+        s.send(&[error(
+            "FATAL",
+            "57P03",
+            "the database system is starting up",
+        )])
+        .await;
+    })
+    .await;
+    let err = connect(&params(starting)).await.unwrap_err();
+    assert!(err.to_string().contains("starting up"), "{err}");
+    assert!(!err.is_fatal(), "{err:?}");
+    s1.await.unwrap();
+}
+
 #[tokio::test]
 async fn all_hosts_failing_reports_each() {
     // Two ports that refuse connections, held for the whole test (bound, never listening).
