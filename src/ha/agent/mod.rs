@@ -871,6 +871,12 @@ impl Agent {
         } else if skip_rewind {
             Err("the standby does not start".to_string())
         } else {
+            // A new primary still finishing its promotion is on the old timeline: pg_rewind
+            // would find nothing to rewind, and this node, ahead of the fork, would start
+            // as a standby that can never follow. Wait for it (retried, server stopped).
+            source_is_primary(&source)
+                .await
+                .map_err(|e| format!("the new primary is not ready for pg_rewind: {e}"))?;
             checkpoint_source(&source).await;
             if let Some(command) = &restore_command {
                 set_auto_conf(&self.cfg.pgdata, &[("restore_command", Some(command))])
