@@ -78,6 +78,31 @@ fn relay_killed(flags: &[&str]) {
 
 #[test]
 fn a_standby_catches_up_from_the_relays_archive_after_the_primary_recycled_its_wal() {
+    catch_up_from_the_relays_archive(&[]);
+}
+
+/// The same from zstd-compressed segments, decoded on the relay's blocking threads while
+/// it goes on streaming.
+#[test]
+fn a_standby_catches_up_from_a_compressed_relay_archive() {
+    let dir = catch_up_from_the_relays_archive(&["-Z", "zstd"]);
+    let compressed = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".zst")
+        })
+        .count();
+    assert!(compressed >= 3, "{compressed} .zst segments");
+}
+
+/// A standby made from a base backup and left down while the primary writes and then
+/// recycles the WAL: it catches up from the relay's archive (started with `flags`).
+/// Returns the archive directory.
+fn catch_up_from_the_relays_archive(flags: &[&str]) -> tempfile::TempDir {
     let pg = PgCluster::builder()
         .conf("wal_keep_size = 0")
         .conf("max_wal_size = '64MB'")
@@ -85,7 +110,7 @@ fn a_standby_catches_up_from_the_relays_archive_after_the_primary_recycled_its_w
         .start();
     pg.create_physical_slot("relay");
     let dir = tempdir();
-    let relay = Relay::start(&pg, dir.path(), &["-S", "relay"]);
+    let relay = Relay::start(&pg, dir.path(), &[&["-S", "relay"], flags].concat());
     // A base backup taken now, its standby left down while the primary moves on.
     let mut standby = PgCluster::standby_of(
         &pg,
@@ -116,6 +141,7 @@ fn a_standby_catches_up_from_the_relays_archive_after_the_primary_recycled_its_w
     assert_eq!(count(&standby), "200000");
     assert_eq!(wal_receiver(&standby).0, relay.port);
     relay.stop();
+    dir
 }
 
 #[test]
