@@ -630,12 +630,9 @@ async fn server_error_stops_the_host_search() {
     s2.await.unwrap();
 }
 
-/// As libpq: "cannot connect now" (57P03: starting up, shutting down, not yet accepting
-/// connections) moves on to the next host. After a failover the old primary, listed first,
-/// is often starting up as a standby while the new one, listed second, takes writes.
-#[tokio::test]
-async fn a_server_not_accepting_connections_yet_is_skipped() {
-    let (starting, s1) = serve_one(|mut s| async move {
+/// A server that answers the startup with "the database system is starting up" (57P03).
+async fn starting_up_server() -> (u16, JoinHandle<()>) {
+    serve_one(|mut s| async move {
         s.startup().await;
         s.send(&[error(
             "FATAL",
@@ -644,7 +641,15 @@ async fn a_server_not_accepting_connections_yet_is_skipped() {
         )])
         .await;
     })
-    .await;
+    .await
+}
+
+/// As libpq: "cannot connect now" (57P03: starting up, shutting down, not yet accepting
+/// connections) moves on to the next host. After a failover the old primary, listed first,
+/// is often starting up as a standby while the new one, listed second, takes writes.
+#[tokio::test]
+async fn a_server_not_accepting_connections_yet_is_skipped() {
+    let (starting, s1) = starting_up_server().await;
     let (primary, s2) = reporting_server(false, false, 1).await;
     let conn = connect(&two_hosts(
         [starting, primary],
@@ -658,16 +663,7 @@ async fn a_server_not_accepting_connections_yet_is_skipped() {
     s2.await.unwrap();
 
     // With no other host, it is the error, naming the server, and worth retrying.
-    let (starting, s1) = serve_one(|mut s| async move {
-        s.startup().await;
-        s.send(&[error(
-            "FATAL",
-            "57P03",
-            "the database system is starting up",
-        )])
-        .await;
-    })
-    .await;
+    let (starting, s1) = starting_up_server().await;
     let err = connect(&params(starting)).await.unwrap_err();
     assert!(err.to_string().contains("starting up"), "{err}");
     assert!(!err.is_fatal(), "{err:?}");
