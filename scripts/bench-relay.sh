@@ -35,6 +35,9 @@
 #       bash scripts/bench-relay.sh                                # quick
 #   BENCH_RELAY_FLAGS=--no-validate bash scripts/bench-relay.sh   # extra relay flags (fanout, lag)
 #   BENCH_FSYNC=off / BENCH_DIR=/dev/shm/x                        # without the disk
+#   BENCH_TLS=1 bash scripts/bench-relay.sh   # every TCP replication connection over TLS
+#       (a self-signed certificate: the primary with ssl = on, the relay with --tls-cert,
+#       standbys asking the relay for sslmode=require; the cascade's socket stays plain)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
@@ -53,6 +56,7 @@ SYNC_SECONDS=${BENCH_SYNC_SECONDS:-15}
 SYNC_CLIENTS=${BENCH_SYNC_CLIENTS:-8}
 SYNC_ROUNDS=${BENCH_SYNC_ROUNDS:-5}
 FSYNC=${BENCH_FSYNC:-on}
+TLS=${BENCH_TLS:-0}
 read -r -a RELAY_FLAGS <<<"${BENCH_RELAY_FLAGS:-}"
 BENCH_DIR=${BENCH_DIR:-$REPO/target/bench}
 
@@ -103,8 +107,19 @@ cd "$WORK"
 
 # The primary keeps what a direct standby may still need after sitting out a relay phase
 # (and the relay's slot what the relay needs after sitting out a direct phase).
+TLS_CONF=()
+RELAY_SSLMODE=
+if [ "$TLS" = 1 ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.crt" \
+        -days 2 -subj /CN=127.0.0.1 2>/dev/null
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$WORK/tls.key" "$WORK/tls.crt"; fi
+    chmod 600 "$WORK/tls.key"
+    TLS_CONF=("ssl = on" "ssl_cert_file = '$WORK/tls.crt'" "ssl_key_file = '$WORK/tls.key'")
+    RELAY_FLAGS+=(--tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key")
+    RELAY_SSLMODE=" sslmode=require"
+fi
 pg_start "$WORK" "fsync = $FSYNC" "synchronous_commit = on" "shared_buffers = '256MB'" \
-    "wal_keep_size = '$((2 * WAL_MB + 1024))MB'" "max_wal_size = '4GB'"
+    "wal_keep_size = '$((2 * WAL_MB + 1024))MB'" "max_wal_size = '4GB'" "${TLS_CONF[@]}"
 CONNINFO="host=127.0.0.1 port=$PORT user=postgres"
 echo "==> primary on 127.0.0.1:$PORT (fsync = $FSYNC), work directory $WORK"
 
@@ -176,7 +191,9 @@ attach() {
     relay) port=$RELAY_PORT ;;
     cascade) port=${SB_PORT[1]} host=$WORK ;;
     esac
-    echo "primary_conninfo = 'host=$host port=$port user=postgres application_name=s$i'" \
+    local tls=
+    [ "$mode" = relay ] && tls=$RELAY_SSLMODE
+    echo "primary_conninfo = 'host=$host port=$port user=postgres application_name=s$i$tls'" \
         >>"$WORK/s$i/postgresql.auto.conf"
     as_pg "$PG_BIN/postgres" -D "$WORK/s$i" >>"$WORK/s$i.log" 2>&1 &
     SB_JOB[i]=$!
@@ -407,7 +424,7 @@ fi
 
 # --- summary --------------------------------------------------------------------------
 echo
-echo "walferry relay bench (archive and clusters on $(df --output=fstype "$WORK" | tail -1), fsync = $FSYNC, relay flags: ${RELAY_FLAGS[*]:-none}):"
+echo "walferry relay bench (archive and clusters on $(df --output=fstype "$WORK" | tail -1), fsync = $FSYNC, tls = $TLS, relay flags: ${RELAY_FLAGS[*]:-none}):"
 if want fanout; then
     dw=$(echo "${FAN[direct-wall]}" | median)
     ds=$(echo "${FAN[direct-senders]}" | median)
