@@ -307,24 +307,15 @@ impl Archive {
 
     /// Start writing a segment (as `.partial`).
     pub fn create_segment(&self, segment: SegmentName) -> Result<SegmentWriter, ArchiveError> {
-        self.create_segment_for(segment, 0)
+        SegmentWriter::create(self, segment, 0, None)
     }
 
     /// As [`Archive::create_segment`], saying how long its first write is: one that will go
     /// by direct I/O (catch-up sized) preallocates the segment even when the archive
     /// zero-fills. Per-commit fsync latency does not matter for it, and 16 MiB of zeros
     /// written through the page cache (which the direct writes of the WAL then have the
-    /// kernel invalidate) cost more CPU than the WAL itself.
-    pub fn create_segment_for(
-        &self,
-        segment: SegmentName,
-        first_write: usize,
-    ) -> Result<SegmentWriter, ArchiveError> {
-        SegmentWriter::create(self, segment, first_write, None)
-    }
-
-    /// As [`Archive::create_segment_for`]; a segment that is zero-filled becomes `spare`'s
-    /// file when one is ready, and `spare` starts on the next.
+    /// kernel invalidate) cost more CPU than the WAL itself. A segment that is zero-filled
+    /// becomes `spare`'s file when one is ready, and `spare` starts on the next.
     pub fn create_segment_with(
         &self,
         segment: SegmentName,

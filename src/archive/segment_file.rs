@@ -51,13 +51,13 @@ impl SegmentWriter {
         // An uncompressed .partial is overwritten in place (its durable bytes stay valid
         // until replaced by the same WAL); a compressed one must restart its stream.
         let existed = partial_path.exists();
-        // See Archive::create_segment_for.
+        // See Archive::create_segment_with.
         let zeroed = kind == Compression::None && archive.zero_fill() && first_write < DIRECT_MIN;
         let mut adopted = false;
         if let (true, false, Some(spare)) = (zeroed, existed, spare) {
             adopted = spare.adopt(&partial_path);
             // The segment after this one, made while this one fills.
-            spare.prepare(archive);
+            spare.prepare();
         }
         let file = open_rw(&partial_path, kind != Compression::None)
             .map_err(|e| ArchiveError::io("create", &partial_path, e))?;
@@ -274,7 +274,7 @@ impl SegmentWriter {
 /// The least run of whole pages worth a direct write: catch-up sizes. A commit's few
 /// kilobytes in `--synchronous` mode stay buffered, so that they cost one device round trip
 /// (the fdatasync), not two.
-/// The same size decides whether a new segment is zero-filled ([`Archive::create_segment_for`]).
+/// The same size decides whether a new segment is zero-filled ([`Archive::create_segment_with`]).
 const DIRECT_MIN: usize = 64 * 1024;
 /// Bounce buffer size, for page runs that are not page-aligned in memory.
 const BOUNCE_LEN: usize = 128 * 1024;
@@ -461,6 +461,8 @@ pub const SPARE_FILE: &str = ".walferry-spare-segment";
 /// file left by an earlier run is rewritten, not trusted.
 pub struct Spare {
     path: PathBuf,
+    seg_size: u64,
+    no_sync: bool,
     job: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
@@ -468,16 +470,18 @@ impl Spare {
     pub fn new(archive: &Archive) -> Self {
         Spare {
             path: archive.path_of(SPARE_FILE),
+            seg_size: archive.seg_size(),
+            no_sync: archive.no_sync(),
             job: None,
         }
     }
 
     /// Start making a spare unless one is ready or being made.
-    pub fn prepare(&mut self, archive: &Archive) {
+    pub fn prepare(&mut self) {
         if self.job.is_some() {
             return;
         }
-        let (path, size, no_sync) = (self.path.clone(), archive.seg_size(), archive.no_sync());
+        let (path, size, no_sync) = (self.path.clone(), self.seg_size, self.no_sync);
         let made = std::thread::Builder::new()
             .name("walferry-spare".into())
             .spawn(move || {
@@ -784,7 +788,7 @@ mod zero_fill_tests {
     fn an_existing_partial_is_not_replaced_by_the_spare() {
         let (dir, archive) = zero_filling_archive();
         let mut spare = Spare::new(&archive);
-        spare.prepare(&archive);
+        spare.prepare();
         let path = dir.path().join("000000010000000000000002.partial");
         std::fs::write(&path, vec![0xAB; 5000]).unwrap();
         let name = SegmentName::new(TimeLineId(1), SegNo(2));
